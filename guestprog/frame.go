@@ -1,0 +1,264 @@
+package guestprog
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
+
+	hostbpf "github.com/xdp-hostd/xdp-hostd/bpf"
+)
+
+// Names of the host's frame in bpf/vmprog.c.
+const (
+	frameProgram     = "hostd_vm"
+	framePlaceholder = "hostd_guest_entry"
+	// ReservedPrefix starts every symbol and map name the host uses in a VM
+	// program; guest objects may not use it.
+	ReservedPrefix = "hostd_"
+	// PortTableMap is the guest ABI's port table (bpf/include/xdp_hostd.h).
+	PortTableMap = "port_table"
+)
+
+// Host-owned per-VM map names, bound by the loader.
+const (
+	mapCounters = "hostd_counters"
+	mapTap      = "hostd_tap"
+	mapXSKs     = "hostd_xsks"
+)
+
+// ErrInvalidObject is wrapped by every error about a guest object that cannot
+// be used as it is (not an ELF, no XDP program, ambiguous entry, reserved names).
+var ErrInvalidObject = errors.New("invalid guest program object")
+
+// HostMaps are the maps the host owns for one VM and binds into every program
+// that VM runs. They outlive any one program, so replacing the program keeps
+// the verdict counters and the delivery targets.
+type HostMaps struct {
+	Counters  *ebpf.Map // per-CPU packets/bytes per verdict
+	Tap       *ebpf.Map // DEVMAP: key 0 -> the VM's tap
+	XSKs      *ebpf.Map // XSKMAP: RX queue -> the VM's AF_XDP socket
+	PortTable *ebpf.Map // DEVMAP_HASH: the VM's port table
+}
+
+// NewHostMaps creates an empty set of per-VM maps. name (at most a few
+// characters, e.g. the VM slot) is appended to the kernel map names so that
+// bpftool tells the VMs apart.
+func NewHostMaps(name string) (_ *HostMaps, err error) {
+	spec, err := hostbpf.LoadVmprog()
+	if err != nil {
+		return nil, fmt.Errorf("load host frame spec: %w", err)
+	}
+	h := &HostMaps{}
+	defer func() {
+		if err != nil {
+			h.Close()
+		}
+	}()
+	for _, m := range []struct {
+		dst  **ebpf.Map
+		spec string
+		abbr string
+	}{
+		{&h.Counters, mapCounters, "cnt"},
+		{&h.Tap, mapTap, "tap"},
+		{&h.XSKs, mapXSKs, "xsk"},
+		{&h.PortTable, PortTableMap, "ports"},
+	} {
+		ms := spec.Maps[m.spec].Copy()
+		ms.Name = kernelName("vm" + name + "_" + m.abbr)
+		if *m.dst, err = ebpf.NewMap(ms); err != nil {
+			return nil, fmt.Errorf("create %s map for VM %s: %w", m.spec, name, err)
+		}
+	}
+	return h, nil
+}
+
+// kernelName trims a name to what the kernel keeps (15 bytes).
+func kernelName(s string) string {
+	if len(s) > 15 {
+		s = s[:15]
+	}
+	return s
+}
+
+// Close releases the host's handles on the maps. Programs still using them
+// keep them alive in the kernel.
+func (h *HostMaps) Close() error {
+	var errs []error
+	for _, m := range []*ebpf.Map{h.Counters, h.Tap, h.XSKs, h.PortTable} {
+		if m != nil {
+			errs = append(errs, m.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Object is a parsed guest program object, not yet loaded.
+type Object struct {
+	Spec  *ebpf.CollectionSpec
+	Entry string // name of the entry program in Spec.Programs
+}
+
+// Parse reads a guest ELF object and finds its entry program. entry names it
+// when the object has more than one XDP program that nothing tail-calls into;
+// leave it empty otherwise.
+func Parse(obj []byte, entry string) (*Object, error) {
+	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(obj))
+	if err != nil {
+		return nil, fmt.Errorf("%w: parse ELF: %w", ErrInvalidObject, err)
+	}
+	for name := range spec.Maps {
+		if strings.HasPrefix(name, ReservedPrefix) {
+			return nil, fmt.Errorf("%w: map %q uses the prefix %q reserved for the host; rename it", ErrInvalidObject, name, ReservedPrefix)
+		}
+	}
+	for name, p := range spec.Programs {
+		if p.Type != ebpf.XDP {
+			return nil, fmt.Errorf("%w: program %q is of type %s (section %q); only XDP programs (SEC(\"xdp\")) can run on a VM's queue", ErrInvalidObject, name, p.Type, p.SectionName)
+		}
+		for _, ins := range p.Instructions {
+			if sym := ins.Symbol(); strings.HasPrefix(sym, ReservedPrefix) {
+				return nil, fmt.Errorf("%w: function %q uses the prefix %q reserved for the host; rename it", ErrInvalidObject, sym, ReservedPrefix)
+			}
+		}
+	}
+	if entry == "" {
+		entry, err = findEntry(spec)
+		if err != nil {
+			return nil, err
+		}
+	} else if _, ok := spec.Programs[entry]; !ok {
+		return nil, fmt.Errorf("%w: no program named %q; the object has %s", ErrInvalidObject, entry, strings.Join(programNames(spec), ", "))
+	}
+	return &Object{Spec: spec, Entry: entry}, nil
+}
+
+// findEntry picks the one XDP program that no program array of the object
+// lists: the others are tail-call targets.
+func findEntry(spec *ebpf.CollectionSpec) (string, error) {
+	targets := map[string]bool{}
+	for _, m := range spec.Maps {
+		if m.Type != ebpf.ProgramArray {
+			continue
+		}
+		for _, kv := range m.Contents {
+			if name, ok := kv.Value.(string); ok {
+				targets[name] = true
+			}
+		}
+	}
+	var cands []string
+	for _, name := range programNames(spec) {
+		if !targets[name] {
+			cands = append(cands, name)
+		}
+	}
+	switch len(cands) {
+	case 1:
+		return cands[0], nil
+	case 0:
+		return "", fmt.Errorf("%w: the object has no XDP program (declare one with SEC(\"xdp\"))", ErrInvalidObject)
+	default:
+		return "", fmt.Errorf("%w: the object has %d entry programs (%s); name the one to run", ErrInvalidObject, len(cands), strings.Join(cands, ", "))
+	}
+}
+
+func programNames(spec *ebpf.CollectionSpec) []string {
+	var names []string
+	for name := range spec.Programs {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Framed returns a copy of the object's collection in which the entry program
+// is the host frame: hostd_vm calls the guest's entry function as a
+// bpf-to-bpf subprogram and hands whatever it returns to the host epilogue.
+// The host's per-VM maps are added to the collection, ready to be replaced by
+// a VM's instances.
+//
+// Why a call and not rewritten exits: a subprogram returns to its caller from
+// every exit instruction, and a program it tail-calls into from its own
+// program array returns to the caller of that subprogram too, so the epilogue
+// sees every verdict without touching a single guest instruction or jump
+// offset. The guest's code is left exactly as its owner compiled it.
+func (o *Object) Framed() (*ebpf.CollectionSpec, error) {
+	host, err := hostbpf.LoadVmprog()
+	if err != nil {
+		return nil, fmt.Errorf("load host frame spec: %w", err)
+	}
+	frame := host.Programs[frameProgram]
+	if frame == nil {
+		return nil, fmt.Errorf("host frame program %s missing from bpf/vmprog.c", frameProgram)
+	}
+
+	spec := o.Spec.Copy()
+	guest := spec.Programs[o.Entry]
+
+	insns, err := relink(frame.Instructions, guest.Instructions)
+	if err != nil {
+		return nil, err
+	}
+
+	framed := guest.Copy()
+	framed.Instructions = insns
+	framed.Name = o.Entry
+	spec.Programs[o.Entry] = framed
+
+	for _, name := range []string{mapCounters, mapTap, mapXSKs} {
+		spec.Maps[name] = host.Maps[name].Copy()
+	}
+	return spec, nil
+}
+
+// relink builds the instructions of the framed program: the frame's own
+// functions without the placeholder, then the guest's entry function as a
+// static subprogram, then the guest's subprograms.
+func relink(frame, guest asm.Instructions) (asm.Instructions, error) {
+	if len(guest) == 0 {
+		return nil, fmt.Errorf("%w: the entry program is empty", ErrInvalidObject)
+	}
+	entrySym := guest[0].Symbol()
+	if entrySym == "" {
+		return nil, fmt.Errorf("%w: the entry program has no symbol", ErrInvalidObject)
+	}
+
+	out := make(asm.Instructions, 0, len(frame)+len(guest))
+	inPlaceholder, calls := false, 0
+	for _, ins := range frame {
+		if sym := ins.Symbol(); sym != "" {
+			inPlaceholder = sym == framePlaceholder
+		}
+		if inPlaceholder {
+			continue
+		}
+		if ins.IsFunctionCall() && ins.Reference() == framePlaceholder {
+			ins = ins.WithReference(entrySym)
+			calls++
+		}
+		out = append(out, ins)
+	}
+	if calls != 1 {
+		return nil, fmt.Errorf("host frame: want one call to %s, found %d", framePlaceholder, calls)
+	}
+
+	first := guest[0]
+	if fn := btf.FuncMetadata(&first); fn != nil {
+		// A static function is verified in its caller's context, so the
+		// verifier knows r1 is the XDP context, exactly as for the guest's
+		// own program.
+		static := *fn
+		static.Linkage = btf.StaticFunc
+		first = btf.WithFuncMetadata(first, &static)
+	}
+	out = append(out, first)
+	out = append(out, guest[1:]...)
+	return out, nil
+}
