@@ -1,0 +1,50 @@
+# xdp-hostd. Run as root on Debian/Ubuntu: `make deps` once, then `make demo`, `make test`.
+GO ?= go
+PKGS := ./...
+DEBS := clang llvm libbpf-dev linux-libc-dev iproute2 ethtool gcc-multilib ca-certificates
+
+.PHONY: all deps build generate check-generate test test-short fuzz demo bench vet clean
+
+all: build
+
+deps:
+	@if ! command -v $(GO) >/dev/null; then echo "Go is missing: install Go 1.26+ (https://go.dev/dl)"; exit 1; fi
+	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	$(GO) mod download
+
+build:
+	$(GO) build -o bin/xdp-hostd ./cmd/xdp-hostd
+
+# Rebuilds the committed BPF objects and their Go loaders (needs clang).
+generate:
+	$(GO) generate ./bpf/... ./traffic/...
+
+# Fails if the committed generated files differ from a fresh `make generate`.
+check-generate: generate
+	@if [ -n "$$(git status --porcelain -- bpf traffic)" ]; then \
+		echo "generated BPF files are stale: run 'make generate' and commit the result"; \
+		git status --porcelain -- bpf traffic; git diff --stat -- bpf traffic; exit 1; \
+	fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+# The tests need root: they create network namespaces, veths and taps and load BPF.
+test: build
+	XDP_HOSTD_REQUIRE_ROOT_TESTS=1 $(GO) test -count=1 -timeout 20m $(PKGS)
+
+fuzz:
+	$(GO) test ./traffic -run '^$$' -fuzz FuzzParseMarker -fuzztime 10s
+
+demo: build
+	./bin/xdp-hostd demo
+
+bench: build
+	./bin/xdp-hostd bench dispatch
+
+clean:
+	rm -rf bin

@@ -1,0 +1,48 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+)
+
+func runCmd(args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	code := run(context.Background(), &env{stdout: &out, stderr: &errb}, args)
+	return code, out.String(), errb.String()
+}
+
+func TestHelpPerSubcommand(t *testing.T) {
+	for _, c := range commands {
+		code, _, stderr := runCmd(c.name, "-h")
+		if code != 0 {
+			t.Errorf("%s -h: exit %d, stderr %q", c.name, code, stderr)
+		}
+		if !strings.Contains(stderr, "usage: xdp-hostd "+c.name) {
+			t.Errorf("%s -h: no usage line in %q", c.name, stderr)
+		}
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{},
+		{"nope"},
+		{"demo", "--packets", "0"},
+		{"demo", "extra"},
+		{"bench"},
+		{"bench", "dispatch", "--repeat", "1"},
+	} {
+		if code, _, stderr := runCmd(args...); code != 2 || stderr == "" {
+			t.Errorf("%q: exit %d (want 2), stderr %q", args, code, stderr)
+		}
+	}
+}
+
+func TestVersion(t *testing.T) {
+	code, out, _ := runCmd("version")
+	if code != 0 || !strings.Contains(out, "guest ABI 1") {
+		t.Errorf("version: exit %d, %q", code, out)
+	}
+}

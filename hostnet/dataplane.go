@@ -1,0 +1,425 @@
+package hostnet
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+
+	hostbpf "github.com/xdp-hostd/xdp-hostd/bpf"
+)
+
+// Limits of the dataplane, fixed by the BPF maps in bpf/hostd.h.
+const (
+	MaxVMs    = 256
+	MaxQueues = 256
+	MaxPorts  = 64 // XDP_HOSTD_MAX_PORTS in bpf/include/xdp_hostd.h
+	// UplinkPort is the port number of the uplink in every VM's port table.
+	UplinkPort = 0
+)
+
+// AttachMode says how the root program is attached to the uplink.
+type AttachMode int
+
+const (
+	// AttachAuto tries native (driver) mode and falls back to generic mode,
+	// logging why.
+	AttachAuto AttachMode = iota
+	// AttachNative requires native mode.
+	AttachNative
+	// AttachGeneric uses generic (skb) mode.
+	AttachGeneric
+)
+
+func (m AttachMode) String() string {
+	switch m {
+	case AttachAuto:
+		return "auto"
+	case AttachNative:
+		return "native"
+	case AttachGeneric:
+		return "generic"
+	}
+	return fmt.Sprintf("AttachMode(%d)", int(m))
+}
+
+// ParseAttachMode reads "auto", "native" or "generic".
+func ParseAttachMode(s string) (AttachMode, error) {
+	for _, m := range []AttachMode{AttachAuto, AttachNative, AttachGeneric} {
+		if m.String() == s {
+			return m, nil
+		}
+	}
+	return 0, fmt.Errorf("XDP mode %q: want auto, native or generic", s)
+}
+
+// Config describes the dataplane of one uplink. The zero value of each field
+// is its default.
+type Config struct {
+	// Uplink is the name of the network interface the VMs' traffic arrives
+	// on. Required.
+	Uplink string
+	// NetNS is the path of the network namespace the uplink lives in (for
+	// example /run/netns/NAME); empty means the caller's namespace.
+	NetNS string
+	// Mode is how the root program is attached; default AttachAuto.
+	Mode AttachMode
+	// Force allows taking over an uplink that already has an XDP program
+	// attached through netlink. A program held by another bpf_link is
+	// never replaced.
+	Force bool
+	// PinDir, if set, is a directory on a BPF filesystem under which the
+	// dataplane pins its link and maps (in a subdirectory named after the
+	// uplink), so that other tools can inspect them. Pins are removed by
+	// Close. If the BPF filesystem is not mounted there, it is mounted.
+	PinDir string
+	// Log receives operational and audit events; default slog.Default().
+	Log *slog.Logger
+}
+
+// Dataplane is the XDP fast path of one uplink: the root program, the VMs
+// behind it and their port tables. Its methods are safe for concurrent use.
+type Dataplane struct {
+	cfg    Config
+	log    *slog.Logger
+	ns     *NSRunner
+	nl     *netlink.Handle
+	uplink netlink.Link
+	index  int
+	queues int
+	mode   AttachMode // the mode actually in use
+
+	dispatch hostbpf.DispatchObjects
+	vmtx     hostbpf.VmtxObjects
+	link     link.Link
+	pinDir   string // where pins live, "" if none
+
+	steering error // nil when ntuple steering works on the uplink
+
+	mu    sync.Mutex
+	vms   map[string]*VM
+	slots [MaxVMs]*VM
+}
+
+// Open takes over the uplink: it loads the root program and attaches it. On
+// error nothing is left attached, pinned or loaded.
+func Open(cfg Config) (_ *Dataplane, err error) {
+	if cfg.Uplink == "" {
+		return nil, errors.New("no uplink given: name the network interface VMs' traffic arrives on")
+	}
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("%w: attaching XDP programs needs root (CAP_NET_ADMIN and CAP_BPF): run xdp-hostd as root", ErrNotRoot)
+	}
+	d := &Dataplane{cfg: cfg, log: cfg.Log, vms: map[string]*VM{}}
+	if d.log == nil {
+		d.log = slog.Default()
+	}
+	d.log = d.log.With("uplink", cfg.Uplink)
+	defer func() {
+		if err != nil {
+			d.closeAll()
+		}
+	}()
+
+	if d.ns, err = NewNSRunner(cfg.NetNS); err != nil {
+		return nil, err
+	}
+	if d.nl, err = netlink.NewHandleAt(d.ns.Handle()); err != nil {
+		return nil, fmt.Errorf("netlink in %s: %w", nsName(cfg.NetNS), err)
+	}
+	if d.uplink, err = d.nl.LinkByName(cfg.Uplink); err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil, fmt.Errorf("%w: uplink %q: no such network interface in %s (list them with 'ip link')", ErrNoSuchInterface, cfg.Uplink, nsName(cfg.NetNS))
+		}
+		return nil, fmt.Errorf("look up uplink %q: %w", cfg.Uplink, err)
+	}
+	attrs := d.uplink.Attrs()
+	d.index, d.queues = attrs.Index, attrs.NumRxQueues
+	if d.queues > MaxQueues {
+		d.log.Warn("uplink has more RX queues than xdp-hostd can dedicate; only the first ones can be given to VMs", "rx_queues", d.queues, "max", MaxQueues)
+	}
+	if err := d.checkExisting(attrs); err != nil {
+		return nil, err
+	}
+
+	if err := hostbpf.LoadDispatchObjects(&d.dispatch, nil); err != nil {
+		return nil, fmt.Errorf("load dispatch program: %w", err)
+	}
+	if err := hostbpf.LoadVmtxObjects(&d.vmtx, nil); err != nil {
+		return nil, fmt.Errorf("load VM transmit program: %w", err)
+	}
+	if d.link, d.mode, err = d.attach(d.dispatch.Dispatch, d.index, cfg.Uplink, cfg.Mode); err != nil {
+		return nil, err
+	}
+	if cfg.PinDir != "" {
+		if err := d.pin(cfg.PinDir); err != nil {
+			return nil, err
+		}
+	}
+	d.log.Info("dataplane attached", "ifindex", d.index, "rx_queues", d.queues, "xdp_mode", d.mode.String(), "pins", d.pinDir)
+	return d, nil
+}
+
+func nsName(path string) string {
+	if path == "" {
+		return "this network namespace"
+	}
+	return "network namespace " + path
+}
+
+// checkExisting refuses to take over an uplink that already runs an XDP
+// program, unless told to; it never replaces a program held by a bpf_link.
+func (d *Dataplane) checkExisting(attrs *netlink.LinkAttrs) error {
+	if attrs.Xdp == nil || !attrs.Xdp.Attached {
+		return nil
+	}
+	id := attrs.Xdp.ProgId
+	if !d.cfg.Force {
+		return fmt.Errorf("%w: uplink %s already runs XDP program id %d; xdp-hostd does not replace it blindly: remove it (ip link set dev %s xdp off) or pass --force", ErrBusy, d.cfg.Uplink, id, d.cfg.Uplink)
+	}
+	if linkID, ok := xdpLinkFor(attrs.Index); ok {
+		return fmt.Errorf("%w: uplink %s runs XDP program id %d through bpf_link id %d, which its owner holds; even --force cannot replace it: stop its owner (bpftool link show id %d)", ErrBusy, d.cfg.Uplink, id, linkID, linkID)
+	}
+	d.log.Warn("replacing the uplink's XDP program as told (--force)", "prog_id", id)
+	return d.ns.Do(func() error {
+		for _, flags := range []int{0, xdpFlagsSKB, xdpFlagsDrv} {
+			_ = netlink.LinkSetXdpFdWithFlags(d.uplink, -1, flags)
+		}
+		return nil
+	})
+}
+
+const (
+	xdpFlagsSKB = 1 << 1 // XDP_FLAGS_SKB_MODE
+	xdpFlagsDrv = 1 << 2 // XDP_FLAGS_DRV_MODE
+)
+
+// xdpLinkFor finds a bpf_link that holds an XDP program on ifindex.
+func xdpLinkFor(ifindex int) (link.ID, bool) {
+	it := new(link.Iterator)
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil || info.Type != link.XDPType {
+			continue
+		}
+		if x := info.XDP(); x != nil && int(x.Ifindex) == ifindex {
+			return info.ID, true
+		}
+	}
+	return 0, false
+}
+
+// attach attaches prog to ifindex with a bpf_link in the requested mode.
+func (d *Dataplane) attach(prog *ebpf.Program, ifindex int, ifname string, mode AttachMode) (l link.Link, used AttachMode, err error) {
+	try := func(flags link.XDPAttachFlags) error {
+		return d.ns.Do(func() error {
+			var err error
+			l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: flags})
+			return err
+		})
+	}
+	switch mode {
+	case AttachGeneric:
+		if err := try(link.XDPGenericMode); err != nil {
+			return nil, 0, fmt.Errorf("attach %s to %s in generic mode: %w", prog, ifname, err)
+		}
+		return l, AttachGeneric, nil
+	case AttachNative:
+		if err := try(link.XDPDriverMode); err != nil {
+			return nil, 0, fmt.Errorf("%w: attach to %s in native mode: %w (the driver may lack XDP support; use --xdp-mode generic or auto)", ErrNotSupported, ifname, err)
+		}
+		return l, AttachNative, nil
+	default:
+		nerr := try(link.XDPDriverMode)
+		if nerr == nil {
+			return l, AttachNative, nil
+		}
+		d.log.Warn("native XDP attach failed, falling back to generic (skb) mode, which is slower", "ifname", ifname, "reason", nerr)
+		if err := try(link.XDPGenericMode); err != nil {
+			return nil, 0, fmt.Errorf("%w: attach to %s: native mode: %v; generic mode: %w", ErrNotSupported, ifname, nerr, err)
+		}
+		return l, AttachGeneric, nil
+	}
+}
+
+// pin pins the link and the root maps under dir/<uplink>, atomically: into
+// a temporary directory first, renamed into place when complete.
+func (d *Dataplane) pin(dir string) (err error) {
+	if _, err := EnsureBPFFS(dir); err != nil {
+		return err
+	}
+	final := filepath.Join(dir, d.cfg.Uplink)
+	if _, err := os.Stat(final); err == nil {
+		return fmt.Errorf("%w: pins for uplink %s already exist at %s (another xdp-hostd runs, or one did not clean up: remove the directory)", ErrBusy, d.cfg.Uplink, final)
+	}
+	tmp, err := os.MkdirTemp(dir, ".tmp-"+d.cfg.Uplink+"-")
+	if err != nil {
+		return fmt.Errorf("create pin directory in %s: %w", dir, err)
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(tmp)
+		}
+	}()
+	pins := []struct {
+		name string
+		pin  func(string) error
+	}{
+		{"link", d.link.Pin},
+		{"queue_slot", d.dispatch.QueueSlot.Pin},
+		{"mac_slot", d.dispatch.MacSlot.Pin},
+		{"vm_progs", d.dispatch.VmProgs.Pin},
+		{"dispatch_stats", d.dispatch.DispatchStats.Pin},
+	}
+	for _, p := range pins {
+		if err := p.pin(filepath.Join(tmp, p.name)); err != nil {
+			return fmt.Errorf("pin %s in %s: %w", p.name, tmp, err)
+		}
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return fmt.Errorf("move pins into place at %s: %w", final, err)
+	}
+	d.pinDir = final
+	return nil
+}
+
+func (d *Dataplane) unpin() error {
+	if d.pinDir == "" {
+		return nil
+	}
+	err := os.RemoveAll(d.pinDir)
+	d.pinDir = ""
+	return err
+}
+
+// Uplink returns the uplink's name, ifindex and number of RX queues.
+func (d *Dataplane) Uplink() (name string, ifindex, rxQueues int) {
+	return d.cfg.Uplink, d.index, d.queues
+}
+
+// Mode is the XDP mode the root program runs in.
+func (d *Dataplane) Mode() AttachMode { return d.mode }
+
+// NS runs functions in the uplink's network namespace.
+func (d *Dataplane) NS() *NSRunner { return d.ns }
+
+// Steering says whether hardware flow steering by destination MAC is
+// available on the uplink: nil, or why not.
+func (d *Dataplane) Steering() error { return d.steering }
+
+// VMs returns the VMs, sorted by name.
+func (d *Dataplane) VMs() []*VM {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]*VM, 0, len(d.vms))
+	for _, vm := range d.vms {
+		out = append(out, vm)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
+}
+
+// VM returns the VM with the given name, or nil.
+func (d *Dataplane) VM(name string) *VM {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.vms[name]
+}
+
+// DispatchStats are the root program's counters.
+type DispatchStats struct {
+	Host      Count // not a VM's packet: passed to the host stack
+	ByQueue   Count // matched a dedicated queue
+	ByMAC     Count // matched a VM's MAC on a shared queue
+	NoProgram Count // a VM's packet while its slot had no program: dropped
+}
+
+// Count is a number of packets and their bytes.
+type Count struct {
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+func (c *Count) add(o Count) { c.Packets += o.Packets; c.Bytes += o.Bytes }
+
+// readCount sums a per-CPU hostd_count entry.
+func readCount(m *ebpf.Map, key uint32) (Count, error) {
+	var per []Count
+	if err := m.Lookup(key, &per); err != nil {
+		return Count{}, fmt.Errorf("read %s[%d]: %w", m, key, err)
+	}
+	var c Count
+	for _, p := range per {
+		c.add(p)
+	}
+	return c, nil
+}
+
+// Stats reads the root program's counters.
+func (d *Dataplane) Stats() (DispatchStats, error) {
+	var s DispatchStats
+	for i, dst := range []*Count{&s.Host, &s.ByQueue, &s.ByMAC, &s.NoProgram} {
+		c, err := readCount(d.dispatch.DispatchStats, uint32(i))
+		if err != nil {
+			return s, err
+		}
+		*dst = c
+	}
+	return s, nil
+}
+
+// Close removes every VM and detaches the root program. It always does all
+// of it and reports what failed.
+func (d *Dataplane) Close() error {
+	d.mu.Lock()
+	var errs []error
+	for _, vm := range d.vms {
+		errs = append(errs, d.removeLocked(vm))
+	}
+	d.mu.Unlock()
+	errs = append(errs, d.closeAll())
+	d.log.Info("dataplane detached")
+	return errors.Join(errs...)
+}
+
+func (d *Dataplane) closeAll() error {
+	var errs []error
+	errs = append(errs, d.unpin())
+	if d.link != nil {
+		errs = append(errs, d.link.Close())
+		d.link = nil
+	}
+	errs = append(errs, d.dispatch.Close(), d.vmtx.Close())
+	if d.nl != nil {
+		d.nl.Close()
+		d.nl = nil
+	}
+	errs = append(errs, d.ns.Close())
+	return errors.Join(errs...)
+}
+
+// macKey is struct hostd_mac.
+type macKey struct {
+	Addr [6]byte
+	Pad  uint16
+}
+
+func toMACKey(mac net.HardwareAddr) macKey {
+	var k macKey
+	copy(k.Addr[:], mac)
+	return k
+}
+
+// DispatchProgram is the root program (for benchmarks and tests that run
+// it with BPF_PROG_RUN).
+func (d *Dataplane) DispatchProgram() *ebpf.Program { return d.dispatch.Dispatch }

@@ -1,0 +1,487 @@
+package hostnet
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	hostbpf "github.com/xdp-hostd/xdp-hostd/bpf"
+	"github.com/xdp-hostd/xdp-hostd/guestprog"
+)
+
+// VMSpec describes a VM behind the uplink.
+type VMSpec struct {
+	// Name identifies the VM: letters, digits, '.', '_' and '-', at most
+	// 64 characters.
+	Name string
+	// MAC is the VM's own (guest-side) MAC address: packets to it are the
+	// VM's, and it is the only source address the VM may send from.
+	MAC net.HardwareAddr
+	// Queues are uplink RX queues dedicated to the VM: every packet that
+	// arrives on them is the VM's. Optional; without queues the VM gets the
+	// packets addressed to its MAC on any queue that is not dedicated.
+	Queues []int
+	// Tap is the name of the tap device the host creates for the VM
+	// (delivery by copy); default "xh" + the VM's slot.
+	Tap string
+	// TapQueues is the number of queues of the tap; default 1.
+	TapQueues int
+}
+
+var vmNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// Validate checks the spec on its own (not against other VMs).
+func (s *VMSpec) Validate() error {
+	if !vmNameRE.MatchString(s.Name) {
+		return fmt.Errorf("%w: VM name %q: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit", ErrInvalid, s.Name)
+	}
+	if len(s.MAC) != 6 {
+		return fmt.Errorf("%w: VM %s: MAC %q is not a 6-byte Ethernet address (write it as 02:00:00:00:00:01)", ErrInvalid, s.Name, s.MAC)
+	}
+	if s.MAC[0]&1 != 0 {
+		return fmt.Errorf("%w: VM %s: MAC %s is a multicast address; a VM needs a unicast MAC (first byte even, e.g. 02:...)", ErrInvalid, s.Name, s.MAC)
+	}
+	if slices.Equal(s.MAC, make(net.HardwareAddr, 6)) {
+		return fmt.Errorf("%w: VM %s: MAC 00:00:00:00:00:00 is not a usable address", ErrInvalid, s.Name)
+	}
+	seen := map[int]bool{}
+	for _, q := range s.Queues {
+		if seen[q] {
+			return fmt.Errorf("%w: VM %s: queue %d listed twice", ErrInvalid, s.Name, q)
+		}
+		seen[q] = true
+	}
+	if s.Tap != "" && (len(s.Tap) > 15 || !vmNameRE.MatchString(s.Tap)) {
+		return fmt.Errorf("%w: VM %s: tap name %q: use at most 15 letters, digits, '.', '_' or '-'", ErrInvalid, s.Name, s.Tap)
+	}
+	if s.TapQueues < 0 || s.TapQueues > 16 {
+		return fmt.Errorf("%w: VM %s: tap queues %d: use 1 to 16", ErrInvalid, s.Name, s.TapQueues)
+	}
+	return nil
+}
+
+// VM is one VM's part of the dataplane: its slot, its program, its maps, its
+// tap and its port table.
+type VM struct {
+	d      *Dataplane
+	name   string
+	slot   int
+	mac    net.HardwareAddr
+	queues []int
+
+	maps    *guestprog.HostMaps
+	tap     *Tap
+	tapLink link.Link
+	steered []steerRule
+
+	mu      sync.Mutex // serializes program changes and port changes
+	prog    *guestprog.Program
+	progSet time.Time
+	ports   map[uint32]Port
+}
+
+type steerRule struct {
+	queue int
+	loc   uint32
+}
+
+// Port is an entry of a VM's port table.
+type Port struct {
+	Number  uint32 `json:"port"`
+	Ifname  string `json:"ifname"`
+	Ifindex int    `json:"ifindex"`
+}
+
+// AddVM creates the VM's tap, maps and built-in program and only then makes
+// its queues and MAC point at it. On error nothing of it is left.
+func (d *Dataplane) AddVM(spec VMSpec) (_ *VM, err error) {
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+
+	if _, ok := d.vms[spec.Name]; ok {
+		return nil, fmt.Errorf("%w: VM %s already exists", ErrExists, spec.Name)
+	}
+	for _, other := range d.vms {
+		if slices.Equal(other.mac, spec.MAC) {
+			return nil, fmt.Errorf("%w: VM %s: MAC %s is already VM %s's; every VM needs its own MAC", ErrExists, spec.Name, spec.MAC, other.name)
+		}
+		for _, q := range spec.Queues {
+			if slices.Contains(other.queues, q) {
+				return nil, fmt.Errorf("%w: VM %s: uplink queue %d is already dedicated to VM %s", ErrExists, spec.Name, q, other.name)
+			}
+		}
+	}
+	for _, q := range spec.Queues {
+		if q < 0 || q >= d.queues || q >= MaxQueues {
+			return nil, fmt.Errorf("%w: VM %s: queue %d is out of range: uplink %s has RX queues 0-%d", ErrInvalid, spec.Name, q, d.cfg.Uplink, min(d.queues, MaxQueues)-1)
+		}
+	}
+	slot := -1
+	for i, vm := range d.slots {
+		if vm == nil {
+			slot = i
+			break
+		}
+	}
+	if slot < 0 {
+		return nil, fmt.Errorf("%w: VM %s: all %d VM slots of uplink %s are in use", ErrExists, spec.Name, MaxVMs, d.cfg.Uplink)
+	}
+	if spec.Tap == "" {
+		spec.Tap = fmt.Sprintf("xh%d-%s", slot, d.cfg.Uplink)
+		if len(spec.Tap) > 15 {
+			spec.Tap = spec.Tap[:15]
+		}
+	}
+	if spec.TapQueues == 0 {
+		spec.TapQueues = 1
+	}
+
+	vm := &VM{
+		d: d, name: spec.Name, slot: slot,
+		mac:    slices.Clone(spec.MAC),
+		queues: slices.Clone(spec.Queues),
+		ports:  map[uint32]Port{},
+	}
+	defer func() {
+		if err != nil {
+			vm.teardown()
+		}
+	}()
+
+	if vm.maps, err = guestprog.NewHostMaps(fmt.Sprint(slot)); err != nil {
+		return nil, fmt.Errorf("VM %s: %w", spec.Name, err)
+	}
+	if vm.tap, err = CreateTap(TapOptions{Name: spec.Tap, Queues: spec.TapQueues, NetNS: d.cfg.NetNS}); err != nil {
+		return nil, fmt.Errorf("VM %s: %w", spec.Name, err)
+	}
+	tapIndex := vm.tap.Index()
+	if err := d.ns.Do(func() error {
+		if err := vm.maps.Tap.Put(uint32(0), uint32(tapIndex)); err != nil {
+			return fmt.Errorf("set tap %s as delivery target: %w", spec.Tap, err)
+		}
+		if err := vm.maps.PortTable.Put(uint32(UplinkPort), uint32(d.index)); err != nil {
+			return fmt.Errorf("add uplink as port 0: %w", err)
+		}
+		if err := d.vmtx.TapUplink.Put(uint32(tapIndex), uint32(d.index)); err != nil {
+			return fmt.Errorf("route tap %s to uplink: %w", spec.Tap, err)
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("VM %s: %w", spec.Name, err)
+	}
+	vm.ports[UplinkPort] = Port{Number: UplinkPort, Ifname: d.cfg.Uplink, Ifindex: d.index}
+	d.audit("port_add", "vm", spec.Name, "port", UplinkPort, "ifname", d.cfg.Uplink, "ifindex", d.index, "reason", "uplink")
+
+	cfg := tapCfg{MAC: toMACKey(spec.MAC), Slot: uint32(slot)}
+	if err := d.vmtx.TapCfg.Put(uint32(tapIndex), cfg); err != nil {
+		return nil, fmt.Errorf("VM %s: register tap %s: %w", spec.Name, spec.Tap, err)
+	}
+	if vm.tapLink, _, err = d.attach(d.vmtx.VmTx, tapIndex, spec.Tap, AttachAuto); err != nil {
+		return nil, fmt.Errorf("VM %s: %w", spec.Name, err)
+	}
+
+	obj, err := builtinProgram()
+	if err != nil {
+		return nil, err
+	}
+	if err := vm.install(obj, "built-in"); err != nil {
+		return nil, fmt.Errorf("VM %s: %w", spec.Name, err)
+	}
+
+	// Only now does traffic reach the VM.
+	for _, q := range spec.Queues {
+		if err := d.dispatch.QueueSlot.Put(uint32(q), uint32(slot+1)); err != nil {
+			return nil, fmt.Errorf("VM %s: dedicate queue %d: %w", spec.Name, q, err)
+		}
+	}
+	if err := d.dispatch.MacSlot.Put(toMACKey(spec.MAC), uint32(slot)); err != nil {
+		return nil, fmt.Errorf("VM %s: register MAC %s: %w", spec.Name, spec.MAC, err)
+	}
+	d.steer(vm)
+
+	d.vms[spec.Name] = vm
+	d.slots[slot] = vm
+	d.audit("vm_add", "vm", spec.Name, "slot", slot, "mac", spec.MAC.String(), "queues", spec.Queues, "tap", spec.Tap)
+	return vm, nil
+}
+
+type tapCfg struct {
+	MAC  macKey
+	Slot uint32
+	Pad  uint32
+}
+
+func builtinProgram() (*guestprog.Object, error) {
+	b, err := hostbpf.Guest("pass")
+	if err != nil {
+		return nil, err
+	}
+	return guestprog.Parse(b, "")
+}
+
+// steer asks the NIC to steer the VM's MAC to its first dedicated queue.
+func (d *Dataplane) steer(vm *VM) {
+	if len(vm.queues) == 0 || d.steering != nil {
+		return
+	}
+	var loc uint32
+	err := d.ns.Do(func() (err error) {
+		loc, err = SteerMAC(d.cfg.Uplink, vm.mac, vm.queues[0])
+		return err
+	})
+	if err != nil {
+		if errors.Is(err, ErrNotSupported) {
+			d.steering = err
+			d.log.Info("no hardware flow steering on this uplink: a VM's traffic reaches its dedicated queue only if something else steers it there; dispatch also matches the VM's MAC on shared queues", "reason", err)
+			return
+		}
+		d.log.Warn("steering by MAC failed", "vm", vm.name, "mac", vm.mac.String(), "queue", vm.queues[0], "err", err)
+		return
+	}
+	vm.steered = append(vm.steered, steerRule{queue: vm.queues[0], loc: loc})
+}
+
+// RemoveVM stops the VM's traffic and removes everything the dataplane
+// created for it.
+func (d *Dataplane) RemoveVM(name string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	vm, ok := d.vms[name]
+	if !ok {
+		return fmt.Errorf("%w: no VM named %q", ErrNotFound, name)
+	}
+	return d.removeLocked(vm)
+}
+
+func (d *Dataplane) removeLocked(vm *VM) error {
+	err := vm.teardown()
+	delete(d.vms, vm.name)
+	d.slots[vm.slot] = nil
+	d.audit("vm_remove", "vm", vm.name, "slot", vm.slot)
+	return err
+}
+
+// teardown undoes AddVM in reverse order; safe on a half-built VM.
+func (vm *VM) teardown() error {
+	d := vm.d
+	var errs []error
+	ignoreMissing := func(err error) {
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	// First stop traffic from reaching the VM.
+	for _, q := range vm.queues {
+		if cur, err := lookupU32(d.dispatch.QueueSlot, uint32(q)); err == nil && cur == uint32(vm.slot+1) {
+			ignoreMissing(d.dispatch.QueueSlot.Put(uint32(q), uint32(0)))
+		}
+	}
+	if cur, err := lookupU32(d.dispatch.MacSlot, toMACKey(vm.mac)); err == nil && cur == uint32(vm.slot) {
+		ignoreMissing(d.dispatch.MacSlot.Delete(toMACKey(vm.mac)))
+	}
+	for _, r := range vm.steered {
+		errs = append(errs, d.ns.Do(func() error { return UnsteerMAC(d.cfg.Uplink, r.loc) }))
+	}
+	vm.steered = nil
+	if cur, err := lookupU32(d.dispatch.VmProgs, uint32(vm.slot)); err == nil && vm.prog != nil && cur == uint32(vm.prog.KernelID) {
+		ignoreMissing(d.dispatch.VmProgs.Delete(uint32(vm.slot)))
+	}
+	if vm.prog != nil {
+		errs = append(errs, vm.prog.Close())
+		vm.prog = nil
+	}
+	if vm.tap != nil {
+		ignoreMissing(d.vmtx.TapCfg.Delete(uint32(vm.tap.Index())))
+		ignoreMissing(d.vmtx.TapUplink.Delete(uint32(vm.tap.Index())))
+	}
+	if vm.tapLink != nil {
+		errs = append(errs, vm.tapLink.Close())
+		vm.tapLink = nil
+	}
+	if vm.tap != nil {
+		errs = append(errs, vm.tap.Close())
+		vm.tap = nil
+	}
+	if vm.maps != nil {
+		errs = append(errs, vm.maps.Close())
+		vm.maps = nil
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove VM %s: %w", vm.name, err)
+	}
+	return nil
+}
+
+func lookupU32(m *ebpf.Map, key any) (uint32, error) {
+	var v uint32
+	err := m.Lookup(key, &v)
+	return v, err
+}
+
+// install loads obj for this VM and swaps it into the VM's slot with one map
+// update; the previous program is released after the swap.
+func (vm *VM) install(obj *guestprog.Object, what string) error {
+	prog, err := guestprog.Load(obj, vm.maps)
+	if err != nil {
+		return err
+	}
+	if err := vm.d.dispatch.VmProgs.Put(uint32(vm.slot), prog.Entry); err != nil {
+		prog.Close()
+		return fmt.Errorf("put program into slot %d: %w", vm.slot, err)
+	}
+	old := vm.prog
+	vm.prog, vm.progSet = prog, time.Now()
+	if old != nil {
+		old.Close()
+	}
+	vm.d.audit("prog_install", "vm", vm.name, "slot", vm.slot, "program", what, "entry", obj.Entry, "kernel_id", prog.KernelID)
+	return nil
+}
+
+// SetProgram loads a VM program from an ELF object and installs it in place
+// of the current one. entry names the entry program when the object has
+// several. Guest programs come through guestprog's policy first; this is the
+// dataplane's half.
+func (vm *VM) SetProgram(obj *guestprog.Object, what string) error {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	if err := vm.install(obj, what); err != nil {
+		return fmt.Errorf("VM %s: %w", vm.name, err)
+	}
+	return nil
+}
+
+// Name is the VM's name.
+func (vm *VM) Name() string { return vm.name }
+
+// Slot is the VM's slot in the dispatcher.
+func (vm *VM) Slot() int { return vm.slot }
+
+// MAC is the VM's MAC address.
+func (vm *VM) MAC() net.HardwareAddr { return vm.mac }
+
+// Queues are the uplink queues dedicated to the VM.
+func (vm *VM) Queues() []int { return slices.Clone(vm.queues) }
+
+// Tap is the VM's tap device.
+func (vm *VM) Tap() *Tap { return vm.tap }
+
+// Maps are the VM's host-owned maps (counters, delivery targets, ports).
+func (vm *VM) Maps() *guestprog.HostMaps { return vm.maps }
+
+// AddPort adds a device to the VM's port table as port number n. The
+// program may then redirect to it; nothing else can.
+func (vm *VM) AddPort(n uint32, ifname string) error {
+	if n == UplinkPort || n >= MaxPorts {
+		return fmt.Errorf("%w: VM %s: port %d: use 1-%d (port 0 is the uplink)", ErrInvalid, vm.name, n, MaxPorts-1)
+	}
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	if p, ok := vm.ports[n]; ok {
+		return fmt.Errorf("%w: VM %s: port %d is already %s", ErrExists, vm.name, n, p.Ifname)
+	}
+	l, err := vm.d.nl.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("%w: VM %s: port %d: no network interface %q in %s", ErrNoSuchInterface, vm.name, n, ifname, nsName(vm.d.cfg.NetNS))
+	}
+	idx := l.Attrs().Index
+	if err := vm.d.ns.Do(func() error { return vm.maps.PortTable.Put(n, uint32(idx)) }); err != nil {
+		return fmt.Errorf("VM %s: add port %d (%s): %w", vm.name, n, ifname, err)
+	}
+	vm.ports[n] = Port{Number: n, Ifname: ifname, Ifindex: idx}
+	vm.d.audit("port_add", "vm", vm.name, "port", n, "ifname", ifname, "ifindex", idx)
+	return nil
+}
+
+// RemovePort removes port n from the VM's table; redirects to it fail from
+// the next packet on.
+func (vm *VM) RemovePort(n uint32) error {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	p, ok := vm.ports[n]
+	if !ok {
+		return fmt.Errorf("%w: VM %s has no port %d", ErrNotFound, vm.name, n)
+	}
+	if n == UplinkPort {
+		return fmt.Errorf("%w: VM %s: port 0 is the uplink and cannot be removed", ErrInvalid, vm.name)
+	}
+	if err := vm.maps.PortTable.Delete(n); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("VM %s: remove port %d: %w", vm.name, n, err)
+	}
+	delete(vm.ports, n)
+	vm.d.audit("port_remove", "vm", vm.name, "port", n, "ifname", p.Ifname, "ifindex", p.Ifindex)
+	return nil
+}
+
+// Ports lists the VM's port table.
+func (vm *VM) Ports() []Port {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	out := make([]Port, 0, len(vm.ports))
+	for _, p := range vm.ports {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Number < out[j].Number })
+	return out
+}
+
+// Verdicts are a VM's per-verdict counters, summed over CPUs.
+type Verdicts struct {
+	Aborted     Count `json:"aborted"`     // aborted, or redirected to a port not in the table
+	Drop        Count `json:"drop"`        // dropped by the program
+	Pass        Count `json:"pass"`        // delivered to the VM
+	TX          Count `json:"tx"`          // sent back out of the uplink
+	Redirect    Count `json:"redirect"`    // redirected to a port of the table
+	Invalid     Count `json:"invalid"`     // unknown verdict: dropped
+	Undelivered Count `json:"undelivered"` // passed, but no tap or socket took it
+}
+
+// Verdicts reads the VM's verdict counters.
+func (vm *VM) Verdicts() (Verdicts, error) {
+	var v Verdicts
+	for i, dst := range []*Count{&v.Aborted, &v.Drop, &v.Pass, &v.TX, &v.Redirect, &v.Invalid, &v.Undelivered} {
+		c, err := readCount(vm.maps.Counters, uint32(i))
+		if err != nil {
+			return v, fmt.Errorf("VM %s: %w", vm.name, err)
+		}
+		*dst = c
+	}
+	return v, nil
+}
+
+// TXStats are the counters of frames the VM sent into its tap.
+type TXStats struct {
+	Sent     Count `json:"sent"`      // out of the uplink
+	Spoofed  Count `json:"spoofed"`   // source MAC not the VM's: dropped
+	Invalid  Count `json:"invalid"`   // too short: dropped
+	NoUplink Count `json:"no_uplink"` // redirect failed: dropped
+}
+
+// TXStats reads the VM's transmit counters.
+func (vm *VM) TXStats() (TXStats, error) {
+	const vmtxMax = 5 // VMTX_MAX in bpf/vmtx.c
+	var s TXStats
+	for i, dst := range map[int]*Count{0: &s.Sent, 1: &s.Spoofed, 2: &s.Invalid, 4: &s.NoUplink} {
+		c, err := readCount(vm.d.vmtx.VmtxStats, uint32(vm.slot*vmtxMax+i))
+		if err != nil {
+			return s, fmt.Errorf("VM %s: %w", vm.name, err)
+		}
+		*dst = c
+	}
+	return s, nil
+}
+
+func (d *Dataplane) audit(event string, args ...any) {
+	d.log.Info("audit: "+event, append([]any{"audit", event}, args...)...)
+}
