@@ -153,17 +153,12 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 		taps[i] = traffic.NewCounter(srcs...)
 		defer taps[i].Close()
 	}
-	hostSock, err := listenUDP(dp.NS(), topo.UplinkIP, hostPort)
+	hostSock, err := traffic.ListenUDP(topo.HostNS, topo.UplinkIP, hostPort)
 	if err != nil {
 		return nil, err
 	}
 	defer hostSock.Close()
-	wireNS, err := hostnet.NewNSRunner(topo.WireNS)
-	if err != nil {
-		return nil, err
-	}
-	defer wireNS.Close()
-	wireSock, err := listenUDP(wireNS, topo.WireIP, wirePort)
+	wireSock, err := traffic.ListenUDP(topo.WireNS, topo.WireIP, wirePort)
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,8 @@ import (
 	"runtime"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -114,12 +116,36 @@ func NewTopology(opts TopologyOptions) (_ *Topology, err error) {
 	if err := wire.Do(func() error { return upWithAddr(t.Wire, t.WireIP) }); err != nil {
 		return nil, err
 	}
-	// Frames the VMs send out of the uplink arrive at the wire side by XDP
-	// redirect, which needs NAPI on the receiving veth.
-	if err := SetGRO(wire, t.Wire, true); err != nil {
+	// Frames the uplink sends with XDP (redirect, XDP_TX) reach the wire
+	// side only if it runs XDP itself: a veth delivers XDP frames through
+	// NAPI queues that exist only then, and flushes XDP_TX bulks only into
+	// a peer that has a program. A program that passes everything makes the
+	// wire side behave like an ordinary receiving NIC.
+	if err := wire.Do(func() error { return attachPass(t.Wire) }); err != nil {
 		return nil, err
 	}
 	return t, nil
+}
+
+// attachPass attaches an XDP program that passes every frame to ifname
+// through netlink: the device holds it, and it goes with the device.
+func attachPass(ifname string) error {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "xh_wire_pass", Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* XDP_PASS */), asm.Return()},
+	})
+	if err != nil {
+		return fmt.Errorf("load pass program for %s: %w", ifname, err)
+	}
+	defer prog.Close()
+	l, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return err
+	}
+	if err := netlink.LinkSetXdpFdWithFlags(l, prog.FD(), xdpFlagsDrv); err != nil {
+		return fmt.Errorf("attach pass program to %s: %w", ifname, err)
+	}
+	return nil
 }
 
 func disableIPv6() error {
@@ -220,4 +246,51 @@ type ifreqData struct {
 type ethtoolValue struct {
 	Cmd  uint32
 	Data uint32
+}
+
+// AddPortPair adds a veth pair for use as an extra port of a VM's port
+// table: name in the host namespace, name+"w" in the wire namespace with an
+// XDP pass program, so that frames redirected into name arrive there. It
+// returns the two names.
+func (t *Topology) AddPortPair(name string) (host, wire string, err error) {
+	hostNS, err := NewNSRunner(t.HostNS)
+	if err != nil {
+		return "", "", err
+	}
+	defer hostNS.Close()
+	wireNS, err := NewNSRunner(t.WireNS)
+	if err != nil {
+		return "", "", err
+	}
+	defer wireNS.Close()
+	wire = name + "w"
+	err = hostNS.Do(func() error {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: wire,
+			PeerNamespace: netlink.NsFd(int(wireNS.Handle()))}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return fmt.Errorf("create veth %s/%s: %w", name, wire, err)
+		}
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(l)
+	})
+	if err != nil {
+		return "", "", err
+	}
+	err = wireNS.Do(func() error {
+		l, err := netlink.LinkByName(wire)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(l)
+	})
+	if err != nil {
+		return "", "", err
+	}
+	if err := wireNS.Do(func() error { return attachPass(wire) }); err != nil {
+		return "", "", err
+	}
+	return name, wire, nil
 }

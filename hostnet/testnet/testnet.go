@@ -1,0 +1,63 @@
+// Package testnet gives tests their own network topologies: uniquely named
+// namespaces with a multi-queue veth "NIC", removed when the test ends,
+// also when it fails.
+//
+// Tests that need root skip with the fix in the message, unless
+// XDP_HOSTD_REQUIRE_ROOT_TESTS=1 (set in CI), which makes them fail instead.
+package testnet
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"testing"
+
+	"github.com/xdp-hostd/xdp-hostd/hostnet"
+)
+
+// RequireRoot skips (or, in CI, fails) a test that needs root.
+func RequireRoot(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("XDP_HOSTD_REQUIRE_ROOT_TESTS") == "1" {
+		tb.Fatal("this test needs root (it creates namespaces and loads BPF); XDP_HOSTD_REQUIRE_ROOT_TESTS=1 makes that a failure")
+	}
+	tb.Skip("needs root: run the tests as root (sudo go test ./...)")
+}
+
+// UniquePrefix returns a short prefix no other test uses at the same time.
+func UniquePrefix() string {
+	b := make([]byte, 3)
+	rand.Read(b)
+	return "t" + hex.EncodeToString(b)
+}
+
+// Topology creates a host and a wire namespace joined by a veth with the
+// given number of queues, removed when the test ends.
+func Topology(tb testing.TB, queues int) *hostnet.Topology {
+	tb.Helper()
+	RequireRoot(tb)
+	topo, err := hostnet.NewTopology(hostnet.TopologyOptions{Prefix: UniquePrefix(), Queues: queues})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := topo.Close(); err != nil {
+			tb.Error(err)
+		}
+	})
+	return topo
+}
+
+// Runner returns an NSRunner for a namespace path, closed when the test ends.
+func Runner(tb testing.TB, path string) *hostnet.NSRunner {
+	tb.Helper()
+	r, err := hostnet.NewNSRunner(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { r.Close() })
+	return r
+}
