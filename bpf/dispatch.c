@@ -35,10 +35,10 @@ struct {
 	__uint(max_entries, HOSTD_MAX_VMS);
 } vm_progs SEC(".maps");
 
+/* A VM's own packets are counted by its epilogue, per verdict; the
+ * dispatcher counts only what no VM program sees. */
 enum dispatch_counter {
 	DISPATCH_HOST,       /* not a VM's packet: passed to the host stack */
-	DISPATCH_BY_QUEUE,   /* matched a dedicated queue */
-	DISPATCH_BY_MAC,     /* matched a VM MAC on a shared queue */
 	DISPATCH_NO_PROGRAM, /* a VM's packet, but its slot had no program: dropped */
 	DISPATCH_MAX,
 };
@@ -72,7 +72,6 @@ int dispatch(struct xdp_md *ctx)
 	v = bpf_map_lookup_elem(&queue_slot, &queue);
 	if (v && *v) {
 		slot = *v - 1;
-		count(DISPATCH_BY_QUEUE, len);
 	} else {
 		struct ethhdr *eth = data;
 		struct hostd_mac key = {};
@@ -84,7 +83,6 @@ int dispatch(struct xdp_md *ctx)
 		if (!v)
 			goto host;
 		slot = *v;
-		count(DISPATCH_BY_MAC, len);
 	}
 
 	bpf_tail_call(ctx, &vm_progs, slot);

@@ -3,12 +3,13 @@
 /*
  * vmprog: the host's frame around every VM program.
  *
- * The VM program in a VM's vm_progs slot is hostd_vm below, with the call to
+ * The VM program in a VM's vm_progs slot is hostd_vm_tap or hostd_vm_xsk
+ * below (by the VM's delivery mode), with the call to
  * hostd_guest_entry relinked at load time to the entry function of the VM's
  * program (a guest's, or the built-in one in guests/pass.c). The guest's entry
  * function becomes a bpf-to-bpf subprogram, so every way it can end — any
  * exit instruction, and the exit of any program it tail-calls into from its own
- * program array — returns into hostd_vm, which hands the verdict to
+ * program array — returns into the frame, which hands the verdict to
  * hostd_epilogue. There is no path from guest code to the end of the XDP
  * program that does not pass through the epilogue.
  *
@@ -45,7 +46,7 @@ struct {
 } hostd_xsks SEC(".maps");
 
 /* Replaced at load time by the VM program's entry function. Weak, so that
- * the compiler cannot fold its return value into hostd_vm. */
+ * the compiler cannot fold its return value into the frames. */
 __attribute__((noinline, weak)) int hostd_guest_entry(struct xdp_md *ctx)
 {
 	/* Not reached: the loader refuses a VM program whose entry was not
@@ -53,19 +54,15 @@ __attribute__((noinline, weak)) int hostd_guest_entry(struct xdp_md *ctx)
 	return -1;
 }
 
-static __always_inline int hostd_deliver(struct xdp_md *ctx)
-{
-	long ret;
-
-	ret = bpf_redirect_map(&hostd_xsks, ctx->rx_queue_index, 0);
-	if (ret == XDP_REDIRECT)
-		return XDP_REDIRECT;
-	return bpf_redirect_map(&hostd_tap, 0, 0);
-}
+enum hostd_delivery {
+	HOSTD_DELIVER_TAP, /* copy into the VM's tap (devmap) */
+	HOSTD_DELIVER_XSK, /* into the VM's AF_XDP socket on this queue */
+};
 
 /* The host epilogue: the only place that decides what a VM's verdict does.
- * Global, so the verifier checks it once, on its own. */
-__attribute__((noinline)) int hostd_epilogue(struct xdp_md *ctx, int verdict)
+ * It is inlined into one frame program per delivery mode, so the choice of
+ * mode costs nothing per packet. */
+static __always_inline int hostd_epilogue(struct xdp_md *ctx, int verdict, enum hostd_delivery mode)
 {
 	__u64 len = (__u64)ctx->data_end - (__u64)ctx->data;
 	struct hostd_count *c;
@@ -74,7 +71,10 @@ __attribute__((noinline)) int hostd_epilogue(struct xdp_md *ctx, int verdict)
 
 	switch (verdict) {
 	case XDP_PASS:
-		ret = hostd_deliver(ctx);
+		if (mode == HOSTD_DELIVER_XSK)
+			ret = bpf_redirect_map(&hostd_xsks, ctx->rx_queue_index, 0);
+		else
+			ret = bpf_redirect_map(&hostd_tap, 0, 0);
 		slot = ret == XDP_REDIRECT ? HOSTD_V_PASS : HOSTD_V_UNDELIVERED;
 		if (ret != XDP_REDIRECT)
 			ret = XDP_DROP;
@@ -111,10 +111,18 @@ __attribute__((noinline)) int hostd_epilogue(struct xdp_md *ctx, int verdict)
 	return ret;
 }
 
+/* The frame of a VM delivering into a tap. */
 SEC("xdp")
-int hostd_vm(struct xdp_md *ctx)
+int hostd_vm_tap(struct xdp_md *ctx)
 {
-	return hostd_epilogue(ctx, hostd_guest_entry(ctx));
+	return hostd_epilogue(ctx, hostd_guest_entry(ctx), HOSTD_DELIVER_TAP);
+}
+
+/* The frame of a VM delivering into AF_XDP sockets (vhost-user). */
+SEC("xdp")
+int hostd_vm_xsk(struct xdp_md *ctx)
+{
+	return hostd_epilogue(ctx, hostd_guest_entry(ctx), HOSTD_DELIVER_XSK);
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

@@ -27,7 +27,8 @@ const (
 	VmprogMapHostdTap      = "hostd_tap"
 	VmprogMapHostdXsks     = "hostd_xsks"
 	VmprogMapPortTable     = "port_table"
-	VmprogProgHostdVm      = "hostd_vm"
+	VmprogProgHostdVmTap   = "hostd_vm_tap"
+	VmprogProgHostdVmXsk   = "hostd_vm_xsk"
 )
 
 // LoadVmprog returns the embedded CollectionSpec for Vmprog.
@@ -72,7 +73,8 @@ type VmprogSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type VmprogProgramSpecs struct {
-	HostdVm *ebpf.ProgramSpec `ebpf:"hostd_vm"`
+	HostdVmTap *ebpf.ProgramSpec `ebpf:"hostd_vm_tap"`
+	HostdVmXsk *ebpf.ProgramSpec `ebpf:"hostd_vm_xsk"`
 }
 
 // VmprogMapSpecs contains maps before they are loaded into the kernel.
@@ -136,12 +138,14 @@ type VmprogVariables struct {
 //
 // It can be passed to LoadVmprogObjects or ebpf.CollectionSpec.LoadAndAssign.
 type VmprogPrograms struct {
-	HostdVm *ebpf.Program `ebpf:"hostd_vm"`
+	HostdVmTap *ebpf.Program `ebpf:"hostd_vm_tap"`
+	HostdVmXsk *ebpf.Program `ebpf:"hostd_vm_xsk"`
 }
 
 func (p *VmprogPrograms) Close() error {
 	return _VmprogClose(
-		p.HostdVm,
+		p.HostdVmTap,
+		p.HostdVmXsk,
 	)
 }
 

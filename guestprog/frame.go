@@ -16,7 +16,6 @@ import (
 
 // Names of the host's frame in bpf/vmprog.c.
 const (
-	frameProgram     = "hostd_vm"
 	framePlaceholder = "hostd_guest_entry"
 	// ReservedPrefix starts every symbol and map name the host uses in a VM
 	// program; guest objects may not use it.
@@ -36,10 +35,34 @@ const (
 // be used as it is (not an ELF, no XDP program, ambiguous entry, reserved names).
 var ErrInvalidObject = errors.New("invalid guest program object")
 
+// Delivery is how a VM's passed packets reach it.
+type Delivery int
+
+const (
+	// DeliverTap copies into the VM's tap (bpf_redirect_map to a devmap).
+	DeliverTap Delivery = iota
+	// DeliverXSK hands packets to the VM's AF_XDP socket on the RX queue.
+	DeliverXSK
+)
+
+func (d Delivery) String() string {
+	switch d {
+	case DeliverTap:
+		return "tap"
+	case DeliverXSK:
+		return "xsk"
+	}
+	return fmt.Sprintf("Delivery(%d)", int(d))
+}
+
+// frame is the host frame program for the delivery mode (bpf/vmprog.c).
+func (d Delivery) frame() string { return "hostd_vm_" + d.String() }
+
 // HostMaps are the maps the host owns for one VM and binds into every program
-// that VM runs. They outlive any one program, so replacing the program keeps
-// the verdict counters and the delivery targets.
+// that VM runs, and the VM's delivery mode. They outlive any one program, so
+// replacing the program keeps the verdict counters and the delivery targets.
 type HostMaps struct {
+	Delivery  Delivery
 	Counters  *ebpf.Map // per-CPU packets/bytes per verdict
 	Tap       *ebpf.Map // DEVMAP: key 0 -> the VM's tap
 	XSKs      *ebpf.Map // XSKMAP: RX queue -> the VM's AF_XDP socket
@@ -49,12 +72,12 @@ type HostMaps struct {
 // NewHostMaps creates an empty set of per-VM maps. name (at most a few
 // characters, e.g. the VM slot) is appended to the kernel map names so that
 // bpftool tells the VMs apart.
-func NewHostMaps(name string) (_ *HostMaps, err error) {
+func NewHostMaps(name string, delivery Delivery) (_ *HostMaps, err error) {
 	spec, err := hostbpf.LoadVmprog()
 	if err != nil {
 		return nil, fmt.Errorf("load host frame spec: %w", err)
 	}
-	h := &HostMaps{}
+	h := &HostMaps{Delivery: delivery}
 	defer func() {
 		if err != nil {
 			h.Close()
@@ -179,7 +202,7 @@ func programNames(spec *ebpf.CollectionSpec) []string {
 }
 
 // Framed returns a copy of the object's collection in which the entry program
-// is the host frame: hostd_vm calls the guest's entry function as a
+// is the host frame for the delivery mode: it calls the guest's entry function as a
 // bpf-to-bpf subprogram and hands whatever it returns to the host epilogue.
 // The host's per-VM maps are added to the collection, ready to be replaced by
 // a VM's instances.
@@ -189,14 +212,14 @@ func programNames(spec *ebpf.CollectionSpec) []string {
 // program array returns to the caller of that subprogram too, so the epilogue
 // sees every verdict without touching a single guest instruction or jump
 // offset. The guest's code is left exactly as its owner compiled it.
-func (o *Object) Framed() (*ebpf.CollectionSpec, error) {
+func (o *Object) Framed(delivery Delivery) (*ebpf.CollectionSpec, error) {
 	host, err := hostbpf.LoadVmprog()
 	if err != nil {
 		return nil, fmt.Errorf("load host frame spec: %w", err)
 	}
-	frame := host.Programs[frameProgram]
+	frame := host.Programs[delivery.frame()]
 	if frame == nil {
-		return nil, fmt.Errorf("host frame program %s missing from bpf/vmprog.c", frameProgram)
+		return nil, fmt.Errorf("host frame program %s missing from bpf/vmprog.c", delivery.frame())
 	}
 
 	spec := o.Spec.Copy()

@@ -49,7 +49,7 @@ func loadGuest(t *testing.T, name string) (*Program, *HostMaps) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	maps, err := NewHostMaps("t")
+	maps, err := NewHostMaps("t", DeliverTap)
 	if err != nil {
 		t.Fatal(err)
 	}

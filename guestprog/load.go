@@ -20,7 +20,7 @@ type Program struct {
 // loads everything into the kernel. The kernel verifier's complaint, if any,
 // comes back in the error.
 func Load(o *Object, maps *HostMaps) (_ *Program, err error) {
-	spec, err := o.Framed()
+	spec, err := o.Framed(maps.Delivery)
 	if err != nil {
 		return nil, err
 	}

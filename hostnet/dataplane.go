@@ -336,12 +336,11 @@ func (d *Dataplane) VM(name string) *VM {
 	return d.vms[name]
 }
 
-// DispatchStats are the root program's counters.
+// DispatchStats are the root program's counters. A VM's own packets are
+// counted per verdict by its epilogue (VM.Verdicts).
 type DispatchStats struct {
-	Host      Count // not a VM's packet: passed to the host stack
-	ByQueue   Count // matched a dedicated queue
-	ByMAC     Count // matched a VM's MAC on a shared queue
-	NoProgram Count // a VM's packet while its slot had no program: dropped
+	Host      Count `json:"host"`       // not a VM's packet: passed to the host stack
+	NoProgram Count `json:"no_program"` // a VM's packet while its slot had no program: dropped
 }
 
 // Count is a number of packets and their bytes.
@@ -368,7 +367,7 @@ func readCount(m *ebpf.Map, key uint32) (Count, error) {
 // Stats reads the root program's counters.
 func (d *Dataplane) Stats() (DispatchStats, error) {
 	var s DispatchStats
-	for i, dst := range []*Count{&s.Host, &s.ByQueue, &s.ByMAC, &s.NoProgram} {
+	for i, dst := range []*Count{&s.Host, &s.NoProgram} {
 		c, err := readCount(d.dispatch.DispatchStats, uint32(i))
 		if err != nil {
 			return s, err

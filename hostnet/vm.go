@@ -159,7 +159,7 @@ func (d *Dataplane) AddVM(spec VMSpec) (_ *VM, err error) {
 		}
 	}()
 
-	if vm.maps, err = guestprog.NewHostMaps(fmt.Sprint(slot)); err != nil {
+	if vm.maps, err = guestprog.NewHostMaps(fmt.Sprint(slot), guestprog.DeliverTap); err != nil {
 		return nil, fmt.Errorf("VM %s: %w", spec.Name, err)
 	}
 	if vm.tap, err = CreateTap(TapOptions{Name: spec.Tap, Queues: spec.TapQueues, NetNS: d.cfg.NetNS}); err != nil {
