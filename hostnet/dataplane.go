@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -95,6 +96,7 @@ type Dataplane struct {
 	uplink netlink.Link
 	index  int
 	queues int
+	inv    *Uplink
 	mode   AttachMode // the mode actually in use
 
 	dispatch hostbpf.DispatchObjects
@@ -138,12 +140,25 @@ func Open(cfg Config) (_ *Dataplane, err error) {
 	if d.uplink, err = d.nl.LinkByName(cfg.Uplink); err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
-			return nil, fmt.Errorf("%w: uplink %q: no such network interface in %s (list them with 'ip link')", ErrNoSuchInterface, cfg.Uplink, nsName(cfg.NetNS))
+			return nil, fmt.Errorf("uplink %q: %w in %s (list them with 'ip link')", cfg.Uplink, ErrNoSuchInterface, nsName(cfg.NetNS))
 		}
 		return nil, fmt.Errorf("look up uplink %q: %w", cfg.Uplink, err)
 	}
 	attrs := d.uplink.Attrs()
 	d.index, d.queues = attrs.Index, attrs.NumRxQueues
+	if d.inv, err = Inspect(d.ns, cfg.Uplink); err != nil {
+		return nil, err
+	}
+	mode := cfg.Mode
+	if f := d.inv.XDP; f.Source == "netdev-netlink" && !f.Basic {
+		switch mode {
+		case AttachNative:
+			return nil, fmt.Errorf("%w: uplink %s: its driver has no native XDP support (XDP features: %s); use --xdp-mode generic, or auto to fall back by itself", ErrNotSupported, cfg.Uplink, f)
+		case AttachAuto:
+			d.log.Warn("the uplink's driver has no native XDP support: using generic (skb) mode, which is slower", "xdp_features", f.String())
+			mode = AttachGeneric
+		}
+	}
 	if d.queues > MaxQueues {
 		d.log.Warn("uplink has more RX queues than xdp-hostd can dedicate; only the first ones can be given to VMs", "rx_queues", d.queues, "max", MaxQueues)
 	}
@@ -157,7 +172,7 @@ func Open(cfg Config) (_ *Dataplane, err error) {
 	if err := hostbpf.LoadVmtxObjects(&d.vmtx, nil); err != nil {
 		return nil, fmt.Errorf("load VM transmit program: %w", err)
 	}
-	if d.link, d.mode, err = d.attach(d.dispatch.Dispatch, d.index, cfg.Uplink, cfg.Mode); err != nil {
+	if d.link, d.mode, err = d.attach(d.dispatch.Dispatch, d.index, cfg.Uplink, mode); err != nil {
 		return nil, err
 	}
 	if cfg.PinDir != "" {
@@ -165,7 +180,7 @@ func Open(cfg Config) (_ *Dataplane, err error) {
 			return nil, err
 		}
 	}
-	d.log.Info("dataplane attached", "ifindex", d.index, "rx_queues", d.queues, "xdp_mode", d.mode.String(), "pins", d.pinDir)
+	d.log.Info("dataplane attached", "ifindex", d.index, "rx_queues", d.queues, "xdp_mode", d.mode.String(), "xdp_features", d.inv.XDP.String(), "pins", d.pinDir)
 	return d, nil
 }
 
@@ -258,11 +273,13 @@ func (d *Dataplane) pin(dir string) (err error) {
 	if _, err := EnsureBPFFS(dir); err != nil {
 		return err
 	}
-	final := filepath.Join(dir, d.cfg.Uplink)
+	// bpffs refuses names with dots (VLAN devices have them).
+	name := strings.ReplaceAll(d.cfg.Uplink, ".", "_")
+	final := filepath.Join(dir, name)
 	if _, err := os.Stat(final); err == nil {
 		return fmt.Errorf("%w: pins for uplink %s already exist at %s (another xdp-hostd runs, or one did not clean up: remove the directory)", ErrBusy, d.cfg.Uplink, final)
 	}
-	tmp, err := os.MkdirTemp(dir, ".tmp-"+d.cfg.Uplink+"-")
+	tmp, err := os.MkdirTemp(dir, "tmp-"+name+"-")
 	if err != nil {
 		return fmt.Errorf("create pin directory in %s: %w", dir, err)
 	}
@@ -306,6 +323,10 @@ func (d *Dataplane) unpin() error {
 func (d *Dataplane) Uplink() (name string, ifindex, rxQueues int) {
 	return d.cfg.Uplink, d.index, d.queues
 }
+
+// Inventory is what the dataplane found out about the uplink when it took
+// it over: queues and XDP features.
+func (d *Dataplane) Inventory() Uplink { return *d.inv }
 
 // Mode is the XDP mode the root program runs in.
 func (d *Dataplane) Mode() AttachMode { return d.mode }

@@ -110,7 +110,7 @@ func (d *Dataplane) AddVM(spec VMSpec) (_ *VM, err error) {
 	defer d.mu.Unlock()
 
 	if _, ok := d.vms[spec.Name]; ok {
-		return nil, fmt.Errorf("%w: VM %s already exists", ErrExists, spec.Name)
+		return nil, fmt.Errorf("VM %s: %w", spec.Name, ErrExists)
 	}
 	for _, other := range d.vms {
 		if slices.Equal(other.mac, spec.MAC) {
@@ -393,7 +393,7 @@ func (vm *VM) AddPort(n uint32, ifname string) error {
 	}
 	l, err := vm.d.nl.LinkByName(ifname)
 	if err != nil {
-		return fmt.Errorf("%w: VM %s: port %d: no network interface %q in %s", ErrNoSuchInterface, vm.name, n, ifname, nsName(vm.d.cfg.NetNS))
+		return fmt.Errorf("VM %s: port %d: %w: %q in %s", vm.name, n, ErrNoSuchInterface, ifname, nsName(vm.d.cfg.NetNS))
 	}
 	idx := l.Attrs().Index
 	if err := vm.d.ns.Do(func() error { return vm.maps.PortTable.Put(n, uint32(idx)) }); err != nil {

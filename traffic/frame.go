@@ -7,25 +7,29 @@ package traffic
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 )
 
 // Marker is what every frame built here carries at the start of its UDP
-// payload.
+// payload: the magic MarkerMagic (4 bytes), Tag (2) and Seq (4), big endian.
+// A receiver tells by Tag which VM (or the host) a frame was aimed at, and by
+// Seq whether it saw a frame twice.
 type Marker struct {
 	Tag uint16 // who the frame is for (a VM, the host)
 	Seq uint32
 }
 
 const (
-	markerMagic = 0x58484d4b // "XHMK"
-	markerLen   = 10
-	ethLen      = 14
-	ipLen       = 20
-	udpLen      = 8
+	// MarkerMagic opens every marker ("XHMK").
+	MarkerMagic = 0x58484d4b
+	// MarkerLen is the marker's length in bytes.
+	MarkerLen = 10
+	markerLen = MarkerLen
+	ethLen    = 14
+	ipLen     = 20
+	udpLen    = 8
 	// HeaderLen is the Ethernet + IPv4 + UDP header length of built frames.
 	HeaderLen = ethLen + ipLen + udpLen
 	// MinFrame is the smallest frame Build makes.
@@ -42,15 +46,26 @@ type FrameSpec struct {
 	Tag              uint16
 }
 
+// MaxFrame is the largest frame Build makes.
+const MaxFrame = 9000
+
 // Build writes the frame with sequence number seq into buf and returns its
-// length. It allocates nothing.
-func (s *FrameSpec) Build(buf []byte, seq uint32) (int, error) {
+// length: Ethernet, IPv4 (no options, header checksum set), UDP (checksum 0,
+// which IPv4 allows), then the marker, then zero padding up to Size. It
+// allocates nothing unless it fails.
+func (s FrameSpec) Build(buf []byte, seq uint32) (int, error) {
 	size := max(s.Size, 64)
+	if size > MaxFrame {
+		return 0, fmt.Errorf("frame size %d: at most %d", size, MaxFrame)
+	}
 	if len(buf) < size {
 		return 0, fmt.Errorf("frame of %d bytes does not fit a %d-byte buffer", size, len(buf))
 	}
-	if size > 9000 {
-		return 0, fmt.Errorf("frame size %d: at most 9000", size)
+	if (len(s.Dst) != 0 && len(s.Dst) != 6) || (len(s.Src) != 0 && len(s.Src) != 6) {
+		return 0, fmt.Errorf("frame MACs %v, %v: want 6 bytes (or none)", s.Dst, s.Src)
+	}
+	if (s.SrcIP.IsValid() && !s.SrcIP.Is4()) || (s.DstIP.IsValid() && !s.DstIP.Is4()) {
+		return 0, fmt.Errorf("frame addresses %v, %v: IPv4 only", s.SrcIP, s.DstIP)
 	}
 	b := buf[:size]
 	clear(b)
@@ -84,7 +99,7 @@ func (s *FrameSpec) Build(buf []byte, seq uint32) (int, error) {
 }
 
 func putMarker(p []byte, m Marker) {
-	binary.BigEndian.PutUint32(p[0:4], markerMagic)
+	binary.BigEndian.PutUint32(p[0:4], MarkerMagic)
 	binary.BigEndian.PutUint16(p[4:6], m.Tag)
 	binary.BigEndian.PutUint32(p[6:10], m.Seq)
 }
@@ -100,9 +115,6 @@ func ipChecksum(h []byte) uint16 {
 	return ^uint16(sum)
 }
 
-// ErrNoMarker says a frame or payload carries no marker.
-var ErrNoMarker = errors.New("no traffic marker")
-
 // ParseMarker reads the marker of a frame Build made (IPv4 without options,
 // UDP). It never panics, whatever the input.
 func ParseMarker(frame []byte) (Marker, bool) {
@@ -115,7 +127,7 @@ func ParseMarker(frame []byte) (Marker, bool) {
 
 // ParsePayloadMarker reads the marker at the start of a UDP payload.
 func ParsePayloadMarker(p []byte) (Marker, bool) {
-	if len(p) < markerLen || binary.BigEndian.Uint32(p[0:4]) != markerMagic {
+	if len(p) < markerLen || binary.BigEndian.Uint32(p[0:4]) != MarkerMagic {
 		return Marker{}, false
 	}
 	return Marker{Tag: binary.BigEndian.Uint16(p[4:6]), Seq: binary.BigEndian.Uint32(p[6:10])}, true

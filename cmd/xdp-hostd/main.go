@@ -3,6 +3,7 @@
 //
 // Subcommands:
 //
+//	run --config F run the dataplane the configuration file declares
 //	demo           run the dataplane on an embedded topology of its own and show per-VM results
 //	bench dispatch measure the cost of the dispatch path and the tap delivery path
 //	version        print the version and the guest ABI version
@@ -38,6 +39,7 @@ var commands []command
 
 func init() {
 	commands = []command{
+		{"run", "run --config FILE: run the dataplane for the uplinks and VMs the file declares, until SIGINT/SIGTERM", runRun},
 		{"demo", "demo [--json] [--packets N]: run two VMs on an embedded namespace topology and report what each got", runDemo},
 		{"bench", "bench dispatch [--packets N]: benchmark the dispatch path and tap delivery against the kernel's bridge", runBench},
 		{"version", "version: print the version and the guest ABI version", runVersion},

@@ -1,0 +1,166 @@
+// Package daemon is xdp-hostd's long-running service: it reads the
+// configuration, takes over the uplinks it names, sets up their VMs and
+// keeps them until it is told to stop.
+package daemon
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+
+	"github.com/xdp-hostd/xdp-hostd/hostnet"
+)
+
+// Config is the daemon's configuration file (JSON). See
+// examples/xdp-hostd.json.
+type Config struct {
+	// PinDir is a directory on a BPF filesystem where each uplink's link
+	// and maps are pinned (in a subdirectory named after the uplink).
+	// Empty: no pins. The BPF filesystem is mounted if missing.
+	PinDir  string         `json:"pin_dir,omitempty"`
+	Uplinks []UplinkConfig `json:"uplinks"`
+}
+
+// UplinkConfig is one uplink and the VMs behind it.
+type UplinkConfig struct {
+	Name string `json:"name"`
+	// NetNS is the path of the uplink's network namespace; empty: the
+	// daemon's own.
+	NetNS string `json:"netns,omitempty"`
+	// XDPMode is auto (default), native or generic.
+	XDPMode string `json:"xdp_mode,omitempty"`
+	// Force takes over an uplink that already runs an XDP program attached
+	// through netlink (never one held by a bpf_link).
+	Force bool       `json:"force,omitempty"`
+	VMs   []VMConfig `json:"vms"`
+}
+
+// VMConfig is one VM.
+type VMConfig struct {
+	Name   string `json:"name"`
+	MAC    string `json:"mac"`
+	Queues []int  `json:"queues,omitempty"`
+	// Delivery is "tap" (default). "vhost-user" comes with the vhost-user
+	// backend.
+	Delivery string `json:"delivery,omitempty"`
+	// Tap is the name of the tap the daemon creates (default
+	// "xh<slot>-<uplink>"); TapQueues its number of queues (default 1).
+	Tap       string `json:"tap,omitempty"`
+	TapQueues int    `json:"tap_queues,omitempty"`
+	// Ports are extra ports of the VM's port table: port number (1-63) ->
+	// interface name. Port 0 is always the uplink.
+	Ports map[string]string `json:"ports,omitempty"`
+}
+
+// ErrConfig is wrapped by every configuration error.
+var ErrConfig = errors.New("configuration error")
+
+// LoadConfig reads and validates a configuration file.
+func LoadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: read %s: %w", ErrConfig, path, err)
+	}
+	return ParseConfig(b, path)
+}
+
+// ParseConfig parses and validates a configuration; name is used in errors.
+func ParseConfig(b []byte, name string) (*Config, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			line := bytes.Count(b[:min(int(se.Offset), len(b))], []byte("\n")) + 1
+			return nil, fmt.Errorf("%w: %s line %d: %v", ErrConfig, name, line, err)
+		}
+		return nil, fmt.Errorf("%w: %s: %v", ErrConfig, name, err)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrConfig, name, err)
+	}
+	return &c, nil
+}
+
+// Validate checks the configuration; errors name the field at fault.
+func (c *Config) Validate() error {
+	if len(c.Uplinks) == 0 {
+		return errors.New("uplinks: name at least one uplink")
+	}
+	uplinks := map[string]bool{}
+	vms := map[string]string{}
+	for i, u := range c.Uplinks {
+		at := fmt.Sprintf("uplinks[%d]", i)
+		if u.Name == "" {
+			return fmt.Errorf("%s.name: required (the network interface the VMs' traffic arrives on)", at)
+		}
+		key := u.NetNS + "/" + u.Name
+		if uplinks[key] {
+			return fmt.Errorf("%s.name: uplink %q is listed twice", at, u.Name)
+		}
+		uplinks[key] = true
+		if u.XDPMode != "" {
+			if _, err := hostnet.ParseAttachMode(u.XDPMode); err != nil {
+				return fmt.Errorf("%s.xdp_mode: %v", at, err)
+			}
+		}
+		for j, vm := range u.VMs {
+			vat := fmt.Sprintf("%s.vms[%d]", at, j)
+			if other, ok := vms[vm.Name]; ok {
+				return fmt.Errorf("%s.name: VM %q is already defined at %s", vat, vm.Name, other)
+			}
+			vms[vm.Name] = vat
+			if _, err := vm.spec(); err != nil {
+				return fmt.Errorf("%s: %w", vat, err)
+			}
+			switch vm.Delivery {
+			case "", "tap":
+			case "vhost-user":
+				return fmt.Errorf("%s.delivery: vhost-user is not available in this version; use \"tap\"", vat)
+			default:
+				return fmt.Errorf("%s.delivery: %q: use \"tap\"", vat, vm.Delivery)
+			}
+			if _, err := vm.ports(); err != nil {
+				return fmt.Errorf("%s.ports: %w", vat, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (vm *VMConfig) spec() (hostnet.VMSpec, error) {
+	mac, err := net.ParseMAC(vm.MAC)
+	if err != nil || len(mac) != 6 {
+		return hostnet.VMSpec{}, fmt.Errorf("mac: %q is not an Ethernet MAC address (write it as 52:54:00:12:34:56)", vm.MAC)
+	}
+	s := hostnet.VMSpec{Name: vm.Name, MAC: mac, Queues: vm.Queues, Tap: vm.Tap, TapQueues: vm.TapQueues}
+	if err := s.Validate(); err != nil {
+		return s, err
+	}
+	return s, nil
+}
+
+type portConfig struct {
+	n      uint32
+	ifname string
+}
+
+func (vm *VMConfig) ports() ([]portConfig, error) {
+	var out []portConfig
+	for k, ifname := range vm.Ports {
+		n, err := strconv.ParseUint(k, 10, 32)
+		if err != nil || n == hostnet.UplinkPort || n >= hostnet.MaxPorts {
+			return nil, fmt.Errorf("port %q: use a number from 1 to %d (port 0 is the uplink)", k, hostnet.MaxPorts-1)
+		}
+		if ifname == "" {
+			return nil, fmt.Errorf("port %s: name the interface", k)
+		}
+		out = append(out, portConfig{uint32(n), ifname})
+	}
+	return out, nil
+}

@@ -1,0 +1,89 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+
+	"github.com/xdp-hostd/xdp-hostd/hostnet"
+)
+
+// Daemon holds the dataplanes of a running configuration.
+type Daemon struct {
+	log  *slog.Logger
+	dps  []*hostnet.Dataplane
+	byVM map[string]*hostnet.VM
+}
+
+// Start takes over every uplink of the configuration and sets up its VMs and
+// ports. On error, everything it did is undone before it returns.
+func Start(cfg *Config, log *slog.Logger) (_ *Daemon, err error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	d := &Daemon{log: log, byVM: map[string]*hostnet.VM{}}
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	for i, u := range cfg.Uplinks {
+		mode := hostnet.AttachAuto
+		if u.XDPMode != "" {
+			mode, _ = hostnet.ParseAttachMode(u.XDPMode) // validated
+		}
+		dp, err := hostnet.Open(hostnet.Config{Uplink: u.Name, NetNS: u.NetNS, Mode: mode, Force: u.Force, PinDir: cfg.PinDir, Log: log})
+		if err != nil {
+			return nil, fmt.Errorf("uplinks[%d] (%s): %w", i, u.Name, err)
+		}
+		d.dps = append(d.dps, dp)
+		for j, vc := range u.VMs {
+			spec, _ := vc.spec() // validated
+			vm, err := dp.AddVM(spec)
+			if err != nil {
+				return nil, fmt.Errorf("uplinks[%d].vms[%d]: %w", i, j, err)
+			}
+			d.byVM[vc.Name] = vm
+			ports, _ := vc.ports()
+			sort.Slice(ports, func(a, b int) bool { return ports[a].n < ports[b].n })
+			for _, p := range ports {
+				if err := vm.AddPort(p.n, p.ifname); err != nil {
+					return nil, fmt.Errorf("uplinks[%d].vms[%d].ports: %w", i, j, err)
+				}
+			}
+		}
+	}
+	return d, nil
+}
+
+// Dataplanes are the running uplinks.
+func (d *Daemon) Dataplanes() []*hostnet.Dataplane { return d.dps }
+
+// Close tears every uplink down.
+func (d *Daemon) Close() error {
+	var errs []error
+	for i := len(d.dps) - 1; i >= 0; i-- {
+		errs = append(errs, d.dps[i].Close())
+	}
+	d.dps = nil
+	return errors.Join(errs...)
+}
+
+// Run starts the configuration, logs "ready" and serves until ctx ends, then
+// tears everything down.
+func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
+	d, err := Start(cfg, log)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for _, dp := range d.dps {
+		n += len(dp.VMs())
+	}
+	d.log.Info("ready", "uplinks", len(d.dps), "vms", n)
+	<-ctx.Done()
+	d.log.Info("stopping", "reason", context.Cause(ctx))
+	return d.Close()
+}
