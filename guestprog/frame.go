@@ -31,9 +31,27 @@ const (
 	mapXSKs     = "hostd_xsks"
 )
 
-// ErrInvalidObject is wrapped by every error about a guest object that cannot
-// be used as it is (not an ELF, no XDP program, ambiguous entry, reserved names).
+// ErrInvalidObject is wrapped by errors about input that is not a usable
+// BPF ELF object at all.
 var ErrInvalidObject = errors.New("invalid guest program object")
+
+// ErrRefused is wrapped by *RefusedError.
+var ErrRefused = errors.New("refused by the host's policy")
+
+// RefusedError carries the report of a program the static policy refused.
+type RefusedError struct{ Report *Report }
+
+func (e *RefusedError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%v (%d violations)", ErrRefused, len(e.Report.Violations))
+	for _, v := range e.Report.Violations {
+		b.WriteString("\n  ")
+		b.WriteString(v.String())
+	}
+	return b.String()
+}
+
+func (e *RefusedError) Unwrap() error { return ErrRefused }
 
 // Delivery is how a VM's passed packets reach it.
 type Delivery int
@@ -128,38 +146,32 @@ type Object struct {
 	Entry string // name of the entry program in Spec.Programs
 }
 
-// Parse reads a guest ELF object and finds its entry program. entry names it
-// when the object has more than one XDP program that nothing tail-calls into;
-// leave it empty otherwise.
+// Parse runs the static policy with the default limits on obj and returns it
+// ready to load; a refused program gives a *RefusedError. entry names the
+// entry program when the object has several that nothing tail-calls into.
 func Parse(obj []byte, entry string) (*Object, error) {
-	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(obj))
+	r, o, err := Check(obj, entry, Limits{})
 	if err != nil {
-		return nil, fmt.Errorf("%w: parse ELF: %w", ErrInvalidObject, err)
+		return nil, err
 	}
-	for name := range spec.Maps {
-		if strings.HasPrefix(name, ReservedPrefix) {
-			return nil, fmt.Errorf("%w: map %q uses the prefix %q reserved for the host; rename it", ErrInvalidObject, name, ReservedPrefix)
-		}
+	if !r.Accepted {
+		return nil, &RefusedError{Report: r}
 	}
-	for name, p := range spec.Programs {
-		if p.Type != ebpf.XDP {
-			return nil, fmt.Errorf("%w: program %q is of type %s (section %q); only XDP programs (SEC(\"xdp\")) can run on a VM's queue", ErrInvalidObject, name, p.Type, p.SectionName)
+	return o, nil
+}
+
+// parseSpec reads the ELF object. It never panics, whatever the input.
+func parseSpec(obj []byte) (spec *ebpf.CollectionSpec, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			spec, err = nil, fmt.Errorf("%w: the ELF parser failed on this input: %v", ErrInvalidObject, r)
 		}
-		for _, ins := range p.Instructions {
-			if sym := ins.Symbol(); strings.HasPrefix(sym, ReservedPrefix) {
-				return nil, fmt.Errorf("%w: function %q uses the prefix %q reserved for the host; rename it", ErrInvalidObject, sym, ReservedPrefix)
-			}
-		}
+	}()
+	spec, err = ebpf.LoadCollectionSpecFromReader(bytes.NewReader(obj))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w (want an ELF object from clang -O2 -g -target bpf)", ErrInvalidObject, err)
 	}
-	if entry == "" {
-		entry, err = findEntry(spec)
-		if err != nil {
-			return nil, err
-		}
-	} else if _, ok := spec.Programs[entry]; !ok {
-		return nil, fmt.Errorf("%w: no program named %q; the object has %s", ErrInvalidObject, entry, strings.Join(programNames(spec), ", "))
-	}
-	return &Object{Spec: spec, Entry: entry}, nil
+	return spec, nil
 }
 
 // findEntry picks the one XDP program that no program array of the object
@@ -186,9 +198,14 @@ func findEntry(spec *ebpf.CollectionSpec) (string, error) {
 	case 1:
 		return cands[0], nil
 	case 0:
-		return "", fmt.Errorf("%w: the object has no XDP program (declare one with SEC(\"xdp\"))", ErrInvalidObject)
+		if all := programNames(spec); len(all) == 1 {
+			return all[0], nil // the policy then refuses the array that lists it
+		} else if len(all) > 1 {
+			return "", fmt.Errorf("every program (%s) is listed in a program array; name the entry program", strings.Join(all, ", "))
+		}
+		return "", errors.New("the object has no XDP program (declare one with SEC(\"xdp\"))")
 	default:
-		return "", fmt.Errorf("%w: the object has %d entry programs (%s); name the one to run", ErrInvalidObject, len(cands), strings.Join(cands, ", "))
+		return "", fmt.Errorf("the object has %d entry programs (%s); name the one to run", len(cands), strings.Join(cands, ", "))
 	}
 }
 

@@ -121,7 +121,7 @@ func TestParseErrors(t *testing.T) {
 	if _, err := Parse([]byte("not an ELF"), ""); !errors.Is(err, ErrInvalidObject) {
 		t.Errorf("garbage: %v", err)
 	}
-	if _, err := Parse(guest(t, "tailcall"), "nope"); !errors.Is(err, ErrInvalidObject) {
+	if _, err := Parse(guest(t, "tailcall"), "nope"); !errors.Is(err, ErrRefused) {
 		t.Errorf("unknown entry: %v", err)
 	}
 	obj, err := Parse(guest(t, "tailcall"), "")

@@ -1,0 +1,3 @@
+package guestprog
+
+//go:generate sh ./testdata/build.sh

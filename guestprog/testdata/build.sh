@@ -1,0 +1,13 @@
+#!/bin/sh
+# Compiles the policy test corpus (hostile/*.c, each breaking one rule) the way
+# a VM owner would compile a program; no_btf.c without -g. Run by go generate.
+set -eu
+cd "$(dirname "$0")/hostile"
+for src in *.c; do
+	obj="${src%.c}.o"
+	g=-g
+	[ "$src" = no_btf.c ] && g=
+	clang -O2 $g -Wall -Wno-unused-function -target bpf -I/usr/include/x86_64-linux-gnu -I../../../bpf/include \
+		-fdebug-compilation-dir=. -c "$src" -o "$obj"
+	if [ -n "$g" ]; then llvm-strip -g "$obj"; fi
+done

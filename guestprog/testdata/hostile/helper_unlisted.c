@@ -1,0 +1,8 @@
+//go:build ignore
+/* Hostile corpus: breaks one rule of the static policy. */
+#include <linux/if_ether.h>
+#include <bpf/bpf_endian.h>
+#include <xdp_hostd.h>
+
+SEC("xdp") int prog(struct xdp_md *ctx) { return bpf_get_hash_recalc((void *)ctx) ? XDP_PASS : XDP_DROP; }
+char __license[] SEC("license") = "GPL";

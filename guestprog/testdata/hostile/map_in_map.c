@@ -1,0 +1,10 @@
+//go:build ignore
+/* Hostile corpus: breaks one rule of the static policy. */
+#include <linux/if_ether.h>
+#include <bpf/bpf_endian.h>
+#include <xdp_hostd.h>
+
+struct inner { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, __u32); __uint(max_entries, 1); };
+struct { __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS); __uint(max_entries, 1); __type(key, __u32); __array(values, struct inner); } outer SEC(".maps");
+SEC("xdp") int prog(struct xdp_md *ctx) { __u32 k = 0; return bpf_map_lookup_elem(&outer, &k) ? XDP_PASS : XDP_DROP; }
+char __license[] SEC("license") = "GPL";

@@ -1,0 +1,9 @@
+//go:build ignore
+/* Hostile corpus: breaks one rule of the static policy. */
+#include <linux/if_ether.h>
+#include <bpf/bpf_endian.h>
+#include <xdp_hostd.h>
+
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, __u64); __uint(max_entries, 1); __uint(pinning, 1 /* LIBBPF_PIN_BY_NAME */); } shared SEC(".maps");
+SEC("xdp") int prog(struct xdp_md *ctx) { __u32 k = 0; return bpf_map_lookup_elem(&shared, &k) ? XDP_PASS : XDP_DROP; }
+char __license[] SEC("license") = "GPL";
