@@ -7,14 +7,17 @@ import (
 	"log/slog"
 	"sort"
 
+	"github.com/xdp-hostd/xdp-hostd/guestprog"
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
 )
 
-// Daemon holds the dataplanes of a running configuration.
+// Daemon holds the dataplanes of a running configuration and the registry
+// of their guest programs.
 type Daemon struct {
-	log  *slog.Logger
-	dps  []*hostnet.Dataplane
-	byVM map[string]*hostnet.VM
+	log      *slog.Logger
+	dps      []*hostnet.Dataplane
+	byVM     map[string]*hostnet.VM
+	Programs *Registry
 }
 
 // Start takes over every uplink of the configuration and sets up its VMs and
@@ -23,7 +26,7 @@ func Start(cfg *Config, log *slog.Logger) (_ *Daemon, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	d := &Daemon{log: log, byVM: map[string]*hostnet.VM{}}
+	d := &Daemon{log: log, byVM: map[string]*hostnet.VM{}, Programs: NewRegistry(log, guestprog.Limits{}, 1)}
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -46,6 +49,7 @@ func Start(cfg *Config, log *slog.Logger) (_ *Daemon, err error) {
 				return nil, fmt.Errorf("uplinks[%d].vms[%d]: %w", i, j, err)
 			}
 			d.byVM[vc.Name] = vm
+			d.Programs.AddVM(vm)
 			ports, _ := vc.ports()
 			sort.Slice(ports, func(a, b int) bool { return ports[a].n < ports[b].n })
 			for _, p := range ports {
@@ -71,19 +75,39 @@ func (d *Daemon) Close() error {
 	return errors.Join(errs...)
 }
 
-// Run starts the configuration, logs "ready" and serves until ctx ends, then
-// tears everything down.
-func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
+// VM returns a VM by name.
+func (d *Daemon) VM(name string) (*hostnet.VM, bool) {
+	vm, ok := d.byVM[name]
+	return vm, ok
+}
+
+// RunOptions configure Run.
+type RunOptions struct {
+	// Socket is the path of the API's unix socket; default DefaultSocket.
+	Socket string
+	// SocketGroup, if set, owns the socket (mode 0660).
+	SocketGroup string
+}
+
+// Run starts the configuration and its API, logs "ready" and serves until
+// ctx ends, then tears everything down.
+func Run(ctx context.Context, cfg *Config, opts RunOptions, log *slog.Logger) (err error) {
 	d, err := Start(cfg, log)
 	if err != nil {
 		return err
 	}
+	defer func() { err = errors.Join(err, d.Close()) }()
+	api, err := ServeAPI(d, opts.Socket, opts.SocketGroup)
+	if err != nil {
+		return err
+	}
+	defer api.Close()
 	n := 0
 	for _, dp := range d.dps {
 		n += len(dp.VMs())
 	}
-	d.log.Info("ready", "uplinks", len(d.dps), "vms", n)
+	d.log.Info("ready", "uplinks", len(d.dps), "vms", n, "api", api.Path())
 	<-ctx.Done()
 	d.log.Info("stopping", "reason", context.Cause(ctx))
-	return d.Close()
+	return nil
 }

@@ -3,6 +3,7 @@ package guestprog
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/cilium/ebpf"
 )
@@ -36,7 +37,7 @@ func Load(o *Object, maps *HostMaps) (_ *Program, err error) {
 	if err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
-			return nil, fmt.Errorf("kernel verifier refused program %q: %w", o.Entry, err)
+			return nil, &VerifierError{Program: o.Entry, Log: trimLog(verr.Log), err: err}
 		}
 		return nil, fmt.Errorf("load program %q: %w", o.Entry, err)
 	}
@@ -56,4 +57,50 @@ func (p *Program) Close() error {
 	p.coll.Close()
 	p.coll = nil
 	return nil
+}
+
+// VerifierError is the kernel verifier's refusal, with the end of its log
+// (where the reason is) for the submitter.
+type VerifierError struct {
+	Program string
+	Log     []string
+	err     error
+}
+
+func (e *VerifierError) Error() string {
+	return fmt.Sprintf("the kernel verifier refused program %q:\n  %s", e.Program, strings.Join(e.Log, "\n  "))
+}
+
+func (e *VerifierError) Unwrap() error { return e.err }
+
+// verifierLogLines is how much of the verifier's log goes back: its last
+// lines say what failed and how it got there.
+const verifierLogLines = 24
+
+func trimLog(log []string) []string {
+	var out []string
+	for _, l := range log {
+		if l = strings.TrimRight(l, " "); l != "" {
+			out = append(out, l)
+		}
+	}
+	if len(out) > verifierLogLines {
+		out = append([]string{fmt.Sprintf("... (%d earlier lines)", len(out)-verifierLogLines)}, out[len(out)-verifierLogLines:]...)
+	}
+	return out
+}
+
+// VerifyInKernel loads the framed program against scratch maps, so that
+// the kernel verifier runs, and unloads everything again.
+func VerifyInKernel(o *Object) error {
+	maps, err := NewHostMaps("chk", DeliverTap)
+	if err != nil {
+		return err
+	}
+	defer maps.Close()
+	p, err := Load(o, maps)
+	if err != nil {
+		return err
+	}
+	return p.Close()
 }

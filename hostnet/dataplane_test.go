@@ -55,7 +55,7 @@ func setGuest(t *testing.T, vm *hostnet.VM, name string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := vm.SetProgram(obj, name); err != nil {
+	if _, err := vm.SetProgram(obj, name); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -349,17 +349,27 @@ func (vm *VM) install(obj *guestprog.Object, what string) error {
 	return nil
 }
 
-// SetProgram loads a VM program from an ELF object and installs it in place
-// of the current one. entry names the entry program when the object has
-// several. Guest programs come through guestprog's policy first; this is the
-// dataplane's half.
-func (vm *VM) SetProgram(obj *guestprog.Object, what string) error {
+// SetProgram loads a VM program (a parsed guest object, already through
+// guestprog's policy) and installs it in place of the current one with one
+// map update. On error the current program keeps running and nothing of the
+// new one is left loaded. It returns the kernel's ID of the new program.
+func (vm *VM) SetProgram(obj *guestprog.Object, what string) (uint32, error) {
 	vm.mu.Lock()
 	defer vm.mu.Unlock()
 	if err := vm.install(obj, what); err != nil {
-		return fmt.Errorf("VM %s: %w", vm.name, err)
+		return 0, fmt.Errorf("VM %s: %w", vm.name, err)
 	}
-	return nil
+	return uint32(vm.prog.KernelID), nil
+}
+
+// ResetProgram puts the built-in program back.
+func (vm *VM) ResetProgram() error {
+	obj, err := builtinProgram()
+	if err != nil {
+		return err
+	}
+	_, err = vm.SetProgram(obj, "built-in")
+	return err
 }
 
 // Name is the VM's name.
@@ -485,3 +495,9 @@ func (vm *VM) TXStats() (TXStats, error) {
 func (d *Dataplane) audit(event string, args ...any) {
 	d.log.Info("audit: "+event, append([]any{"audit", event}, args...)...)
 }
+
+// Uplink is the name of the VM's uplink.
+func (vm *VM) Uplink() string { return vm.d.cfg.Uplink }
+
+// Delivery is how the VM's passed packets reach it.
+func (vm *VM) Delivery() guestprog.Delivery { return vm.maps.Delivery }

@@ -14,25 +14,48 @@ import (
 )
 
 // Counter reads frames from tap queues (or datagrams from UDP sockets) in
-// the background and counts them by marker tag. Each source has one reader
-// with one buffer; a wakeup drains the source with reads until it is empty.
+// the background and counts them by marker tag, with duplicates (a tag and
+// sequence number seen before) and frames without a marker. Each source has
+// one reader goroutine with one buffer; a wakeup (the runtime's poller)
+// drains the source with non-blocking reads until it is empty. Counting
+// allocates only when a tag is first seen or its record of sequence numbers
+// grows.
+//
+// Sources must be non-blocking: a tap queue opened with O_NONBLOCK (or set
+// so) and wrapped with os.NewFile is registered with the runtime poller,
+// which is what makes SetReadDeadline work on it.
 type Counter struct {
 	parse    func([]byte) (Marker, bool)
 	mu       sync.Mutex
-	byTag    map[uint16]uint64
+	byTag    map[uint16]*tagCount
 	unmarked uint64
-	total    atomic.Uint64 // marked frames
+	dups     uint64
+	bySource []uint64
+	total    atomic.Uint64 // marked frames, duplicates included
 	errs     []error
 
 	stop atomic.Bool
 	wg   sync.WaitGroup
 }
 
+// DupTrackLimit bounds duplicate detection: sequence numbers from
+// DupTrackLimit up are counted but not checked for duplicates (a Counter
+// keeps one bit per sequence number and tag, 2 MiB per tag at most).
+const DupTrackLimit = 1 << 24
+
+type tagCount struct {
+	n, dups uint64
+	seen    []uint64 // bit per sequence number
+}
+
 // Snapshot is what a Counter has seen so far.
 type Snapshot struct {
-	ByTag    map[uint16]uint64
-	Unmarked uint64 // frames without a marker (host noise such as IPv6 ND)
-	Errors   []error
+	ByTag      map[uint16]uint64 // marked frames by tag, duplicates included
+	DupsByTag  map[uint16]uint64 // frames whose tag and sequence number came before
+	Duplicates uint64            // all duplicates
+	Unmarked   uint64            // frames without a marker (host noise such as IPv6 ND)
+	BySource   []uint64          // frames read (marked or not) per source, in NewCounter's order
+	Errors     []error           // read errors: a reader stops at its first
 }
 
 // Source is something a Counter reads from: a non-blocking *os.File (a tap
@@ -55,16 +78,17 @@ func NewPayloadCounter(sources ...Source) *Counter {
 }
 
 func newCounter(parse func([]byte) (Marker, bool), sources []Source) *Counter {
-	c := &Counter{parse: parse, byTag: map[uint16]uint64{}}
+	c := &Counter{parse: parse, byTag: map[uint16]*tagCount{}, bySource: make([]uint64, len(sources))}
 	for i, src := range sources {
 		c.wg.Add(1)
-		go c.read(fmt.Sprintf("source %d", i), src)
+		go c.read(i, src)
 	}
 	return c
 }
 
-func (c *Counter) read(name string, f Source) {
+func (c *Counter) read(i int, f Source) {
 	defer c.wg.Done()
+	name := fmt.Sprintf("source %d", i)
 	rc, err := f.SyscallConn()
 	if err != nil {
 		c.fail(fmt.Errorf("read %s: %w", name, err))
@@ -88,7 +112,7 @@ func (c *Counter) read(name string, f Source) {
 					rerr = err
 					return true
 				}
-				c.count(buf[:n])
+				c.count(i, buf[:n])
 			}
 		})
 		if rerr != nil && !errors.Is(rerr, unix.EBADF) {
@@ -104,18 +128,34 @@ func (c *Counter) read(name string, f Source) {
 	}
 }
 
-func (c *Counter) count(frame []byte) {
+func (c *Counter) count(src int, frame []byte) {
 	m, ok := c.parse(frame)
 	c.mu.Lock()
-	if ok {
-		c.byTag[m.Tag]++
-	} else {
+	c.bySource[src]++
+	if !ok {
 		c.unmarked++
+		c.mu.Unlock()
+		return
+	}
+	t := c.byTag[m.Tag]
+	if t == nil {
+		t = &tagCount{}
+		c.byTag[m.Tag] = t
+	}
+	t.n++
+	if m.Seq < DupTrackLimit {
+		w, bit := int(m.Seq/64), uint64(1)<<(m.Seq%64)
+		if w >= len(t.seen) {
+			t.seen = append(t.seen, make([]uint64, max(w+1, 2*len(t.seen), 64)-len(t.seen))...)
+		}
+		if t.seen[w]&bit != 0 {
+			t.dups++
+			c.dups++
+		}
+		t.seen[w] |= bit
 	}
 	c.mu.Unlock()
-	if ok {
-		c.total.Add(1)
-	}
+	c.total.Add(1)
 }
 
 func (c *Counter) fail(err error) {
@@ -143,18 +183,67 @@ func (c *Counter) WaitFor(ctx context.Context, n uint64) error {
 	return nil
 }
 
-// Total is the number of marked frames counted.
+// Wait waits until n marked frames were counted, then a quiet 100 ms more
+// (so that surplus frames are counted too), or until timeout. It reports
+// whether n frames were counted.
+func (c *Counter) Wait(n uint64, timeout time.Duration) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return c.WaitFor(ctx, n) == nil
+}
+
+// Total is the number of marked frames counted, duplicates included.
 func (c *Counter) Total() uint64 { return c.total.Load() }
+
+// Missing is how many of the sequence numbers 0..n-1 of tag were not seen
+// (n at most DupTrackLimit).
+func (c *Counter) Missing(tag uint16, n uint32) uint64 {
+	n = min(n, DupTrackLimit)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var seen []uint64
+	if t := c.byTag[tag]; t != nil {
+		seen = t.seen
+	}
+	missing := uint64(0)
+	for s := uint32(0); s < n; s++ {
+		if w := int(s / 64); w >= len(seen) || seen[w]&(1<<(s%64)) == 0 {
+			missing++
+		}
+	}
+	return missing
+}
 
 // Snapshot copies the counts.
 func (c *Counter) Snapshot() Snapshot {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	s := Snapshot{ByTag: make(map[uint16]uint64, len(c.byTag)), Unmarked: c.unmarked, Errors: append([]error(nil), c.errs...)}
-	for k, v := range c.byTag {
-		s.ByTag[k] = v
+	s := Snapshot{
+		ByTag:      make(map[uint16]uint64, len(c.byTag)),
+		DupsByTag:  make(map[uint16]uint64),
+		Duplicates: c.dups,
+		Unmarked:   c.unmarked,
+		BySource:   append([]uint64(nil), c.bySource...),
+		Errors:     append([]error(nil), c.errs...),
+	}
+	for k, t := range c.byTag {
+		s.ByTag[k] = t.n
+		if t.dups > 0 {
+			s.DupsByTag[k] = t.dups
+		}
 	}
 	return s
+}
+
+// CountFrames counts the frames read from sources until want marked frames
+// were counted (and a quiet 100 ms after) or timeout passed, whichever is
+// first, and returns the counts. The sources stay open. A timeout is not an
+// error: compare the counts with what was sent.
+func CountFrames(want uint64, timeout time.Duration, sources ...Source) Snapshot {
+	c := NewCounter(sources...)
+	c.Wait(want, timeout)
+	c.Close()
+	return c.Snapshot()
 }
 
 // Close stops the readers (within 50 ms); the files stay open.

@@ -26,14 +26,14 @@ const (
 	MarkerMagic = 0x58484d4b
 	// MarkerLen is the marker's length in bytes.
 	MarkerLen = 10
-	markerLen = MarkerLen
 	ethLen    = 14
 	ipLen     = 20
 	udpLen    = 8
 	// HeaderLen is the Ethernet + IPv4 + UDP header length of built frames.
 	HeaderLen = ethLen + ipLen + udpLen
-	// MinFrame is the smallest frame Build makes.
-	MinFrame = HeaderLen + markerLen
+	// MinFrame is the shortest frame that carries a marker (Build makes
+	// frames of at least 64 bytes).
+	MinFrame = HeaderLen + MarkerLen
 )
 
 // FrameSpec describes the frames to build. The zero addresses are allowed
@@ -127,7 +127,7 @@ func ParseMarker(frame []byte) (Marker, bool) {
 
 // ParsePayloadMarker reads the marker at the start of a UDP payload.
 func ParsePayloadMarker(p []byte) (Marker, bool) {
-	if len(p) < markerLen || binary.BigEndian.Uint32(p[0:4]) != MarkerMagic {
+	if len(p) < MarkerLen || binary.BigEndian.Uint32(p[0:4]) != MarkerMagic {
 		return Marker{}, false
 	}
 	return Marker{Tag: binary.BigEndian.Uint16(p[4:6]), Seq: binary.BigEndian.Uint32(p[6:10])}, true

@@ -6,21 +6,14 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/xdp-hostd/xdp-hostd/hostnet"
 )
 
 // OpenPacketSocket opens a non-blocking AF_PACKET socket that receives every
 // frame arriving on ifname (in the namespace at nsPath), but not the frames
 // sent from it. Read it with a Counter.
 func OpenPacketSocket(nsPath, ifname string) (*os.File, error) {
-	ns, err := hostnet.NewNSRunner(nsPath)
-	if err != nil {
-		return nil, err
-	}
-	defer ns.Close()
 	var f *os.File
-	err = ns.Do(func() error {
+	err := inNS(nsPath, func() error {
 		ifi, err := net.InterfaceByName(ifname)
 		if err != nil {
 			return fmt.Errorf("packet socket on %s: %w", ifname, err)
@@ -52,13 +45,8 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 // SO_RCVBUFFORCE past the net.core.rmem_max limit: root only). Count what it
 // receives with NewPayloadCounter.
 func ListenUDP(nsPath string, ip net.IP, port int) (*net.UDPConn, error) {
-	ns, err := hostnet.NewNSRunner(nsPath)
-	if err != nil {
-		return nil, err
-	}
-	defer ns.Close()
 	var c *net.UDPConn
-	err = ns.Do(func() (err error) {
+	err := inNS(nsPath, func() (err error) {
 		c, err = net.ListenUDP("udp4", &net.UDPAddr{IP: ip, Port: port})
 		return err
 	})

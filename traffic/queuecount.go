@@ -20,7 +20,7 @@ const MaxQueues = 64
 // passed. Attaching it also gives a veth the NAPI receive queues that native
 // XDP (and so per-queue delivery) needs.
 type QueueCounter struct {
-	objs TrafficObjects
+	objs trafficObjects
 	link link.Link
 }
 
@@ -28,7 +28,7 @@ type QueueCounter struct {
 // namespace at nsPath ("" for the caller's).
 func AttachQueueCounter(nsPath, ifname string) (*QueueCounter, error) {
 	c := &QueueCounter{}
-	if err := LoadTrafficObjects(&c.objs, nil); err != nil {
+	if err := loadTrafficObjects(&c.objs, nil); err != nil {
 		return nil, fmt.Errorf("load queue counter: %w", err)
 	}
 	err := inNS(nsPath, func() error {

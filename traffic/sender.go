@@ -8,45 +8,66 @@ import (
 
 	"github.com/asavie/xdp"
 	"golang.org/x/sys/unix"
-
-	"github.com/xdp-hostd/xdp-hostd/hostnet"
 )
 
 // Sender sends frames out of a veth (the "wire" side) so that they arrive on
 // a chosen RX queue of its peer (the uplink).
 //
-// It uses one AF_XDP socket (copy mode) per TX queue: the kernel builds each
-// skb with queue_mapping set to the socket's queue, and a veth delivers a
-// frame to the RX queue of its peer with the same number. (Frames sent with
-// XDP_TX or redirect into a veth land on the queue of the sending CPU
-// instead, and cannot be aimed.) github.com/asavie/xdp provides the sockets.
+// It uses one AF_XDP socket (copy mode) per TX queue of the wire veth. In
+// copy mode the kernel (xsk_generic_xmit) builds an skb per frame with
+// queue_mapping set to the socket's queue and hands it straight to the
+// driver (__dev_direct_xmit, no qdisc, no TX queue selection), and veth_xmit
+// puts it on the peer's RX queue with the same number. On a veth the frames
+// are not lost: when the peer's ring is full the kernel keeps them in the TX
+// ring until there is room (Send waits for completion).
+//
+// The alternatives, measured on Linux 6.18 (see TestQueueAimingAlternatives):
+//   - AF_PACKET, with or without PACKET_QDISC_BYPASS: the queue is the
+//     flow hash's (skb_tx_hash), which cannot be chosen.
+//   - a tc/tcx egress program writing skb->queue_mapping = v: the kernel
+//     does not use v as the TX queue, it takes it for a recorded RX queue
+//     v-1 and skb_tx_hash maps that to queue (v-1) % queues (v = 0 falls
+//     back to the flow hash). It aims, but through a quirk of the TX hash,
+//     not through an interface meant for it.
+//   - XDP_TX or XDP_REDIRECT into a veth (Blast): the frame lands on the
+//     peer's RX queue of the sending CPU (smp_processor_id() % queues).
+//
+// The receiving veth must have NAPI receive queues (an XDP program attached,
+// or GRO on); otherwise every frame is received through the backlog on no
+// particular queue. github.com/asavie/xdp provides the sockets.
+//
+// A Sender is not safe for concurrent use.
 type Sender struct {
-	ns      *hostnet.NSRunner
+	nsPath  string
 	ifname  string
 	ifindex int
 	socks   map[int]*xdp.Socket
-	buf     []xdp.Desc
 }
 
 // Rings sized for bursts: with the library's default 64-entry rings most of
-// a burst is lost (design.md).
+// a burst is lost (design.md). TX only: no RX ring; the fill ring is unused
+// but the kernel requires one.
 var senderOpts = xdp.SocketOptions{
 	NumFrames:              4096,
 	FrameSize:              2048,
 	FillRingNumDescs:       64,
-	CompletionRingNumDescs: 2048,
+	CompletionRingNumDescs: 4096,
 	RxRingNumDescs:         0,
 	TxRingNumDescs:         2048,
 }
 
-// NewSender prepares to send out of ifname in the namespace at nsPath.
+const (
+	// MaxSendFrame is the largest frame a Sender sends.
+	MaxSendFrame = 2048
+	sendBatch    = 256
+	sendTimeout  = 10 * time.Second
+)
+
+// NewSender prepares to send out of ifname in the namespace at nsPath ("" for
+// the caller's). Sockets are opened on first use of a queue.
 func NewSender(nsPath, ifname string) (*Sender, error) {
-	ns, err := hostnet.NewNSRunner(nsPath)
-	if err != nil {
-		return nil, err
-	}
-	s := &Sender{ns: ns, ifname: ifname, socks: map[int]*xdp.Socket{}}
-	err = ns.Do(func() error {
+	s := &Sender{nsPath: nsPath, ifname: ifname, socks: map[int]*xdp.Socket{}}
+	err := inNS(nsPath, func() error {
 		ifi, err := net.InterfaceByName(ifname)
 		if err != nil {
 			return fmt.Errorf("sender interface %s: %w", ifname, err)
@@ -55,10 +76,22 @@ func NewSender(nsPath, ifname string) (*Sender, error) {
 		return nil
 	})
 	if err != nil {
-		ns.Close()
 		return nil, err
 	}
 	return s, nil
+}
+
+// SendToQueue sends frames out of ifname (in the namespace at nsPath) so that
+// they arrive on RX queue `queue` of its veth peer, and returns when the
+// kernel has sent them all (at most 10 s). It opens and closes a Sender:
+// keep a Sender for repeated sends.
+func SendToQueue(nsPath, ifname string, queue int, frames [][]byte) error {
+	s, err := NewSender(nsPath, ifname)
+	if err != nil {
+		return err
+	}
+	serr := s.SendFrames(queue, frames)
+	return errors.Join(serr, s.Close())
 }
 
 func (s *Sender) socket(queue int) (*xdp.Socket, error) {
@@ -66,7 +99,7 @@ func (s *Sender) socket(queue int) (*xdp.Socket, error) {
 		return x, nil
 	}
 	var x *xdp.Socket
-	err := s.ns.Do(func() (err error) {
+	err := inNS(s.nsPath, func() (err error) {
 		x, err = xdp.NewSocket(s.ifindex, queue, &senderOpts)
 		return err
 	})
@@ -78,9 +111,37 @@ func (s *Sender) socket(queue int) (*xdp.Socket, error) {
 }
 
 // Send sends count frames of spec with sequence numbers seq0, seq0+1, ...
-// on TX queue `queue` and waits (at most 10 s) until the kernel has sent
-// them all. Frames go out in batches of up to 256.
-func (s *Sender) Send(spec FrameSpec, queue int, seq0 uint32, count int) (err error) {
+// on TX queue `queue` (so to RX queue `queue` of the peer) and waits (at
+// most 10 s) until the kernel has sent them all. Frames are built straight
+// into the socket's buffers and go out in batches of up to 256 per system
+// call.
+func (s *Sender) Send(spec FrameSpec, queue int, seq0 uint32, count int) error {
+	if max(spec.Size, 64) > MaxSendFrame {
+		return fmt.Errorf("send frames of %d bytes: at most %d", spec.Size, MaxSendFrame)
+	}
+	return s.send(queue, count, func(buf []byte, i int) (int, error) {
+		return spec.Build(buf, seq0+uint32(i))
+	})
+}
+
+// SendFrames sends frames, in order, on TX queue `queue` (so to RX queue
+// `queue` of the peer) and waits (at most 10 s) until the kernel has sent
+// them all, in batches of up to 256 per system call.
+func (s *Sender) SendFrames(queue int, frames [][]byte) error {
+	for i, f := range frames {
+		if len(f) < 14 || len(f) > MaxSendFrame {
+			return fmt.Errorf("send frame %d of %d bytes: want 14 to %d", i, len(f), MaxSendFrame)
+		}
+	}
+	return s.send(queue, len(frames), func(buf []byte, i int) (int, error) {
+		return copy(buf, frames[i]), nil
+	})
+}
+
+func (s *Sender) send(queue, count int, fill func(buf []byte, i int) (int, error)) (err error) {
+	if queue < 0 {
+		return fmt.Errorf("send on %s: queue %d", s.ifname, queue)
+	}
 	x, err := s.socket(queue)
 	if err != nil {
 		return err
@@ -90,17 +151,22 @@ func (s *Sender) Send(spec FrameSpec, queue int, seq0 uint32, count int) (err er
 		if r := recover(); r != nil {
 			err = fmt.Errorf("AF_XDP transmit on %s queue %d: %v", s.ifname, queue, r)
 		}
+		if err != nil {
+			// Frames may be left in the rings: start afresh next time.
+			delete(s.socks, queue)
+			x.Close()
+		}
 	}()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(sendTimeout)
 	sent, done := 0, 0
 	for done < count {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("send on %s queue %d: %d of %d frames completed within 10s", s.ifname, queue, done, count)
+			return fmt.Errorf("send on %s queue %d: %d of %d frames completed within %v", s.ifname, queue, done, count, sendTimeout)
 		}
-		if n := min(count-sent, x.NumFreeTxSlots(), 256); n > 0 {
+		if n := min(count-sent, x.NumFreeTxSlots(), sendBatch); n > 0 {
 			descs := x.GetDescs(n)
 			for i := range descs {
-				l, err := spec.Build(x.GetFrame(descs[i]), seq0+uint32(sent+i))
+				l, err := fill(x.GetFrame(descs[i]), sent+i)
 				if err != nil {
 					return err
 				}
@@ -110,7 +176,7 @@ func (s *Sender) Send(spec FrameSpec, queue int, seq0 uint32, count int) (err er
 		} else {
 			x.Transmit(nil) // kick the kernel to send what is queued
 		}
-		// (Socket.Poll reads the RX ring, which this TX-only socket lacks.)
+		// (Socket.Poll waits on the RX ring, which this TX-only socket lacks.)
 		if x.NumCompleted() == 0 {
 			pfd := []unix.PollFd{{Fd: int32(x.FD()), Events: unix.POLLOUT}}
 			if _, err := unix.Poll(pfd, 10); err != nil && err != unix.EINTR {
@@ -132,6 +198,5 @@ func (s *Sender) Close() error {
 		errs = append(errs, x.Close())
 	}
 	s.socks = nil
-	errs = append(errs, s.ns.Close())
 	return errors.Join(errs...)
 }

@@ -16,36 +16,36 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	TrafficMapRxqMarked   = "rxq_marked"
-	TrafficMapRxqOther    = "rxq_other"
-	TrafficMapTxqSet      = "txq_set"
-	TrafficProgXhLiveTx   = "xh_live_tx"
-	TrafficProgXhRxqCount = "xh_rxq_count"
-	TrafficProgXhSetTxq   = "xh_set_txq"
+	trafficMapRxqMarked   = "rxq_marked"
+	trafficMapRxqOther    = "rxq_other"
+	trafficMapTxqSet      = "txq_set"
+	trafficProgXhLiveTx   = "xh_live_tx"
+	trafficProgXhRxqCount = "xh_rxq_count"
+	trafficProgXhSetTxq   = "xh_set_txq"
 )
 
-// LoadTraffic returns the embedded CollectionSpec for Traffic.
-func LoadTraffic() (*ebpf.CollectionSpec, error) {
+// loadTraffic returns the embedded CollectionSpec for traffic.
+func loadTraffic() (*ebpf.CollectionSpec, error) {
 	reader := bytes.NewReader(_TrafficBytes)
 	spec, err := ebpf.LoadCollectionSpecFromReader(reader)
 	if err != nil {
-		return nil, fmt.Errorf("can't load Traffic: %w", err)
+		return nil, fmt.Errorf("can't load traffic: %w", err)
 	}
 
 	return spec, err
 }
 
-// LoadTrafficObjects loads Traffic and converts it into a struct.
+// loadTrafficObjects loads traffic and converts it into a struct.
 //
 // The following types are suitable as obj argument:
 //
-//	*TrafficObjects
-//	*TrafficPrograms
-//	*TrafficMaps
+//	*trafficObjects
+//	*trafficPrograms
+//	*trafficMaps
 //
 // See ebpf.CollectionSpec.LoadAndAssign documentation for details.
-func LoadTrafficObjects(obj any, opts *ebpf.CollectionOptions) error {
-	spec, err := LoadTraffic()
+func loadTrafficObjects(obj any, opts *ebpf.CollectionOptions) error {
+	spec, err := loadTraffic()
 	if err != nil {
 		return err
 	}
@@ -53,65 +53,65 @@ func LoadTrafficObjects(obj any, opts *ebpf.CollectionOptions) error {
 	return spec.LoadAndAssign(obj, opts)
 }
 
-// TrafficSpecs contains maps and programs before they are loaded into the kernel.
+// trafficSpecs contains maps and programs before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
-type TrafficSpecs struct {
-	TrafficProgramSpecs
-	TrafficMapSpecs
-	TrafficVariableSpecs
+type trafficSpecs struct {
+	trafficProgramSpecs
+	trafficMapSpecs
+	trafficVariableSpecs
 }
 
-// TrafficProgramSpecs contains programs before they are loaded into the kernel.
+// trafficProgramSpecs contains programs before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
-type TrafficProgramSpecs struct {
+type trafficProgramSpecs struct {
 	XhLiveTx   *ebpf.ProgramSpec `ebpf:"xh_live_tx"`
 	XhRxqCount *ebpf.ProgramSpec `ebpf:"xh_rxq_count"`
 	XhSetTxq   *ebpf.ProgramSpec `ebpf:"xh_set_txq"`
 }
 
-// TrafficMapSpecs contains maps before they are loaded into the kernel.
+// trafficMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
-type TrafficMapSpecs struct {
+type trafficMapSpecs struct {
 	RxqMarked *ebpf.MapSpec `ebpf:"rxq_marked"`
 	RxqOther  *ebpf.MapSpec `ebpf:"rxq_other"`
 	TxqSet    *ebpf.MapSpec `ebpf:"txq_set"`
 }
 
-// TrafficVariableSpecs contains global variables before they are loaded into the kernel.
+// trafficVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
-type TrafficVariableSpecs struct {
+type trafficVariableSpecs struct {
 }
 
-// TrafficObjects contains all objects after they have been loaded into the kernel.
+// trafficObjects contains all objects after they have been loaded into the kernel.
 //
-// It can be passed to LoadTrafficObjects or ebpf.CollectionSpec.LoadAndAssign.
-type TrafficObjects struct {
-	TrafficPrograms
-	TrafficMaps
-	TrafficVariables
+// It can be passed to loadTrafficObjects or ebpf.CollectionSpec.LoadAndAssign.
+type trafficObjects struct {
+	trafficPrograms
+	trafficMaps
+	trafficVariables
 }
 
-func (o *TrafficObjects) Close() error {
+func (o *trafficObjects) Close() error {
 	return _TrafficClose(
-		&o.TrafficPrograms,
-		&o.TrafficMaps,
+		&o.trafficPrograms,
+		&o.trafficMaps,
 	)
 }
 
-// TrafficMaps contains all maps after they have been loaded into the kernel.
+// trafficMaps contains all maps after they have been loaded into the kernel.
 //
-// It can be passed to LoadTrafficObjects or ebpf.CollectionSpec.LoadAndAssign.
-type TrafficMaps struct {
+// It can be passed to loadTrafficObjects or ebpf.CollectionSpec.LoadAndAssign.
+type trafficMaps struct {
 	RxqMarked *ebpf.Map `ebpf:"rxq_marked"`
 	RxqOther  *ebpf.Map `ebpf:"rxq_other"`
 	TxqSet    *ebpf.Map `ebpf:"txq_set"`
 }
 
-func (m *TrafficMaps) Close() error {
+func (m *trafficMaps) Close() error {
 	return _TrafficClose(
 		m.RxqMarked,
 		m.RxqOther,
@@ -119,22 +119,22 @@ func (m *TrafficMaps) Close() error {
 	)
 }
 
-// TrafficVariables contains all global variables after they have been loaded into the kernel.
+// trafficVariables contains all global variables after they have been loaded into the kernel.
 //
-// It can be passed to LoadTrafficObjects or ebpf.CollectionSpec.LoadAndAssign.
-type TrafficVariables struct {
+// It can be passed to loadTrafficObjects or ebpf.CollectionSpec.LoadAndAssign.
+type trafficVariables struct {
 }
 
-// TrafficPrograms contains all programs after they have been loaded into the kernel.
+// trafficPrograms contains all programs after they have been loaded into the kernel.
 //
-// It can be passed to LoadTrafficObjects or ebpf.CollectionSpec.LoadAndAssign.
-type TrafficPrograms struct {
+// It can be passed to loadTrafficObjects or ebpf.CollectionSpec.LoadAndAssign.
+type trafficPrograms struct {
 	XhLiveTx   *ebpf.Program `ebpf:"xh_live_tx"`
 	XhRxqCount *ebpf.Program `ebpf:"xh_rxq_count"`
 	XhSetTxq   *ebpf.Program `ebpf:"xh_set_txq"`
 }
 
-func (p *TrafficPrograms) Close() error {
+func (p *trafficPrograms) Close() error {
 	return _TrafficClose(
 		p.XhLiveTx,
 		p.XhRxqCount,

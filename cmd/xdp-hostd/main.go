@@ -4,6 +4,9 @@
 // Subcommands:
 //
 //	run --config F run the dataplane the configuration file declares
+//	prog ...       verify, load, replace, remove, list and show guest programs
+//	caps           the capability document for guest programs
+//	status         the running daemon's uplinks and VMs
 //	demo           run the dataplane on an embedded topology of its own and show per-VM results
 //	bench dispatch measure the cost of the dispatch path and the tap delivery path
 //	version        print the version and the guest ABI version
@@ -42,6 +45,9 @@ func init() {
 		{"run", "run --config FILE: run the dataplane for the uplinks and VMs the file declares, until SIGINT/SIGTERM", runRun},
 		{"demo", "demo [--json] [--packets N]: run two VMs on an embedded namespace topology and report what each got", runDemo},
 		{"bench", "bench dispatch [--packets N]: benchmark the dispatch path and tap delivery against the kernel's bridge", runBench},
+		{"prog", "prog verify|load|replace|rm|list|show: check and manage guest XDP programs", runProg},
+		{"caps", "caps [--vm VM]: the capability document guest programs are written against", runCaps},
+		{"status", "status [--json]: the running daemon's uplinks, VMs and counters", runStatus},
 		{"version", "version: print the version and the guest ABI version", runVersion},
 	}
 }
@@ -71,11 +77,15 @@ func run(ctx context.Context, e *env, args []string) int {
 			continue
 		}
 		err := c.run(ctx, e, args[1:])
+		var ec *exitCode
 		switch {
 		case err == nil:
 			return 0
 		case errors.Is(err, flag.ErrHelp):
 			return 0
+		case errors.As(err, &ec):
+			fmt.Fprintf(e.stderr, "xdp-hostd %s: %v\n", c.name, err)
+			return ec.code
 		case errors.Is(err, errUsage):
 			fmt.Fprintf(e.stderr, "xdp-hostd %s: %v\n", c.name, err)
 			return 2
@@ -116,12 +126,16 @@ func newFlags(e *env, name, synopsis string) *flag.FlagSet {
 	return fs
 }
 
+func flagErr(err error) error {
+	if errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	return fmt.Errorf("%w: %v", errUsage, err)
+}
+
 func parseFlags(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return flagErr(err)
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())

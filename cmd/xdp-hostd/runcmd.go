@@ -8,8 +8,10 @@ import (
 )
 
 func runRun(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "run", "run --config FILE")
+	fs := newFlags(e, "run", "run --config FILE [--socket PATH] [--socket-group GROUP]")
 	path := fs.String("config", "", "the configuration file (JSON; see examples/xdp-hostd.json)")
+	socket := fs.String("socket", daemon.DefaultSocket, "the API's unix socket")
+	group := fs.String("socket-group", "", "group that may use the API socket (mode 0660)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -20,5 +22,5 @@ func runRun(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return daemon.Run(ctx, cfg, e.log)
+	return daemon.Run(ctx, cfg, daemon.RunOptions{Socket: *socket, SocketGroup: *group}, e.log)
 }

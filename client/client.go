@@ -1,0 +1,159 @@
+// Package client talks to a running xdp-hostd over its unix-socket API. The
+// CLI, the libvirt hook and the guest agent's host side share it.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/xdp-hostd/xdp-hostd/daemon"
+	"github.com/xdp-hostd/xdp-hostd/guestprog"
+)
+
+// Client is a connection to the daemon's API.
+type Client struct {
+	socket string
+	http   *http.Client
+}
+
+// New returns a client for the daemon at socket ("" for daemon.DefaultSocket).
+func New(socket string) *Client {
+	if socket == "" {
+		socket = daemon.DefaultSocket
+	}
+	return &Client{socket: socket, http: &http.Client{
+		Timeout: 60 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		}},
+	}}
+}
+
+// Error is an error the daemon answered with.
+type Error struct {
+	Status int
+	daemon.APIError
+}
+
+func (e *Error) Error() string {
+	var b bytes.Buffer
+	b.WriteString(e.APIError.Error)
+	if len(e.VerifierLog) > 0 && !bytes.Contains([]byte(e.APIError.Error), []byte(e.VerifierLog[len(e.VerifierLog)-1])) {
+		b.WriteString("\nverifier log:")
+		for _, l := range e.VerifierLog {
+			b.WriteString("\n  " + l)
+		}
+	}
+	return b.String()
+}
+
+// Conflict reports whether the daemon refused because the expected program
+// was not current (or the VM already has one).
+func (e *Error) Conflict() bool { return e.Status == http.StatusConflict }
+
+func (c *Client) do(ctx context.Context, method, path string, query url.Values, body []byte, out any) error {
+	u := "http://xdp-hostd/" + daemon.APIVersion + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
+	}
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) {
+			return fmt.Errorf("cannot reach xdp-hostd at %s (is 'xdp-hostd run' running, and may you use its socket?): %w", c.socket, op.Err)
+		}
+		return fmt.Errorf("xdp-hostd at %s: %w", c.socket, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("read the daemon's answer: %w", err)
+	}
+	if resp.StatusCode >= 300 {
+		e := &Error{Status: resp.StatusCode}
+		if json.Unmarshal(b, &e.APIError) != nil || e.APIError.Error == "" {
+			e.APIError.Error = fmt.Sprintf("%s: %s", resp.Status, bytes.TrimSpace(b))
+		}
+		return e
+	}
+	if out != nil && len(b) > 0 {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("decode the daemon's answer: %w", err)
+		}
+	}
+	return nil
+}
+
+// Status returns the daemon's uplinks and VMs.
+func (c *Client) Status(ctx context.Context) (*daemon.Status, error) {
+	var s daemon.Status
+	return &s, c.do(ctx, http.MethodGet, "/status", nil, nil, &s)
+}
+
+// Caps returns the capability document, for a VM if vm is set.
+func (c *Client) Caps(ctx context.Context, vm string) (*guestprog.Capabilities, error) {
+	q := url.Values{}
+	if vm != "" {
+		q.Set("vm", vm)
+	}
+	var caps guestprog.Capabilities
+	return &caps, c.do(ctx, http.MethodGet, "/caps", q, nil, &caps)
+}
+
+// Programs lists the current guest programs.
+func (c *Client) Programs(ctx context.Context) ([]daemon.ProgramRecord, error) {
+	var out []daemon.ProgramRecord
+	return out, c.do(ctx, http.MethodGet, "/programs", nil, nil, &out)
+}
+
+// Program shows one program.
+func (c *Client) Program(ctx context.Context, id uint64) (*daemon.ProgramRecord, error) {
+	var rec daemon.ProgramRecord
+	return &rec, c.do(ctx, http.MethodGet, "/programs/"+strconv.FormatUint(id, 10), nil, nil, &rec)
+}
+
+func entryQuery(entry string, expect uint64) url.Values {
+	q := url.Values{}
+	if entry != "" {
+		q.Set("entry", entry)
+	}
+	if expect != 0 {
+		q.Set("expect", strconv.FormatUint(expect, 10))
+	}
+	return q
+}
+
+// Load installs a guest program on a VM running the built-in one.
+func (c *Client) Load(ctx context.Context, vm string, obj []byte, entry string) (*daemon.ProgramRecord, error) {
+	var rec daemon.ProgramRecord
+	return &rec, c.do(ctx, http.MethodPost, "/vms/"+url.PathEscape(vm)+"/program", entryQuery(entry, 0), obj, &rec)
+}
+
+// Replace swaps the VM's program if expect is the current one's ID.
+func (c *Client) Replace(ctx context.Context, vm string, expect uint64, obj []byte, entry string) (*daemon.ProgramRecord, error) {
+	var rec daemon.ProgramRecord
+	return &rec, c.do(ctx, http.MethodPut, "/vms/"+url.PathEscape(vm)+"/program", entryQuery(entry, expect), obj, &rec)
+}
+
+// Remove puts the built-in program back if expect is the current one's ID.
+func (c *Client) Remove(ctx context.Context, vm string, expect uint64) error {
+	return c.do(ctx, http.MethodDelete, "/vms/"+url.PathEscape(vm)+"/program", entryQuery("", expect), nil, nil)
+}

@@ -1,0 +1,276 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/xdp-hostd/xdp-hostd/guestprog"
+	"github.com/xdp-hostd/xdp-hostd/hostnet"
+)
+
+// DefaultSocket is where the daemon serves its API.
+const DefaultSocket = "/run/xdp-hostd/xdp-hostd.sock"
+
+// APIVersion is the path prefix of the API.
+const APIVersion = "v1"
+
+// APIError is the body of every error response.
+type APIError struct {
+	Error       string                `json:"error"`
+	Violations  []guestprog.Violation `json:"violations,omitempty"`
+	VerifierLog []string              `json:"verifier_log,omitempty"`
+}
+
+// Status is GET /v1/status.
+type Status struct {
+	Uplinks []UplinkStatus `json:"uplinks"`
+	NextID  uint64         `json:"next_program_id"`
+}
+
+// UplinkStatus is one uplink in Status.
+type UplinkStatus struct {
+	Inventory hostnet.Uplink        `json:"inventory"`
+	XDPMode   string                `json:"xdp_mode"`
+	Stats     hostnet.DispatchStats `json:"dispatch"`
+	VMs       []VMStatus            `json:"vms"`
+}
+
+// VMStatus is one VM in Status.
+type VMStatus struct {
+	Name     string           `json:"name"`
+	MAC      string           `json:"mac"`
+	Queues   []int            `json:"queues"`
+	Delivery string           `json:"delivery"`
+	Tap      string           `json:"tap,omitempty"`
+	Program  uint64           `json:"program_id"` // 0: the built-in program
+	Ports    []hostnet.Port   `json:"ports"`
+	Verdicts hostnet.Verdicts `json:"verdicts"`
+	TX       hostnet.TXStats  `json:"tx"`
+}
+
+// API serves the daemon's local API on a unix socket.
+type API struct {
+	srv  *http.Server
+	ln   net.Listener
+	path string
+}
+
+// ServeAPI listens on the unix socket at path (mode 0660, group if given).
+func ServeAPI(d *Daemon, path, group string) (*API, error) {
+	if path == "" {
+		path = DefaultSocket
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("API socket directory: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		// A socket nobody answers on is a leftover; a live one is another daemon.
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%w: another xdp-hostd serves %s", hostnet.ErrBusy, path)
+		}
+		os.Remove(path)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("API socket mode: %w", err)
+	}
+	if group != "" {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("API socket group %q: %w", group, err)
+		}
+		gid, _ := strconv.Atoi(g.Gid)
+		if err := os.Chown(path, -1, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("API socket group %q: %w", group, err)
+		}
+	}
+	a := &API{ln: ln, path: path}
+	a.srv = &http.Server{Handler: newHandler(d), ReadHeaderTimeout: 10 * time.Second}
+	go a.srv.Serve(ln)
+	return a, nil
+}
+
+// Path is the socket's path.
+func (a *API) Path() string { return a.path }
+
+// Close stops serving and removes the socket.
+func (a *API) Close() error {
+	err := a.srv.Close()
+	os.Remove(a.path)
+	return err
+}
+
+func newHandler(d *Daemon) http.Handler {
+	mux := http.NewServeMux()
+	p := "/" + APIVersion
+	mux.HandleFunc("GET "+p+"/status", func(w http.ResponseWriter, r *http.Request) {
+		st := Status{NextID: d.Programs.NextID()}
+		for _, dp := range d.Dataplanes() {
+			us := UplinkStatus{Inventory: dp.Inventory(), XDPMode: dp.Mode().String()}
+			us.Stats, _ = dp.Stats()
+			for _, vm := range dp.VMs() {
+				vs := VMStatus{Name: vm.Name(), MAC: vm.MAC().String(), Queues: vm.Queues(), Delivery: vm.Delivery().String(), Ports: vm.Ports()}
+				if vm.Tap() != nil {
+					vs.Tap = vm.Tap().Name()
+				}
+				vs.Program, _ = d.Programs.Current(vm.Name())
+				vs.Verdicts, _ = vm.Verdicts()
+				vs.TX, _ = vm.TXStats()
+				us.VMs = append(us.VMs, vs)
+			}
+			st.Uplinks = append(st.Uplinks, us)
+		}
+		writeJSON(w, http.StatusOK, st)
+	})
+	mux.HandleFunc("GET "+p+"/caps", func(w http.ResponseWriter, r *http.Request) {
+		c := guestprog.Caps(d.Programs.limits)
+		if name := r.URL.Query().Get("vm"); name != "" {
+			vm, ok := d.VM(name)
+			if !ok {
+				writeErr(w, fmt.Errorf("%w: %q", ErrNoSuchVM, name))
+				return
+			}
+			c.VM = name
+			c.DeliveryModes = []string{"copy"}
+			for _, port := range vm.Ports() {
+				c.Ports = append(c.Ports, port.Number)
+			}
+			for _, dp := range d.Dataplanes() {
+				if up, _, _ := dp.Uplink(); up == vm.Uplink() {
+					c.UplinkFeatures = dp.Inventory().XDP
+				}
+			}
+		}
+		writeJSON(w, http.StatusOK, c)
+	})
+	mux.HandleFunc("GET "+p+"/programs", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.Programs.List())
+	})
+	mux.HandleFunc("GET "+p+"/programs/{id}", func(w http.ResponseWriter, r *http.Request) {
+		id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+		if err != nil {
+			writeErr(w, fmt.Errorf("%w: program ID %q is not a number", errBadRequest, r.PathValue("id")))
+			return
+		}
+		rec, err := d.Programs.Show(id)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, rec)
+	})
+	mux.HandleFunc("POST "+p+"/vms/{vm}/program", func(w http.ResponseWriter, r *http.Request) {
+		obj, err := readObject(r)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		rec, err := d.Programs.Load(r.PathValue("vm"), obj, r.URL.Query().Get("entry"))
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, rec)
+	})
+	mux.HandleFunc("PUT "+p+"/vms/{vm}/program", func(w http.ResponseWriter, r *http.Request) {
+		expect, err := expectParam(r)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		obj, err := readObject(r)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		rec, err := d.Programs.Replace(r.PathValue("vm"), expect, obj, r.URL.Query().Get("entry"))
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, rec)
+	})
+	mux.HandleFunc("DELETE "+p+"/vms/{vm}/program", func(w http.ResponseWriter, r *http.Request) {
+		expect, err := expectParam(r)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		if err := d.Programs.Remove(r.PathValue("vm"), expect); err != nil {
+			writeErr(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	return mux
+}
+
+var errBadRequest = errors.New("bad request")
+
+func expectParam(r *http.Request) (uint64, error) {
+	s := r.URL.Query().Get("expect")
+	if s == "" {
+		return 0, fmt.Errorf("%w: expect: give the ID of the program you believe is current (see 'xdp-hostd prog list')", errBadRequest)
+	}
+	id, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || id == 0 {
+		return 0, fmt.Errorf("%w: expect: %q is not a program ID", errBadRequest, s)
+	}
+	return id, nil
+}
+
+func readObject(r *http.Request) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r.Body, MaxObjectSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("%w: read the object: %v", errBadRequest, err)
+	}
+	if len(b) > MaxObjectSize {
+		return nil, fmt.Errorf("%w: the object is larger than %d bytes", errBadRequest, MaxObjectSize)
+	}
+	if len(b) == 0 {
+		return nil, fmt.Errorf("%w: no object in the request body", errBadRequest)
+	}
+	return b, nil
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, err error) {
+	body := APIError{Error: err.Error()}
+	code := http.StatusInternalServerError
+	var refused *guestprog.RefusedError
+	var verr *guestprog.VerifierError
+	switch {
+	case errors.As(err, &refused):
+		code, body.Violations = http.StatusUnprocessableEntity, refused.Report.Violations
+	case errors.As(err, &verr):
+		code, body.VerifierLog = http.StatusUnprocessableEntity, verr.Log
+	case errors.Is(err, guestprog.ErrInvalidObject), errors.Is(err, errBadRequest):
+		code = http.StatusBadRequest
+	case errors.Is(err, ErrNoSuchVM), errors.Is(err, ErrNoSuchProgram):
+		code = http.StatusNotFound
+	case errors.Is(err, ErrStale), errors.Is(err, ErrHasProgram):
+		code = http.StatusConflict
+	}
+	writeJSON(w, code, body)
+}

@@ -1,0 +1,227 @@
+package daemon
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/xdp-hostd/xdp-hostd/guestprog"
+	"github.com/xdp-hostd/xdp-hostd/hostnet"
+)
+
+// Errors of the program registry; API errors map them to status codes.
+var (
+	ErrNoSuchVM      = errors.New("no such VM")
+	ErrNoSuchProgram = errors.New("no such program")
+	// ErrStale: the caller's expected program ID is not the VM's current
+	// one. Nothing was changed.
+	ErrStale = errors.New("the expected program is not the current one")
+	// ErrHasProgram: load on a VM that already runs a guest program.
+	ErrHasProgram = errors.New("the VM already runs a guest program")
+)
+
+// MaxObjectSize is the largest guest object accepted.
+const MaxObjectSize = 4 << 20
+
+// ProgramRecord is one accepted guest program.
+type ProgramRecord struct {
+	ID       uint64    `json:"id"`        // daemon-wide, never reused
+	SHA256   string    `json:"sha256"`    // of the submitted object
+	KernelID uint32    `json:"kernel_id"` // the kernel's ID of the framed program
+	VM       string    `json:"vm"`
+	Uplink   string    `json:"uplink"`
+	Queues   []int     `json:"queues"`
+	Entry    string    `json:"entry"`
+	Size     int       `json:"size"`
+	LoadedAt time.Time `json:"loaded_at"`
+	// Verdicts are the VM's counters when the record was read; they count
+	// across program replacements.
+	Verdicts *hostnet.Verdicts `json:"verdicts,omitempty"`
+}
+
+// Registry gives guest programs their identity (IDs, hashes) and applies
+// load, replace and remove with compare-and-swap semantics: replace and
+// remove name the program the caller believes is current.
+type Registry struct {
+	log    *slog.Logger
+	limits guestprog.Limits
+
+	mu     sync.Mutex
+	nextID uint64
+	vms    map[string]*hostnet.VM
+	byVM   map[string]*ProgramRecord
+}
+
+// NewRegistry makes a registry over the daemon's VMs. IDs start at next.
+func NewRegistry(log *slog.Logger, limits guestprog.Limits, next uint64) *Registry {
+	if next == 0 {
+		next = 1
+	}
+	return &Registry{log: log, limits: limits, nextID: next, vms: map[string]*hostnet.VM{}, byVM: map[string]*ProgramRecord{}}
+}
+
+// AddVM makes a VM known to the registry.
+func (r *Registry) AddVM(vm *hostnet.VM) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.vms[vm.Name()] = vm
+}
+
+func (r *Registry) vm(name string) (*hostnet.VM, error) {
+	vm, ok := r.vms[name]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrNoSuchVM, name)
+	}
+	return vm, nil
+}
+
+// Verify runs the static policy with the registry's limits.
+func (r *Registry) Verify(obj []byte, entry string) (*guestprog.Report, *guestprog.Object, error) {
+	if len(obj) > MaxObjectSize {
+		return nil, nil, fmt.Errorf("%w: the object has %d bytes; the limit is %d", guestprog.ErrInvalidObject, len(obj), MaxObjectSize)
+	}
+	return guestprog.Check(obj, entry, r.limits)
+}
+
+// Load installs a guest program on a VM that runs the built-in one.
+func (r *Registry) Load(vmName string, obj []byte, entry string) (*ProgramRecord, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	vm, err := r.vm(vmName)
+	if err != nil {
+		return nil, err
+	}
+	if cur, ok := r.byVM[vmName]; ok {
+		return nil, fmt.Errorf("%w: VM %s runs program %d; replace it with --expect %d", ErrHasProgram, vmName, cur.ID, cur.ID)
+	}
+	return r.install(vm, 0, obj, entry)
+}
+
+// Replace swaps the VM's program for a new one if expect is its current
+// program's ID.
+func (r *Registry) Replace(vmName string, expect uint64, obj []byte, entry string) (*ProgramRecord, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	vm, err := r.vm(vmName)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.checkCurrent(vmName, expect); err != nil {
+		return nil, err
+	}
+	return r.install(vm, expect, obj, entry)
+}
+
+// Remove puts the built-in program back if expect is the VM's current
+// program's ID.
+func (r *Registry) Remove(vmName string, expect uint64) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	vm, err := r.vm(vmName)
+	if err != nil {
+		return err
+	}
+	if err := r.checkCurrent(vmName, expect); err != nil {
+		return err
+	}
+	if err := vm.ResetProgram(); err != nil {
+		return fmt.Errorf("remove program %d from VM %s: %w", expect, vmName, err)
+	}
+	delete(r.byVM, vmName)
+	r.log.Info("audit: prog_remove", "audit", "prog_remove", "vm", vmName, "id", expect)
+	return nil
+}
+
+func (r *Registry) checkCurrent(vmName string, expect uint64) error {
+	cur, ok := r.byVM[vmName]
+	switch {
+	case !ok:
+		return fmt.Errorf("%w: VM %s runs the built-in program, not %d; load one first", ErrStale, vmName, expect)
+	case cur.ID != expect:
+		return fmt.Errorf("%w: VM %s runs program %d, not %d; nothing was changed", ErrStale, vmName, cur.ID, expect)
+	}
+	return nil
+}
+
+// install checks, loads and swaps in a program; the caller holds r.mu. On
+// error the VM keeps its current program and no ID is used up.
+func (r *Registry) install(vm *hostnet.VM, replaces uint64, obj []byte, entry string) (*ProgramRecord, error) {
+	report, parsed, err := r.Verify(obj, entry)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(obj)
+	if !report.Accepted {
+		r.log.Info("audit: prog_refused", "audit", "prog_refused", "vm", vm.Name(), "sha256", hex.EncodeToString(sum[:]), "violations", len(report.Violations))
+		return nil, &guestprog.RefusedError{Report: report}
+	}
+	kid, err := vm.SetProgram(parsed, "guest")
+	if err != nil {
+		r.log.Info("audit: prog_refused", "audit", "prog_refused", "vm", vm.Name(), "sha256", hex.EncodeToString(sum[:]), "reason", "kernel verifier")
+		return nil, err
+	}
+	rec := &ProgramRecord{
+		ID: r.nextID, SHA256: hex.EncodeToString(sum[:]), KernelID: kid,
+		VM: vm.Name(), Uplink: vm.Uplink(), Queues: vm.Queues(), Entry: parsed.Entry, Size: len(obj),
+		LoadedAt: time.Now().UTC(),
+	}
+	r.nextID++
+	r.byVM[vm.Name()] = rec
+	event := "prog_load"
+	if replaces != 0 {
+		event = "prog_replace"
+	}
+	r.log.Info("audit: "+event, "audit", event, "vm", rec.VM, "id", rec.ID, "replaces", replaces, "sha256", rec.SHA256, "kernel_id", kid, "entry", rec.Entry)
+	return rec, nil
+}
+
+// List returns every VM's current guest program with its verdict counters.
+func (r *Registry) List() []ProgramRecord {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]ProgramRecord, 0, len(r.byVM))
+	for name, rec := range r.byVM {
+		c := *rec
+		if v, err := r.vms[name].Verdicts(); err == nil {
+			c.Verdicts = &v
+		}
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Show returns one program by ID.
+func (r *Registry) Show(id uint64) (ProgramRecord, error) {
+	for _, rec := range r.List() {
+		if rec.ID == id {
+			return rec, nil
+		}
+	}
+	return ProgramRecord{}, fmt.Errorf("%w: %d is not a current program (list them with 'xdp-hostd prog list')", ErrNoSuchProgram, id)
+}
+
+// Current returns the ID of a VM's guest program, 0 if it runs the built-in one.
+func (r *Registry) Current(vmName string) (uint64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, err := r.vm(vmName); err != nil {
+		return 0, err
+	}
+	if rec, ok := r.byVM[vmName]; ok {
+		return rec.ID, nil
+	}
+	return 0, nil
+}
+
+// NextID is the ID the next accepted program gets.
+func (r *Registry) NextID() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.nextID
+}

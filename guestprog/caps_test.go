@@ -1,0 +1,41 @@
+package guestprog
+
+import (
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"testing"
+)
+
+func TestCapsFromPolicy(t *testing.T) {
+	c := Caps(Limits{})
+	for _, h := range []string{"bpf_redirect_map", "bpf_map_lookup_elem", "bpf_tail_call", "bpf_xdp_adjust_head"} {
+		if !slices.Contains(c.Helpers, h) {
+			t.Errorf("caps lack %s: %v", h, c.Helpers)
+		}
+	}
+	for _, h := range []string{"bpf_redirect", "bpf_fib_lookup", "bpf_trace_printk", "bpf_probe_read_kernel"} {
+		if slices.Contains(c.Helpers, h) {
+			t.Errorf("caps allow refused helper %s", h)
+		}
+	}
+	if c.Limits.MaxInstructions == 0 || c.Limits.MapMemory == 0 {
+		t.Errorf("limits not filled: %+v", c.Limits)
+	}
+}
+
+// The Go side and the guest ABI header agree on the ABI version.
+func TestABIVersionMatchesHeader(t *testing.T) {
+	b, err := os.ReadFile("../bpf/include/xdp_hostd.h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`#define XDP_HOSTD_ABI_VERSION (\d+)`).FindSubmatch(b)
+	if m == nil {
+		t.Fatal("no XDP_HOSTD_ABI_VERSION in xdp_hostd.h")
+	}
+	if v, _ := strconv.Atoi(string(m[1])); v != ABIVersion {
+		t.Errorf("header says ABI %d, Go says %d", v, ABIVersion)
+	}
+}
