@@ -48,6 +48,16 @@ func Load(o *Object, maps *HostMaps) (_ *Program, err error) {
 	return p, nil
 }
 
+// Map returns one of the guest's own maps by name (the host's and the port
+// table are not the guest's).
+func (p *Program) Map(name string) (*ebpf.Map, bool) {
+	if p == nil || p.coll == nil || strings.HasPrefix(name, ReservedPrefix) || name == PortTableMap {
+		return nil, false
+	}
+	m, ok := p.coll.Maps[name]
+	return m, ok
+}
+
 // Close releases the program and the guest's own maps. Once the program is
 // no longer in a program array, the kernel frees it.
 func (p *Program) Close() error {

@@ -501,3 +501,11 @@ func (vm *VM) Uplink() string { return vm.d.cfg.Uplink }
 
 // Delivery is how the VM's passed packets reach it.
 func (vm *VM) Delivery() guestprog.Delivery { return vm.maps.Delivery }
+
+// GuestMap returns a map of the VM's current program by name: the guest's
+// own state (a bridge's table, a filter's prefixes).
+func (vm *VM) GuestMap(name string) (*ebpf.Map, bool) {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	return vm.prog.Map(name)
+}
