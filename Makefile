@@ -37,8 +37,11 @@ vet:
 test: build
 	XDP_HOSTD_REQUIRE_ROOT_TESTS=1 $(GO) test -count=1 -timeout 20m $(PKGS)
 
+# A short run of every fuzz target (CI runs it); FUZZTIME=1m for longer.
+FUZZTIME ?= 20000x
 fuzz:
-	$(GO) test ./traffic -run '^$$' -fuzz FuzzParseMarker -fuzztime 10s
+	$(GO) test ./guestprog -run '^$$' -fuzz '^FuzzCheck$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s
+	$(GO) test ./traffic -run '^$$' -fuzz '^FuzzParseMarker$$' -fuzztime $(FUZZTIME)
 
 demo: build
 	./bin/xdp-hostd demo
