@@ -1,0 +1,213 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/xdp-hostd/xdp-hostd/daemon"
+	"github.com/xdp-hostd/xdp-hostd/guestprog"
+	"github.com/xdp-hostd/xdp-hostd/hostnet/testnet"
+)
+
+func repoFile(t *testing.T, rel string) string {
+	t.Helper()
+	p, err := filepath.Abs(filepath.Join("..", "..", rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// cli runs the binary and returns its exit code, stdout and stderr.
+func cli(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return code, out.String(), errb.String()
+}
+
+func TestProgVerifyOffline(t *testing.T) {
+	good := repoFile(t, "bpf/examples/bridge.o")
+	code, out, _ := cli(t, "prog", "verify", good)
+	if code != 0 || !strings.Contains(out, "accepted") {
+		t.Errorf("good program: exit %d\n%s", code, out)
+	}
+	code, out, _ = cli(t, "prog", "verify", repoFile(t, "guestprog/testdata/hostile/redirect_ifindex.o"))
+	if code != 1 || !strings.Contains(out, "[redirect-by-ifindex]") || !strings.Contains(out, "prog+") {
+		t.Errorf("hostile program: exit %d\n%s", code, out)
+	}
+	code, out, _ = cli(t, "prog", "verify", "--json", repoFile(t, "guestprog/testdata/hostile/ringbuf.o"))
+	var rep guestprog.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || code != 1 || rep.Accepted || len(rep.Violations) < 2 {
+		t.Errorf("--json: exit %d, %v\n%s", code, err, out)
+	}
+	junk := filepath.Join(t.TempDir(), "junk.o")
+	os.WriteFile(junk, []byte("not an ELF object"), 0o644)
+	if code, _, stderr := cli(t, "prog", "verify", junk); code != 2 || !strings.Contains(stderr, "ELF") {
+		t.Errorf("unusable input: exit %d, %s", code, stderr)
+	}
+	if code, _, _ := cli(t, "prog", "verify"); code != 2 {
+		t.Errorf("no file: exit %d", code)
+	}
+	if os.Geteuid() == 0 {
+		code, out, _ = cli(t, "prog", "verify", "--kernel", good)
+		if code != 0 || !strings.Contains(out, "kernel verifier: accepted") {
+			t.Errorf("--kernel: exit %d\n%s", code, out)
+		}
+	}
+	code, out, _ = cli(t, "caps")
+	var caps guestprog.Capabilities
+	if err := json.Unmarshal([]byte(out), &caps); err != nil || code != 0 || caps.ABIVersion != guestprog.ABIVersion || len(caps.Helpers) == 0 {
+		t.Errorf("caps: exit %d, %v\n%s", code, err, out)
+	}
+}
+
+// The prog commands end to end through the CLI against a running daemon,
+// including bad requests (clear errors, nothing changed).
+func TestProgThroughDaemon(t *testing.T) {
+	testnet.RequireRoot(t)
+	topo := testnet.Topology(t, 4)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "api.sock")
+	cfg := fmt.Sprintf(`{"uplinks": [{"name": %q, "netns": %q, "vms": [%s, %s]}]}`, topo.Uplink, topo.HostNS,
+		vmJSON("vm1", "02:00:00:00:00:01", "[1]"), vmJSON("vm2", "02:00:00:00:00:02", "[2]"))
+	cfgPath := filepath.Join(dir, "config.json")
+	os.WriteFile(cfgPath, []byte(cfg), 0o644)
+	cmd := exec.Command(binary, "run", "--config", cfgPath, "--socket", sock)
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			t.Error("daemon did not stop within 20s")
+		}
+		if _, err := os.Stat(sock); err == nil {
+			t.Error("API socket left behind")
+		}
+	}()
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(stderr.String(), "msg=ready"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon not ready:\n%s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	fi, err := os.Stat(sock)
+	if err != nil || fi.Mode().Perm() != 0o660 {
+		t.Errorf("socket mode: %v %v", fi, err)
+	}
+	s := "--socket=" + sock
+	port, tx := repoFile(t, "bpf/guests/port.o"), repoFile(t, "bpf/guests/tx.o")
+
+	list := func() []daemon.ProgramRecord {
+		t.Helper()
+		code, out, errs := cli(t, "prog", "list", "--json", s)
+		var recs []daemon.ProgramRecord
+		if err := json.Unmarshal([]byte(out), &recs); code != 0 || err != nil {
+			t.Fatalf("list: exit %d %v\n%s%s", code, err, out, errs)
+		}
+		return recs
+	}
+
+	code, out, errs := cli(t, "prog", "load", "--vm", "vm1", "--json", s, port)
+	var recs []daemon.ProgramRecord
+	if err := json.Unmarshal([]byte(out), &recs); code != 0 || err != nil || len(recs) != 1 || recs[0].ID != 1 {
+		t.Fatalf("load: exit %d %v\n%s%s", code, err, out, errs)
+	}
+	first := recs[0]
+	if code, _, errs := cli(t, "prog", "load", "--vm", "vm1", s, tx); code != 1 || !strings.Contains(errs, "--expect 1") {
+		t.Errorf("second load: exit %d, %s", code, errs)
+	}
+	if code, _, errs := cli(t, "prog", "replace", "--vm", "vm1", "--expect", "9", s, tx); code != 1 || !strings.Contains(errs, "runs program 1, not 9") {
+		t.Errorf("stale replace: exit %d, %s", code, errs)
+	}
+	if l := list(); len(l) != 1 || l[0].KernelID != first.KernelID {
+		t.Errorf("a failed request changed something: %+v", l)
+	}
+	hostile := repoFile(t, "guestprog/testdata/hostile/fib_lookup.o")
+	if code, _, errs := cli(t, "prog", "replace", "--vm", "vm1", "--expect", "1", s, hostile); code != 1 || !strings.Contains(errs, "[host-state]") {
+		t.Errorf("hostile replace: exit %d, %s", code, errs)
+	}
+	if code, _, errs := cli(t, "prog", "load", "--vm", "nope", s, port); code != 1 || !strings.Contains(errs, `no such VM: "nope"`) {
+		t.Errorf("unknown VM: exit %d, %s", code, errs)
+	}
+	if code, _, errs := cli(t, "prog", "show", s, "abc"); code != 2 || !strings.Contains(errs, "not a program ID") {
+		t.Errorf("bad ID: exit %d, %s", code, errs)
+	}
+	if code, _, errs := cli(t, "prog", "replace", "--vm", "vm1", s, tx); code != 2 || !strings.Contains(errs, "--expect") {
+		t.Errorf("replace without --expect: exit %d, %s", code, errs)
+	}
+	code, out, _ = cli(t, "prog", "replace", "--vm", "vm1", "--expect", "1", s, tx)
+	if code != 0 || !strings.Contains(out, "vm1") {
+		t.Errorf("replace: exit %d\n%s", code, out)
+	}
+	l := list()
+	if len(l) != 1 || l[0].ID != 2 || l[0].Entry != "tx" || l[0].SHA256 == first.SHA256 || l[0].Verdicts == nil {
+		t.Errorf("after replace: %+v", l)
+	}
+	if code, out, _ := cli(t, "prog", "show", s, "2"); code != 0 || !strings.Contains(out, "tx") {
+		t.Errorf("show: exit %d\n%s", code, out)
+	}
+	if code, out, _ := cli(t, "status", s); code != 0 || !strings.Contains(out, "vm2") || !strings.Contains(out, "built-in") {
+		t.Errorf("status: exit %d\n%s", code, out)
+	}
+	if code, out, _ := cli(t, "caps", "--vm", "vm1", s); code != 0 || !strings.Contains(out, `"uplink_xdp_features"`) {
+		t.Errorf("caps --vm: exit %d\n%s", code, out)
+	}
+	if code, _, errs := cli(t, "prog", "rm", "--vm", "vm1", "--expect", "1", s); code != 1 || !strings.Contains(errs, "not 1") {
+		t.Errorf("stale rm: exit %d, %s", code, errs)
+	}
+	if code, _, errs := cli(t, "prog", "rm", "--vm", "vm1", "--expect", "2", s); code != 0 {
+		t.Errorf("rm: exit %d, %s", code, errs)
+	}
+	if l := list(); len(l) != 0 {
+		t.Errorf("after rm: %+v", l)
+	}
+	code, out, _ = cli(t, "prog", "load", "--vm", "vm2", "--json", s, port)
+	if err := json.Unmarshal([]byte(out), &recs); code != 0 || err != nil || recs[0].ID != 3 {
+		t.Errorf("IDs must not be reused: exit %d %v\n%s", code, err, out)
+	}
+	for _, ev := range []string{"audit=prog_load", "audit=prog_replace", "audit=prog_remove", "audit=prog_refused"} {
+		if !strings.Contains(stderr.String(), ev) {
+			t.Errorf("no %s audit event in the log", ev)
+		}
+	}
+}
+
+// Without a daemon, the prog commands say how to fix it.
+func TestProgNoDaemon(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	code, _, errs := cli(t, "prog", "list", "--socket", sock)
+	if code != 1 || !strings.Contains(errs, "cannot reach xdp-hostd") || !strings.Contains(errs, "xdp-hostd run") {
+		t.Errorf("exit %d, %s", code, errs)
+	}
+}
