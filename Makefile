@@ -1,7 +1,7 @@
 # xdp-hostd. Run as root on Debian/Ubuntu: `make deps` once, then `make demo`, `make test`.
 GO ?= go
 PKGS := ./...
-DEBS := clang llvm libbpf-dev linux-libc-dev iproute2 ethtool gcc-multilib ca-certificates
+DEBS := clang llvm libbpf-dev linux-libc-dev iproute2 ethtool ca-certificates
 
 .PHONY: all deps build generate check-generate test test-short fuzz demo bench vet clean
 
@@ -21,13 +21,13 @@ build:
 
 # Rebuilds the committed BPF objects and their Go loaders (needs clang).
 generate:
-	$(GO) generate ./bpf/... ./traffic/...
+	$(GO) generate ./bpf/... ./traffic/... ./guestprog/...
 
 # Fails if the committed generated files differ from a fresh `make generate`.
 check-generate: generate
-	@if [ -n "$$(git status --porcelain -- bpf traffic)" ]; then \
+	@if [ -n "$$(git status --porcelain -- bpf traffic guestprog)" ]; then \
 		echo "generated BPF files are stale: run 'make generate' and commit the result"; \
-		git status --porcelain -- bpf traffic; git diff --stat -- bpf traffic; exit 1; \
+		git status --porcelain -- bpf traffic guestprog; git diff --stat -- bpf traffic guestprog; exit 1; \
 	fi
 
 vet:
