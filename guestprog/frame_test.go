@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -130,5 +131,101 @@ func TestParseErrors(t *testing.T) {
 	}
 	if obj.Entry != "entry" {
 		t.Errorf("entry = %q, want the program no array lists", obj.Entry)
+	}
+}
+
+// The frame keeps a guest's behaviour on every path — many exits,
+// subprograms (nested), wide instructions, a bounded loop, bpf_loop, an
+// invalid action — and every run reaches the epilogue exactly once: the
+// verdict the guest returns on its own is the one the epilogue counts.
+func TestFrameKeepsBehaviour(t *testing.T) {
+	requireRoot(t)
+	b := guest(t, "shapes")
+	obj, err := Parse(b, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := ebpf.NewCollection(obj.Spec)
+	if err != nil {
+		t.Fatalf("load the guest unframed: %v", err)
+	}
+	defer raw.Close()
+	p, maps := loadGuest(t, "shapes")
+
+	// What the epilogue makes of a verdict, and where it counts it (no tap
+	// is set, so PASS is counted as undelivered and dropped).
+	expect := func(v uint32) (ret, slot uint32) {
+		switch v {
+		case 0:
+			return 1, vAborted
+		case 1:
+			return 1, vDrop
+		case 2:
+			return 1, vUndelivered
+		case 3:
+			return 3, vTX
+		case 4:
+			return 4, vRedirect
+		}
+		return 1, vInvalid
+	}
+	inputs := [][]byte{make([]byte, 15)} // too short: ABORTED
+	for sel := 0; sel <= 9; sel++ {
+		f := ethFrame(0x0800)
+		f[14] = byte(sel)
+		inputs = append(inputs, f)
+	}
+	seen := map[uint32]bool{}
+	for i, in := range inputs {
+		want, err := raw.Programs["shapes"].Run(&ebpf.RunOptions{Data: in})
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[want] = true
+		before := make([]uint64, vUndelivered+1)
+		for s := range before {
+			before[s] = counters(t, maps.Counters, uint32(s))
+		}
+		got, err := p.Entry.Run(&ebpf.RunOptions{Data: in})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantRet, wantSlot := expect(want)
+		if got != wantRet {
+			t.Errorf("input %d: framed program returned %d, want %d (guest verdict %d)", i, got, wantRet, want)
+		}
+		for s := range before {
+			d := counters(t, maps.Counters, uint32(s)) - before[s]
+			if (uint32(s) == wantSlot && d != 1) || (uint32(s) != wantSlot && d != 0) {
+				t.Errorf("input %d (guest verdict %d): counter %d moved by %d", i, want, s, d)
+			}
+		}
+	}
+	for _, v := range []uint32{0, 1, 2, 3, 77} {
+		if !seen[v] {
+			t.Errorf("the inputs never produced guest verdict %d", v)
+		}
+	}
+}
+
+// A program that passes the policy but not the kernel verifier comes back
+// with the verifier's reason, and leaves nothing loaded.
+func TestVerifierRefusal(t *testing.T) {
+	requireRoot(t)
+	b, err := os.ReadFile("testdata/verifier/oob.o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := Parse(b, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = VerifyInKernel(obj)
+	var verr *VerifierError
+	if !errors.As(err, &verr) {
+		t.Fatalf("got %v, want a VerifierError", err)
+	}
+	if len(verr.Log) == 0 || len(verr.Log) > verifierLogLines+1 || !strings.Contains(strings.Join(verr.Log, "\n"), "invalid access to packet") {
+		t.Errorf("verifier log:\n%s", strings.Join(verr.Log, "\n"))
 	}
 }

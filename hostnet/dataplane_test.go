@@ -280,6 +280,18 @@ func TestPortTable(t *testing.T) {
 			t.Errorf("another VM's tap got %d frames", got)
 		}
 	})
+	t.Run("another VM cannot reach this VM's ports", func(t *testing.T) {
+		setGuest(t, other, "port")
+		before := verdicts(t, other)
+		send(t, s, frameTo(topo, mac2, 16, 9001), 2, n) // vm2 asks for port 1: not in its table
+		time.Sleep(200 * time.Millisecond)
+		if d := verdicts(t, other).Aborted.Packets - before.Aborted.Packets; d != n {
+			t.Errorf("vm2's redirects to a port of vm1's table: %d aborted, want %d", d, n)
+		}
+		if got := at1.Snapshot().ByTag[16]; got != 0 {
+			t.Errorf("vm1's port 1 got %d frames from vm2's program", got)
+		}
+	})
 	t.Run("removing a port during traffic stops deliveries", func(t *testing.T) {
 		before := verdicts(t, vm)
 		base := at1.Snapshot().ByTag[14]
