@@ -125,16 +125,18 @@ func TestRegistryRefusedLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := kernelPrograms(t)
-	hostile, err := filepath.Glob("../guestprog/testdata/hostile/*.o")
-	if err != nil || len(hostile) == 0 {
-		t.Fatal("no hostile corpus", err)
+	hostile, _ := filepath.Glob("../guestprog/testdata/hostile/*.o")
+	kernelRefused, _ := filepath.Glob("../guestprog/testdata/verifier/*.o")
+	if len(hostile) == 0 || len(kernelRefused) == 0 {
+		t.Fatal("no hostile corpus")
 	}
-	for _, path := range hostile {
+	for _, path := range append(hostile, kernelRefused...) {
 		obj, _ := os.ReadFile(path)
 		_, err := s.reg.Replace("vm1", rec.ID, obj, "")
 		var refused *guestprog.RefusedError
-		if !errors.As(err, &refused) {
-			t.Errorf("%s: %v, want a policy refusal", filepath.Base(path), err)
+		var verr *guestprog.VerifierError
+		if !errors.As(err, &refused) && !errors.As(err, &verr) {
+			t.Errorf("%s: %v, want a policy or verifier refusal", filepath.Base(path), err)
 		}
 	}
 	after := kernelPrograms(t)
