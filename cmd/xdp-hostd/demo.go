@@ -27,6 +27,9 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 	opts := demo.Options{Packets: *packets, Log: e.log, Progress: e.stderr}
 	rep, err := demo.Run(ctx, opts)
 	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("interrupted; everything the demo created was removed")
+		}
 		return err
 	}
 	if *asJSON {
