@@ -158,17 +158,8 @@ func TestRegistryRefusedLeavesNothing(t *testing.T) {
 // test sends), and the counters, kept across replacements, match.
 func TestReplaceUnderTraffic(t *testing.T) {
 	s := newSetup(t)
-	var srcs []traffic.Source
-	for _, q := range s.vm.Tap().Queues() {
-		srcs = append(srcs, q)
-	}
-	tap := traffic.NewCounter(srcs...)
-	defer tap.Close()
-	sender, err := traffic.NewSender(s.topo.WireNS, s.topo.Wire)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sender.Close()
+	tap := testnet.TapCounter(t, s.vm.Tap())
+	sender := testnet.Sender(t, s.topo)
 	spec := traffic.FrameSpec{Dst: s.vm.MAC(), Src: s.topo.WireMAC, SrcIP: netip.MustParseAddr("10.201.0.2"),
 		DstIP: netip.MustParseAddr("10.201.0.11"), SrcPort: 1000, DstPort: 80, Size: 80, Tag: 5}
 

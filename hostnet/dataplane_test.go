@@ -60,38 +60,6 @@ func setGuest(t *testing.T, vm *hostnet.VM, name string) {
 	}
 }
 
-func tapCounter(t *testing.T, vm *hostnet.VM) *traffic.Counter {
-	t.Helper()
-	var srcs []traffic.Source
-	for _, q := range vm.Tap().Queues() {
-		srcs = append(srcs, q)
-	}
-	c := traffic.NewCounter(srcs...)
-	t.Cleanup(c.Close)
-	return c
-}
-
-func packetCounter(t *testing.T, ns, ifname string) *traffic.Counter {
-	t.Helper()
-	f, err := traffic.OpenPacketSocket(ns, ifname)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := traffic.NewCounter(f)
-	t.Cleanup(func() { c.Close(); f.Close() })
-	return c
-}
-
-func newSender(t *testing.T, topo *hostnet.Topology) *traffic.Sender {
-	t.Helper()
-	s, err := traffic.NewSender(topo.WireNS, topo.Wire)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
-}
-
 func send(t *testing.T, s *traffic.Sender, spec traffic.FrameSpec, queue, n int) {
 	t.Helper()
 	if err := s.Send(spec, queue, 0, n); err != nil {
@@ -136,8 +104,8 @@ func TestTwoVMsIsolation(t *testing.T) {
 	dp := openDP(t, topo)
 	vm1 := addVM(t, dp, "vm1", mac1, 1)
 	vm2 := addVM(t, dp, "vm2", mac2, 2)
-	tap1, tap2 := tapCounter(t, vm1), tapCounter(t, vm2)
-	s := newSender(t, topo)
+	tap1, tap2 := testnet.TapCounter(t, vm1.Tap()), testnet.TapCounter(t, vm2.Tap())
+	s := testnet.Sender(t, topo)
 
 	const n = 500
 	send(t, s, frameTo(topo, mac1, 1, 7000), 1, n) // VM1's queue and MAC
@@ -186,7 +154,7 @@ func TestHostTrafficReachesHostStack(t *testing.T) {
 	c := traffic.NewPayloadCounter(conn)
 	defer c.Close()
 	const n = 300
-	send(t, newSender(t, topo), frameTo(topo, topo.UplinkMAC, 7, 7100), 0, n)
+	send(t, testnet.Sender(t, topo), frameTo(topo, topo.UplinkMAC, 7, 7100), 0, n)
 	if got := settle(t, c, n).ByTag[7]; got != n {
 		t.Errorf("host socket got %d of %d datagrams", got, n)
 	}
@@ -198,11 +166,11 @@ func TestXDPTX(t *testing.T) {
 	dp := openDP(t, topo)
 	vm := addVM(t, dp, "vm1", mac1, 1)
 	setGuest(t, vm, "tx")
-	wire := packetCounter(t, topo.WireNS, topo.Wire)
-	tap := tapCounter(t, vm)
+	wire := testnet.PacketCounter(t, topo.WireNS, topo.Wire)
+	tap := testnet.TapCounter(t, vm.Tap())
 
 	const n = 400
-	send(t, newSender(t, topo), frameTo(topo, mac1, 1, 7000), 1, n)
+	send(t, testnet.Sender(t, topo), frameTo(topo, mac1, 1, 7000), 1, n)
 	if got := settle(t, wire, n).ByTag[1]; got != n {
 		t.Errorf("wire side got %d of %d frames back", got, n)
 	}
@@ -241,10 +209,10 @@ func TestPortTable(t *testing.T) {
 	if err := vm.AddPort(1, p2); err == nil {
 		t.Error("adding port 1 twice succeeded")
 	}
-	at1, at2 := packetCounter(t, topo.WireNS, p1w), packetCounter(t, topo.WireNS, p2w)
-	wire := packetCounter(t, topo.WireNS, topo.Wire)
-	otherTap := tapCounter(t, other)
-	s := newSender(t, topo)
+	at1, at2 := testnet.PacketCounter(t, topo.WireNS, p1w), testnet.PacketCounter(t, topo.WireNS, p2w)
+	wire := testnet.PacketCounter(t, topo.WireNS, topo.Wire)
+	otherTap := testnet.TapCounter(t, other.Tap())
+	s := testnet.Sender(t, topo)
 	const n = 200
 
 	t.Run("redirect to a port in the table", func(t *testing.T) {
@@ -343,7 +311,7 @@ func TestTapTransmitAntiSpoof(t *testing.T) {
 	topo := testnet.Topology(t, 2)
 	dp := openDP(t, topo)
 	vm := addVM(t, dp, "vm1", mac1, 1)
-	wire := packetCounter(t, topo.WireNS, topo.Wire)
+	wire := testnet.PacketCounter(t, topo.WireNS, topo.Wire)
 	good := traffic.FrameSpec{Dst: topo.WireMAC, Src: mac1, Size: 80, Tag: 21}
 	spoof := traffic.FrameSpec{Dst: topo.WireMAC, Src: mac2, Size: 80, Tag: 22}
 	q := vm.Tap().Queues()[0]

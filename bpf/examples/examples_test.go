@@ -61,31 +61,12 @@ func newRig(t *testing.T, name string) *rig {
 		if err := vm.AddPort(n, host); err != nil {
 			t.Fatal(err)
 		}
-		r.ports[n] = packetCounter(t, topo.WireNS, wire)
+		r.ports[n] = testnet.PacketCounter(t, topo.WireNS, wire)
 	}
-	r.wire = packetCounter(t, topo.WireNS, topo.Wire)
-	var srcs []traffic.Source
-	for _, q := range vm.Tap().Queues() {
-		srcs = append(srcs, q)
-	}
-	r.tap = traffic.NewCounter(srcs...)
-	t.Cleanup(r.tap.Close)
-	if r.sender, err = traffic.NewSender(topo.WireNS, topo.Wire); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.sender.Close() })
+	r.wire = testnet.PacketCounter(t, topo.WireNS, topo.Wire)
+	r.tap = testnet.TapCounter(t, vm.Tap())
+	r.sender = testnet.Sender(t, topo)
 	return r
-}
-
-func packetCounter(t *testing.T, ns, ifname string) *traffic.Counter {
-	t.Helper()
-	f, err := traffic.OpenPacketSocket(ns, ifname)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := traffic.NewCounter(f)
-	t.Cleanup(func() { c.Close(); f.Close() })
-	return c
 }
 
 func (r *rig) frame(dst net.HardwareAddr, src string, dport uint16, tag uint16) traffic.FrameSpec {

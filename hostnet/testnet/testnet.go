@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
+	"github.com/xdp-hostd/xdp-hostd/traffic"
 )
 
 // RequireRoot skips (or, in CI, fails) a test that needs root.
@@ -60,4 +61,43 @@ func Runner(tb testing.TB, path string) *hostnet.NSRunner {
 	}
 	tb.Cleanup(func() { r.Close() })
 	return r
+}
+
+// PacketCounter counts the marked frames arriving on ifname in the
+// namespace at ns (an AF_PACKET socket read in the background), until the
+// test ends.
+func PacketCounter(tb testing.TB, ns, ifname string) *traffic.Counter {
+	tb.Helper()
+	f, err := traffic.OpenPacketSocket(ns, ifname)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c := traffic.NewCounter(f)
+	tb.Cleanup(func() { c.Close(); f.Close() })
+	return c
+}
+
+// TapCounter counts the marked frames a VM's tap delivers, on all its
+// queues, until the test ends.
+func TapCounter(tb testing.TB, tap *hostnet.Tap) *traffic.Counter {
+	tb.Helper()
+	var srcs []traffic.Source
+	for _, q := range tap.Queues() {
+		srcs = append(srcs, q)
+	}
+	c := traffic.NewCounter(srcs...)
+	tb.Cleanup(c.Close)
+	return c
+}
+
+// Sender returns a sender on the topology's wire side, closed when the test
+// ends.
+func Sender(tb testing.TB, topo *hostnet.Topology) *traffic.Sender {
+	tb.Helper()
+	s, err := traffic.NewSender(topo.WireNS, topo.Wire)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return s
 }
