@@ -34,6 +34,10 @@ type VMSpec struct {
 	Tap string
 	// TapQueues is the number of queues of the tap; default 1.
 	TapQueues int
+	// Delivery is how passed packets reach the VM: DeliverTap (default;
+	// the host creates the tap) or DeliverXSK (AF_XDP sockets on the VM's
+	// dedicated queues, set with SetSocket; for vhost-user).
+	Delivery guestprog.Delivery
 }
 
 var vmNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -61,6 +65,9 @@ func (s *VMSpec) Validate() error {
 	}
 	if s.Tap != "" && (len(s.Tap) > 15 || !vmNameRE.MatchString(s.Tap)) {
 		return fmt.Errorf("%w: VM %s: tap name %q: use at most 15 letters, digits, '.', '_' or '-'", ErrInvalid, s.Name, s.Tap)
+	}
+	if s.Delivery == guestprog.DeliverXSK && len(s.Queues) == 0 {
+		return fmt.Errorf("%w: VM %s: AF_XDP delivery needs dedicated queues (sockets are bound to queues)", ErrInvalid, s.Name)
 	}
 	if s.TapQueues < 0 || s.TapQueues > 16 {
 		return fmt.Errorf("%w: VM %s: tap queues %d: use 1 to 16", ErrInvalid, s.Name, s.TapQueues)
@@ -137,7 +144,7 @@ func (d *Dataplane) AddVM(spec VMSpec) (_ *VM, err error) {
 	if slot < 0 {
 		return nil, fmt.Errorf("%w: VM %s: all %d VM slots of uplink %s are in use", ErrExists, spec.Name, MaxVMs, d.cfg.Uplink)
 	}
-	if spec.Tap == "" {
+	if spec.Tap == "" && spec.Delivery == guestprog.DeliverTap {
 		spec.Tap = fmt.Sprintf("xh%d-%s", slot, d.cfg.Uplink)
 		if len(spec.Tap) > 15 {
 			spec.Tap = spec.Tap[:15]
@@ -159,36 +166,18 @@ func (d *Dataplane) AddVM(spec VMSpec) (_ *VM, err error) {
 		}
 	}()
 
-	if vm.maps, err = guestprog.NewHostMaps(fmt.Sprint(slot), guestprog.DeliverTap); err != nil {
+	if vm.maps, err = guestprog.NewHostMaps(fmt.Sprint(slot), spec.Delivery); err != nil {
 		return nil, fmt.Errorf("VM %s: %w", spec.Name, err)
 	}
-	if vm.tap, err = CreateTap(TapOptions{Name: spec.Tap, Queues: spec.TapQueues, NetNS: d.cfg.NetNS}); err != nil {
-		return nil, fmt.Errorf("VM %s: %w", spec.Name, err)
-	}
-	tapIndex := vm.tap.Index()
-	if err := d.ns.Do(func() error {
-		if err := vm.maps.Tap.Put(uint32(0), uint32(tapIndex)); err != nil {
-			return fmt.Errorf("set tap %s as delivery target: %w", spec.Tap, err)
-		}
-		if err := vm.maps.PortTable.Put(uint32(UplinkPort), uint32(d.index)); err != nil {
-			return fmt.Errorf("add uplink as port 0: %w", err)
-		}
-		if err := d.vmtx.TapUplink.Put(uint32(tapIndex), uint32(d.index)); err != nil {
-			return fmt.Errorf("route tap %s to uplink: %w", spec.Tap, err)
-		}
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("VM %s: %w", spec.Name, err)
+	if err := d.ns.Do(func() error { return vm.maps.PortTable.Put(uint32(UplinkPort), uint32(d.index)) }); err != nil {
+		return nil, fmt.Errorf("VM %s: add uplink as port 0: %w", spec.Name, err)
 	}
 	vm.ports[UplinkPort] = Port{Number: UplinkPort, Ifname: d.cfg.Uplink, Ifindex: d.index}
 	d.audit("port_add", "vm", spec.Name, "port", UplinkPort, "ifname", d.cfg.Uplink, "ifindex", d.index, "reason", "uplink")
-
-	cfg := tapCfg{MAC: toMACKey(spec.MAC), Slot: uint32(slot)}
-	if err := d.vmtx.TapCfg.Put(uint32(tapIndex), cfg); err != nil {
-		return nil, fmt.Errorf("VM %s: register tap %s: %w", spec.Name, spec.Tap, err)
-	}
-	if vm.tapLink, _, err = d.attach(d.vmtx.VmTx, tapIndex, spec.Tap, AttachAuto); err != nil {
-		return nil, fmt.Errorf("VM %s: %w", spec.Name, err)
+	if spec.Delivery == guestprog.DeliverTap {
+		if err := vm.setupTap(spec); err != nil {
+			return nil, fmt.Errorf("VM %s: %w", spec.Name, err)
+		}
 	}
 
 	obj, err := builtinProgram()
@@ -214,6 +203,59 @@ func (d *Dataplane) AddVM(spec VMSpec) (_ *VM, err error) {
 	d.slots[slot] = vm
 	d.audit("vm_add", "vm", spec.Name, "slot", slot, "mac", spec.MAC.String(), "queues", spec.Queues, "tap", spec.Tap)
 	return vm, nil
+}
+
+// setupTap creates the VM's tap, makes it the delivery target and attaches
+// the transmit program (anti-spoof, out of the uplink) to it.
+func (vm *VM) setupTap(spec VMSpec) (err error) {
+	d := vm.d
+	if vm.tap, err = CreateTap(TapOptions{Name: spec.Tap, Queues: spec.TapQueues, NetNS: d.cfg.NetNS}); err != nil {
+		return err
+	}
+	tapIndex := vm.tap.Index()
+	if err := d.ns.Do(func() error {
+		if err := vm.maps.Tap.Put(uint32(0), uint32(tapIndex)); err != nil {
+			return fmt.Errorf("set tap %s as delivery target: %w", spec.Tap, err)
+		}
+		if err := d.vmtx.TapUplink.Put(uint32(tapIndex), uint32(d.index)); err != nil {
+			return fmt.Errorf("route tap %s to uplink: %w", spec.Tap, err)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	cfg := tapCfg{MAC: toMACKey(spec.MAC), Slot: uint32(vm.slot)}
+	if err := d.vmtx.TapCfg.Put(uint32(tapIndex), cfg); err != nil {
+		return fmt.Errorf("register tap %s: %w", spec.Tap, err)
+	}
+	if vm.tapLink, _, err = d.attach(d.vmtx.VmTx, tapIndex, spec.Tap, AttachAuto); err != nil {
+		return err
+	}
+	return nil
+}
+
+// SetSocket makes the AF_XDP socket fd the VM's delivery target for RX
+// queue q (a VM with Delivery xsk; q one of its dedicated queues).
+func (vm *VM) SetSocket(q int, fd int) error {
+	if vm.maps.Delivery != guestprog.DeliverXSK {
+		return fmt.Errorf("%w: VM %s delivers into a tap, not AF_XDP sockets", ErrInvalid, vm.name)
+	}
+	if !slices.Contains(vm.queues, q) {
+		return fmt.Errorf("%w: VM %s: queue %d is not one of its dedicated queues %v", ErrInvalid, vm.name, q, vm.queues)
+	}
+	if err := vm.maps.XSKs.Put(uint32(q), uint32(fd)); err != nil {
+		return fmt.Errorf("VM %s: set AF_XDP socket for queue %d: %w", vm.name, q, err)
+	}
+	return nil
+}
+
+// ClearSocket removes the delivery target of RX queue q; the VM's passed
+// packets on q are then counted as undelivered.
+func (vm *VM) ClearSocket(q int) error {
+	if err := vm.maps.XSKs.Delete(uint32(q)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("VM %s: clear AF_XDP socket for queue %d: %w", vm.name, q, err)
+	}
+	return nil
 }
 
 type tapCfg struct {
