@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	hostbpf "github.com/xdp-hostd/xdp-hostd/bpf"
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
@@ -336,4 +338,46 @@ func TestTapTransmitAntiSpoof(t *testing.T) {
 
 func TestMain(m *testing.M) {
 	os.Exit(m.Run())
+}
+
+// A tap that exists already (as QEMU or libvirt would create it) is adopted:
+// the VM's traffic goes to whoever holds its queues, and removing the VM
+// leaves the tap in place with no program attached.
+func TestAdoptExistingTap(t *testing.T) {
+	topo := testnet.Topology(t, 4)
+	qemuTap, err := hostnet.CreateTap(hostnet.TapOptions{Name: "qemu0", Queues: 2, NetNS: topo.HostNS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qemuTap.Close()
+	reader := testnet.TapCounter(t, qemuTap)
+	dp := openDP(t, topo)
+	vm, err := dp.AddVM(hostnet.VMSpec{Name: "vm1", MAC: mac1, Queues: []int{1}, Tap: "qemu0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !vm.Tap().Adopted() || len(vm.Tap().Queues()) != 0 {
+		t.Errorf("tap not adopted: %+v", vm.Tap())
+	}
+	const n = 300
+	send(t, testnet.Sender(t, topo), frameTo(topo, mac1, 1, 7000), 1, n)
+	if got := settle(t, reader, n).ByTag[1]; got != n {
+		t.Errorf("the tap's owner got %d of %d frames", got, n)
+	}
+	if err := dp.RemoveVM("vm1"); err != nil {
+		t.Fatal(err)
+	}
+	err = testnet.Runner(t, topo.HostNS).Do(func() error {
+		l, err := netlink.LinkByName("qemu0")
+		if err != nil {
+			return err
+		}
+		if l.Attrs().Xdp != nil && l.Attrs().Xdp.Attached {
+			t.Error("the VM's transmit program is still attached to the adopted tap")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("the adopted tap is gone: %v", err)
+	}
 }

@@ -8,15 +8,45 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/xdp-hostd/xdp-hostd/nsrun"
 )
 
-// Tap is a multi-queue tap device whose queues this process holds open. The
-// device exists as long as its queues are open: Close removes it.
+// Tap is a VM's tap device: either one this process created and whose
+// queues it holds open (the device exists as long as they are open: Close
+// removes it), or one that exists already and that it adopted (QEMU or
+// libvirt holds its queues; Close leaves it alone).
 type Tap struct {
-	name   string
-	index  int
-	queues []*os.File
+	name    string
+	index   int
+	queues  []*os.File
+	adopted bool
 }
+
+// AdoptTap takes an existing tap device by name, in the namespace at nsPath,
+// without opening its queues: whoever created it (QEMU, libvirt) reads and
+// writes it.
+func AdoptTap(nsPath, name string) (*Tap, error) {
+	var t *Tap
+	err := nsrun.Do(nsPath, func() error {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("tap %q: %w in %s", name, ErrNoSuchInterface, nsName(nsPath))
+		}
+		if l.Type() != "tuntap" {
+			return fmt.Errorf("%w: %s is a %s device, not a tap", ErrInvalid, name, l.Type())
+		}
+		if tt, ok := l.(*netlink.Tuntap); ok && tt.Mode != netlink.TUNTAP_MODE_TAP {
+			return fmt.Errorf("%w: %s is a tun device; a VM needs a tap", ErrInvalid, name)
+		}
+		t = &Tap{name: name, index: l.Attrs().Index, adopted: true}
+		return nil
+	})
+	return t, err
+}
+
+// Adopted reports whether the tap existed before and belongs to someone else.
+func (t *Tap) Adopted() bool { return t.adopted }
 
 // TapOptions describe a tap to create.
 type TapOptions struct {
@@ -120,8 +150,9 @@ func (t *Tap) Name() string { return t.name }
 // Index is the device's ifindex in its namespace.
 func (t *Tap) Index() int { return t.index }
 
-// Queues are the open queue files (one per tap queue); the tap's reader
-// (QEMU, a test) reads frames from them and writes frames to them.
+// Queues are the open queue files (one per tap queue) of a tap this
+// process created; the tap's reader (a test, the demo) reads frames from
+// them and writes frames to them. An adopted tap has none.
 func (t *Tap) Queues() []*os.File { return t.queues }
 
 // Close closes the queues, which removes the device. It may be called more

@@ -29,8 +29,11 @@ type VMSpec struct {
 	// arrives on them is the VM's. Optional; without queues the VM gets the
 	// packets addressed to its MAC on any queue that is not dedicated.
 	Queues []int
-	// Tap is the name of the tap device the host creates for the VM
-	// (delivery by copy); default "xh" + the VM's slot.
+	// Tap is the name of the VM's tap device (delivery by copy). If a tap
+	// of that name exists (QEMU or libvirt created it and holds its
+	// queues), it is adopted: the dataplane attaches to it and leaves it in
+	// place when the VM is removed. Otherwise the dataplane creates it and
+	// holds its queues (the demo and tests read them). Default "xh<slot>-<uplink>".
 	Tap string
 	// TapQueues is the number of queues of the tap; default 1.
 	TapQueues int
@@ -209,7 +212,13 @@ func (d *Dataplane) AddVM(spec VMSpec) (_ *VM, err error) {
 // the transmit program (anti-spoof, out of the uplink) to it.
 func (vm *VM) setupTap(spec VMSpec) (err error) {
 	d := vm.d
-	if vm.tap, err = CreateTap(TapOptions{Name: spec.Tap, Queues: spec.TapQueues, NetNS: d.cfg.NetNS}); err != nil {
+	if _, lerr := d.nl.LinkByName(spec.Tap); lerr == nil {
+		// The tap exists: QEMU or libvirt made it and holds its queues.
+		if vm.tap, err = AdoptTap(d.cfg.NetNS, spec.Tap); err != nil {
+			return err
+		}
+		d.log.Info("adopted existing tap", "vm", spec.Name, "tap", spec.Tap)
+	} else if vm.tap, err = CreateTap(TapOptions{Name: spec.Tap, Queues: spec.TapQueues, NetNS: d.cfg.NetNS}); err != nil {
 		return err
 	}
 	tapIndex := vm.tap.Index()
