@@ -19,7 +19,33 @@ struct {
 	__uint(max_entries, HOSTD_MAX_QUEUES);
 } queue_slot SEC(".maps");
 
-/* Destination MAC -> VM slot. */
+/* Destination MAC -> VM slot: a direct-mapped cache in front of mac_slot.
+ * Entry mac_index(MAC) holds that MAC and its slot + 1 (0: empty); MACs
+ * that collide are only in mac_slot. The host keeps both. */
+#define MAC_CACHE_BITS 12
+
+struct mac_cache_entry {
+	__u8 addr[ETH_ALEN];
+	__u16 slot1;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct mac_cache_entry);
+	__uint(max_entries, 1 << MAC_CACHE_BITS);
+} mac_cache SEC(".maps");
+
+/* Must match macIndex in hostnet. */
+static __always_inline __u32 mac_index(const __u8 *a)
+{
+	__u32 lo = (__u32)a[2] << 24 | (__u32)a[3] << 16 | (__u32)a[4] << 8 | a[5];
+	__u32 hi = (__u32)a[0] << 8 | a[1];
+
+	return ((lo ^ hi) * 0x9E3779B1u) >> (32 - MAC_CACHE_BITS);
+}
+
+/* Destination MAC -> VM slot, every VM's MAC. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct hostd_mac);
@@ -74,15 +100,25 @@ int dispatch(struct xdp_md *ctx)
 		slot = *v - 1;
 	} else {
 		struct ethhdr *eth = data;
+		struct mac_cache_entry *ce;
 		struct hostd_mac key = {};
+		__u32 idx;
 
 		if ((void *)(eth + 1) > data_end)
 			goto host;
-		__builtin_memcpy(key.addr, eth->h_dest, ETH_ALEN);
-		v = bpf_map_lookup_elem(&mac_slot, &key);
-		if (!v)
-			goto host;
-		slot = *v;
+		idx = mac_index(eth->h_dest);
+		ce = bpf_map_lookup_elem(&mac_cache, &idx);
+		if (ce && ce->slot1 &&
+		    *(__u32 *)ce->addr == *(__u32 *)eth->h_dest &&
+		    *(__u16 *)(ce->addr + 4) == *(__u16 *)(eth->h_dest + 4)) {
+			slot = ce->slot1 - 1;
+		} else {
+			__builtin_memcpy(key.addr, eth->h_dest, ETH_ALEN);
+			v = bpf_map_lookup_elem(&mac_slot, &key);
+			if (!v)
+				goto host;
+			slot = *v;
+		}
 	}
 
 	bpf_tail_call(ctx, &vm_progs, slot);

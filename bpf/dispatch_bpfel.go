@@ -25,11 +25,18 @@ type DispatchHostdMac struct {
 	Pad  uint16
 }
 
+type DispatchMacCacheEntry struct {
+	_     structs.HostLayout
+	Addr  [6]uint8
+	Slot1 uint16
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	DispatchMapDispatchStats = "dispatch_stats"
+	DispatchMapMacCache      = "mac_cache"
 	DispatchMapMacSlot       = "mac_slot"
 	DispatchMapQueueSlot     = "queue_slot"
 	DispatchMapVmProgs       = "vm_progs"
@@ -86,6 +93,7 @@ type DispatchProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type DispatchMapSpecs struct {
 	DispatchStats *ebpf.MapSpec `ebpf:"dispatch_stats"`
+	MacCache      *ebpf.MapSpec `ebpf:"mac_cache"`
 	MacSlot       *ebpf.MapSpec `ebpf:"mac_slot"`
 	QueueSlot     *ebpf.MapSpec `ebpf:"queue_slot"`
 	VmProgs       *ebpf.MapSpec `ebpf:"vm_progs"`
@@ -118,6 +126,7 @@ func (o *DispatchObjects) Close() error {
 // It can be passed to LoadDispatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DispatchMaps struct {
 	DispatchStats *ebpf.Map `ebpf:"dispatch_stats"`
+	MacCache      *ebpf.Map `ebpf:"mac_cache"`
 	MacSlot       *ebpf.Map `ebpf:"mac_slot"`
 	QueueSlot     *ebpf.Map `ebpf:"queue_slot"`
 	VmProgs       *ebpf.Map `ebpf:"vm_progs"`
@@ -126,6 +135,7 @@ type DispatchMaps struct {
 func (m *DispatchMaps) Close() error {
 	return _DispatchClose(
 		m.DispatchStats,
+		m.MacCache,
 		m.MacSlot,
 		m.QueueSlot,
 		m.VmProgs,

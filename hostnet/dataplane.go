@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -295,6 +296,7 @@ func (d *Dataplane) pin(dir string) (err error) {
 		{"link", d.link.Pin},
 		{"queue_slot", d.dispatch.QueueSlot.Pin},
 		{"mac_slot", d.dispatch.MacSlot.Pin},
+		{"mac_cache", d.dispatch.MacCache.Pin},
 		{"vm_progs", d.dispatch.VmProgs.Pin},
 		{"dispatch_stats", d.dispatch.DispatchStats.Pin},
 	}
@@ -443,3 +445,54 @@ func toMACKey(mac net.HardwareAddr) macKey {
 // DispatchProgram is the root program (for benchmarks and tests that run
 // it with BPF_PROG_RUN).
 func (d *Dataplane) DispatchProgram() *ebpf.Program { return d.dispatch.Dispatch }
+
+// macCacheBits is MAC_CACHE_BITS of bpf/dispatch.c.
+const macCacheBits = 12
+
+// macIndex is mac_index of bpf/dispatch.c: where a MAC sits in mac_cache.
+func macIndex(a net.HardwareAddr) uint32 {
+	lo := uint32(a[2])<<24 | uint32(a[3])<<16 | uint32(a[4])<<8 | uint32(a[5])
+	hi := uint32(a[0])<<8 | uint32(a[1])
+	return ((lo ^ hi) * 0x9E3779B1) >> (32 - macCacheBits)
+}
+
+// cacheMAC puts a VM's MAC into the direct-mapped cache if its entry is
+// free; a MAC whose entry is taken is found through mac_slot.
+func (d *Dataplane) cacheMAC(mac net.HardwareAddr, slot int) error {
+	idx := macIndex(mac)
+	var e hostbpf.DispatchMacCacheEntry
+	if err := d.dispatch.MacCache.Lookup(idx, &e); err != nil {
+		return fmt.Errorf("read MAC cache entry %d: %w", idx, err)
+	}
+	if e.Slot1 != 0 {
+		return nil
+	}
+	copy(e.Addr[:], mac)
+	e.Slot1 = uint16(slot + 1)
+	if err := d.dispatch.MacCache.Put(idx, e); err != nil {
+		return fmt.Errorf("cache MAC %s: %w", mac, err)
+	}
+	return nil
+}
+
+// uncacheMAC removes a MAC from the cache, and gives its entry to another
+// VM whose MAC maps there, if any. The caller holds d.mu.
+func (d *Dataplane) uncacheMAC(mac net.HardwareAddr) error {
+	idx := macIndex(mac)
+	var e hostbpf.DispatchMacCacheEntry
+	if err := d.dispatch.MacCache.Lookup(idx, &e); err != nil {
+		return fmt.Errorf("read MAC cache entry %d: %w", idx, err)
+	}
+	if !slices.Equal(e.Addr[:], mac) {
+		return nil
+	}
+	if err := d.dispatch.MacCache.Put(idx, hostbpf.DispatchMacCacheEntry{}); err != nil {
+		return fmt.Errorf("uncache MAC %s: %w", mac, err)
+	}
+	for _, other := range d.slots {
+		if other != nil && !slices.Equal(other.mac, mac) && macIndex(other.mac) == idx {
+			return d.cacheMAC(other.mac, other.slot)
+		}
+	}
+	return nil
+}

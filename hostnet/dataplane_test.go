@@ -381,3 +381,39 @@ func TestAdoptExistingTap(t *testing.T) {
 		t.Errorf("the adopted tap is gone: %v", err)
 	}
 }
+
+// VMs found by MAC on a shared queue: through the direct-mapped cache, and
+// through the hash map when two MACs share a cache entry; removing the VM
+// that holds the entry hands it to the other.
+func TestMACCacheCollision(t *testing.T) {
+	topo := testnet.Topology(t, 2)
+	dp := openDP(t, topo)
+	a := net.HardwareAddr{0x02, 0, 0, 0, 0x0a, 0x01}
+	var b net.HardwareAddr
+	for i := 0; i < 1<<20 && b == nil; i++ {
+		c := net.HardwareAddr{0x02, 0, 0, byte(i >> 16), byte(i >> 8), byte(i)}
+		if c.String() != a.String() && hostnet.MacIndex(c) == hostnet.MacIndex(a) {
+			b = c
+		}
+	}
+	if b == nil {
+		t.Fatal("no colliding MAC found")
+	}
+	vmA := addVM(t, dp, "a", a)
+	vmB := addVM(t, dp, "b", b)
+	tapA, tapB := testnet.TapCounter(t, vmA.Tap()), testnet.TapCounter(t, vmB.Tap())
+	s := testnet.Sender(t, topo)
+	const n = 200
+	send(t, s, frameTo(topo, a, 1, 7000), 0, n)
+	send(t, s, frameTo(topo, b, 2, 7000), 0, n)
+	if ga, gb := settle(t, tapA, n).ByTag[1], settle(t, tapB, n).ByTag[2]; ga != n || gb != n {
+		t.Errorf("by MAC with a shared cache entry: a got %d, b got %d, want %d each", ga, gb, n)
+	}
+	if err := dp.RemoveVM("a"); err != nil {
+		t.Fatal(err)
+	}
+	send(t, s, frameTo(topo, b, 3, 7000), 0, n)
+	if gb := settle(t, tapB, n).ByTag[3]; gb != n {
+		t.Errorf("after the cache entry's owner left: b got %d of %d", gb, n)
+	}
+}

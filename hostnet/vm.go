@@ -200,6 +200,9 @@ func (d *Dataplane) AddVM(spec VMSpec) (_ *VM, err error) {
 	if err := d.dispatch.MacSlot.Put(toMACKey(spec.MAC), uint32(slot)); err != nil {
 		return nil, fmt.Errorf("VM %s: register MAC %s: %w", spec.Name, spec.MAC, err)
 	}
+	if err := d.cacheMAC(spec.MAC, slot); err != nil {
+		return nil, fmt.Errorf("VM %s: %w", spec.Name, err)
+	}
 	d.steer(vm)
 
 	d.vms[spec.Name] = vm
@@ -339,6 +342,7 @@ func (vm *VM) teardown() error {
 		}
 	}
 	if cur, err := lookupU32(d.dispatch.MacSlot, toMACKey(vm.mac)); err == nil && cur == uint32(vm.slot) {
+		errs = append(errs, d.uncacheMAC(vm.mac))
 		ignoreMissing(d.dispatch.MacSlot.Delete(toMACKey(vm.mac)))
 	}
 	for _, r := range vm.steered {

@@ -319,7 +319,7 @@ func TestRunServesAndCleansUp(t *testing.T) {
 		t.Errorf("while running, want the dispatcher on the uplink and the tap: %v", l)
 	}
 	entries, _ := os.ReadDir(filepath.Join(pins, topo.Uplink))
-	if len(entries) != 5 {
+	if len(entries) != 6 {
 		t.Errorf("pins: %v", entries)
 	}
 	cmd.Process.Signal(syscall.SIGTERM)

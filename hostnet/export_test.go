@@ -1,0 +1,4 @@
+package hostnet
+
+// MacIndex exposes the MAC cache's index function to the tests.
+var MacIndex = macIndex
