@@ -202,7 +202,7 @@ func (d *Dataplane) checkExisting(attrs *netlink.LinkAttrs) error {
 	if !d.cfg.Force {
 		return fmt.Errorf("%w: uplink %s already runs XDP program id %d; xdp-hostd does not replace it blindly: remove it (ip link set dev %s xdp off) or pass --force", ErrBusy, d.cfg.Uplink, id, d.cfg.Uplink)
 	}
-	if linkID, ok := xdpLinkFor(attrs.Index); ok {
+	if linkID, err := XDPLinkHolding(attrs.Index, id); err == nil && linkID != 0 {
 		return fmt.Errorf("%w: uplink %s runs XDP program id %d through bpf_link id %d, which its owner holds; even --force cannot replace it: stop its owner (bpftool link show id %d)", ErrBusy, d.cfg.Uplink, id, linkID, linkID)
 	}
 	d.log.Warn("replacing the uplink's XDP program as told (--force)", "prog_id", id)
@@ -218,22 +218,6 @@ const (
 	xdpFlagsSKB = 1 << 1 // XDP_FLAGS_SKB_MODE
 	xdpFlagsDrv = 1 << 2 // XDP_FLAGS_DRV_MODE
 )
-
-// xdpLinkFor finds a bpf_link that holds an XDP program on ifindex.
-func xdpLinkFor(ifindex int) (link.ID, bool) {
-	it := new(link.Iterator)
-	defer it.Close()
-	for it.Next() {
-		info, err := it.Link.Info()
-		if err != nil || info.Type != link.XDPType {
-			continue
-		}
-		if x := info.XDP(); x != nil && int(x.Ifindex) == ifindex {
-			return info.ID, true
-		}
-	}
-	return 0, false
-}
 
 // attach attaches prog to ifindex with a bpf_link in the requested mode.
 func (d *Dataplane) attach(prog *ebpf.Program, ifindex int, ifname string, mode AttachMode) (l link.Link, used AttachMode, err error) {

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"strings"
 
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -88,15 +90,90 @@ type Uplink struct {
 	Name     string           `json:"name"`
 	Index    int              `json:"ifindex"`
 	MAC      net.HardwareAddr `json:"mac"`
-	RxQueues int              `json:"rx_queues"`
-	TxQueues int              `json:"tx_queues"`
+	RxQueues int              `json:"rx_queues"` // IFLA_NUM_RX_QUEUES
+	TxQueues int              `json:"tx_queues"` // IFLA_NUM_TX_QUEUES
 	XDP      XDPFeatures      `json:"xdp_features"`
-	// AttachedProgID is the XDP program already attached, 0 if none.
-	AttachedProgID uint32 `json:"attached_prog_id,omitempty"`
+	// Attached is the XDP program that was attached when the uplink was
+	// inspected.
+	Attached AttachedXDP `json:"attached_xdp"`
 }
 
-// Inspect reads an interface's queues and XDP features in the namespace r
-// runs in (nil: the caller's).
+// XDPMode is how an XDP program is attached to a device.
+type XDPMode string
+
+// The modes IFLA_XDP_ATTACHED reports.
+const (
+	XDPModeNone    XDPMode = ""        // no program
+	XDPModeDriver  XDPMode = "driver"  // native, in the driver (XDP_ATTACHED_DRV)
+	XDPModeGeneric XDPMode = "generic" // skb mode (XDP_ATTACHED_SKB)
+	XDPModeOffload XDPMode = "offload" // on the NIC (XDP_ATTACHED_HW)
+	// XDPModeMulti: programs in several modes at once (XDP_ATTACHED_MULTI);
+	// ProgID is then 0, as the netlink library reports no single program.
+	XDPModeMulti XDPMode = "multi"
+)
+
+func xdpModeFromAttached(v uint32) XDPMode {
+	switch v {
+	case 0:
+		return XDPModeNone
+	case nl.XDP_ATTACHED_DRV:
+		return XDPModeDriver
+	case nl.XDP_ATTACHED_SKB:
+		return XDPModeGeneric
+	case nl.XDP_ATTACHED_HW:
+		return XDPModeOffload
+	case 4: // XDP_ATTACHED_MULTI
+		return XDPModeMulti
+	}
+	return XDPMode(fmt.Sprintf("unknown(%d)", v))
+}
+
+// AttachedXDP describes an XDP program already attached to a device.
+type AttachedXDP struct {
+	Mode   XDPMode `json:"mode,omitempty"`    // XDPModeNone if nothing is attached
+	ProgID uint32  `json:"prog_id,omitempty"` // the program's ID (bpftool prog show id N)
+	// LinkID is the bpf_link that holds the program (its owner must close
+	// it: netlink cannot detach it), 0 if the program was attached through
+	// netlink (ip link set dev X xdp ...) or if LinkErr is set.
+	LinkID uint32 `json:"link_id,omitempty"`
+	// LinkErr says why the bpf_links could not be searched ("" if they
+	// were).
+	LinkErr string `json:"link_err,omitempty"`
+}
+
+// Present reports whether a program is attached.
+func (a AttachedXDP) Present() bool { return a.Mode != XDPModeNone }
+
+// RemoveHint tells an operator how to remove the program from ifname, ""
+// if nothing is attached.
+func (a AttachedXDP) RemoveHint(ifname string) string {
+	switch {
+	case !a.Present():
+		return ""
+	case a.LinkID != 0:
+		return fmt.Sprintf("XDP program id %d is held by bpf_link id %d: stop the process that owns it, or remove its pin (bpftool link show id %d shows it)", a.ProgID, a.LinkID, a.LinkID)
+	}
+	flag := map[XDPMode]string{XDPModeDriver: "xdpdrv", XDPModeGeneric: "xdpgeneric", XDPModeOffload: "xdpoffload"}[a.Mode]
+	if flag == "" {
+		flag = "xdp"
+	}
+	hint := fmt.Sprintf("remove it with: ip link set dev %s %s off", ifname, flag)
+	if a.LinkErr != "" {
+		hint += fmt.Sprintf(" (unless a bpf_link holds it; that could not be checked: %s)", a.LinkErr)
+	}
+	return hint
+}
+
+// Inspect reads an interface's MAC, queue counts, XDP features and attached
+// XDP program in the namespace r runs in (nil: the caller's).
+//
+// It takes an NSRunner rather than a netlink handle because the "netdev"
+// generic netlink family answers about the namespace its socket was opened
+// in: rtnetlink and genetlink sockets are both opened on a thread inside the
+// namespace, so one Inspect works for the host's uplink and for a test's veth
+// alike. A missing interface gives an error wrapping ErrNoSuchInterface; a
+// kernel without the netdev family (before 6.3) gives XDPFeatures with
+// Source "unavailable: ...", not an error.
 func Inspect(r *NSRunner, name string) (*Uplink, error) {
 	var up *Uplink
 	err := r.Do(func() error {
@@ -104,19 +181,99 @@ func Inspect(r *NSRunner, name string) (*Uplink, error) {
 		if err != nil {
 			var nf netlink.LinkNotFoundError
 			if errors.As(err, &nf) {
-				return fmt.Errorf("%q: %w in %s (list them with 'ip link')", name, ErrNoSuchInterface, nsName(r.Path()))
+				list := "ip link"
+				if p := r.Path(); p != "" {
+					list = fmt.Sprintf("ip -n %s link", filepath.Base(p))
+				}
+				return fmt.Errorf("uplink %q: %w in %s (list them with '%s')", name, ErrNoSuchInterface, nsName(r.Path()), list)
 			}
-			return fmt.Errorf("look up %q: %w", name, err)
+			return fmt.Errorf("look up uplink %q: %w", name, err)
 		}
 		a := l.Attrs()
 		up = &Uplink{Name: a.Name, Index: a.Index, MAC: a.HardwareAddr, RxQueues: a.NumRxQueues, TxQueues: a.NumTxQueues}
-		if a.Xdp != nil && a.Xdp.Attached {
-			up.AttachedProgID = a.Xdp.ProgId
-		}
 		up.XDP = readXDPFeatures(a.Index)
+		up.Attached = attachedFromAttrs(a)
 		return nil
 	})
-	return up, err
+	if err != nil {
+		return nil, err
+	}
+	up.Attached.findLink(up.Index)
+	return up, nil
+}
+
+func attachedFromAttrs(attrs *netlink.LinkAttrs) AttachedXDP {
+	var a AttachedXDP
+	if x := attrs.Xdp; x != nil && x.Attached {
+		a.Mode = xdpModeFromAttached(x.AttachMode)
+		a.ProgID = x.ProgId
+	}
+	return a
+}
+
+// findLink fills in LinkID or LinkErr. BPF object IDs are global, so this
+// needs no namespace.
+func (a *AttachedXDP) findLink(ifindex int) {
+	if !a.Present() {
+		return
+	}
+	id, err := XDPLinkHolding(ifindex, a.ProgID)
+	if err != nil {
+		a.LinkErr = err.Error()
+	}
+	a.LinkID = id
+}
+
+// AttachedXDPOf reports the XDP program attached to the interface name in
+// the namespace r runs in (nil: the caller's), and the bpf_link holding it
+// if one does.
+func AttachedXDPOf(r *NSRunner, name string) (AttachedXDP, error) {
+	var a AttachedXDP
+	var ifindex int
+	err := r.Do(func() error {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			var nf netlink.LinkNotFoundError
+			if errors.As(err, &nf) {
+				return fmt.Errorf("%q: %w in %s", name, ErrNoSuchInterface, nsName(r.Path()))
+			}
+			return fmt.Errorf("look up %q: %w", name, err)
+		}
+		ifindex = l.Attrs().Index
+		a = attachedFromAttrs(l.Attrs())
+		return nil
+	})
+	if err != nil {
+		return a, err
+	}
+	a.findLink(ifindex)
+	return a, nil
+}
+
+// XDPLinkHolding returns the ID of the bpf_link that attaches XDP program
+// progID to ifindex, 0 if there is none (the program was attached through
+// netlink). progID 0 matches any program. An ifindex is only unique within a
+// namespace while link IDs are global, so matching the program as well keeps
+// a test's veth from being mistaken for the host's device with the same
+// ifindex. Searching needs CAP_SYS_ADMIN.
+func XDPLinkHolding(ifindex int, progID uint32) (uint32, error) {
+	it := new(link.Iterator)
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil || info.Type != link.XDPType {
+			continue
+		}
+		x := info.XDP()
+		if x == nil || int(x.Ifindex) != ifindex || (progID != 0 && uint32(info.Program) != progID) {
+			continue
+		}
+		return uint32(info.ID), nil
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("list bpf_links: %w", err)
+	}
+	return 0, nil
 }
 
 // readXDPFeatures asks the netdev family; it must run in the device's

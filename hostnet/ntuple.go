@@ -78,6 +78,15 @@ func ethtoolIoctl(ifname string, data unsafe.Pointer) error {
 // ntuple steering (veth among them) gives an error wrapping ErrNotSupported.
 func SteerMAC(ifname string, mac net.HardwareAddr, queue int) (uint32, error) {
 	r := macRule(mac, queue)
+	// Drivers that cannot choose a rule slot themselves (ixgbe, i40e, ...)
+	// refuse RX_CLS_LOC_ANY: give them a free slot.
+	if info, err := Ntuple(nil, ifname); err == nil && !info.AnyLocation {
+		loc, ok := info.FreeLocation()
+		if !ok {
+			return 0, fmt.Errorf("%w: uplink %s: the ntuple rule table is full (%d rules)", ErrNotSupported, ifname, info.TableSize)
+		}
+		r.FS.Location = loc
+	}
 	if err := ethtoolIoctl(ifname, unsafe.Pointer(&r)); err != nil {
 		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EINVAL) {
 			return 0, fmt.Errorf("%w: uplink %s has no ntuple flow steering (ETHTOOL_SRXCLSRLINS: %v): traffic for %s reaches queue %d only if something else steers it there",

@@ -1,6 +1,9 @@
 // Package testnet gives tests their own network topologies: uniquely named
-// namespaces with a multi-queue veth "NIC", removed when the test ends,
-// also when it fails.
+// namespaces (NewNetNS) joined by multi-queue veth pairs (NewVethPair), or
+// the ready-made host/wire Topology, all removed when the test ends, also
+// when it fails. Helpers never move the test's own thread into another
+// namespace: they use netlink handles bound to a namespace, or NetNS.Do,
+// which runs a function on a throwaway locked thread.
 //
 // Tests that need root skip with the fix in the message, unless
 // XDP_HOSTD_REQUIRE_ROOT_TESTS=1 (set in CI), which makes them fail instead.
@@ -25,7 +28,7 @@ func RequireRoot(tb testing.TB) {
 	if os.Getenv("XDP_HOSTD_REQUIRE_ROOT_TESTS") == "1" {
 		tb.Fatal("this test needs root (it creates namespaces and loads BPF); XDP_HOSTD_REQUIRE_ROOT_TESTS=1 makes that a failure")
 	}
-	tb.Skip("needs root: run the tests as root (sudo go test ./...)")
+	tb.Skip("needs root (it creates network namespaces and loads BPF): run as root: sudo go test ./...")
 }
 
 // UniquePrefix returns a short prefix no other test uses at the same time.
