@@ -51,6 +51,8 @@ type Registry struct {
 	log    *slog.Logger
 	limits guestprog.Limits
 
+	counters programCounters
+
 	mu     sync.Mutex
 	nextID uint64
 	vms    map[string]*hostnet.VM
@@ -157,11 +159,15 @@ func (r *Registry) install(vm *hostnet.VM, replaces uint64, obj []byte, entry st
 	}
 	sum := sha256.Sum256(obj)
 	if !report.Accepted {
+		for _, v := range report.Violations {
+			r.counters.reject(string(v.Rule))
+		}
 		r.log.Info("audit: prog_refused", "audit", "prog_refused", "vm", vm.Name(), "sha256", hex.EncodeToString(sum[:]), "violations", len(report.Violations))
 		return nil, &guestprog.RefusedError{Report: report}
 	}
 	kid, err := vm.SetProgram(parsed, "guest")
 	if err != nil {
+		r.counters.reject("verifier")
 		r.log.Info("audit: prog_refused", "audit", "prog_refused", "vm", vm.Name(), "sha256", hex.EncodeToString(sum[:]), "reason", "kernel verifier")
 		return nil, err
 	}
@@ -172,6 +178,7 @@ func (r *Registry) install(vm *hostnet.VM, replaces uint64, obj []byte, entry st
 	}
 	r.nextID++
 	r.byVM[vm.Name()] = rec
+	r.counters.load()
 	event := "prog_load"
 	if replaces != 0 {
 		event = "prog_replace"

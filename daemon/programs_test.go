@@ -2,11 +2,14 @@ package daemon
 
 import (
 	"errors"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -232,5 +235,39 @@ func TestReplaceUnderTraffic(t *testing.T) {
 	}
 	if st, _ := s.dp.Stats(); st.NoProgram.Packets != 0 {
 		t.Errorf("%d packets found the slot empty during a replacement", st.NoProgram.Packets)
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	s := newSetup(t)
+	if _, err := s.reg.Load("vm1", guest(t, "port"), ""); err != nil {
+		t.Fatal(err)
+	}
+	obj, _ := os.ReadFile("../guestprog/testdata/hostile/fib_lookup.o")
+	s.reg.Replace("vm1", 1, obj, "")
+	d := &Daemon{dps: []*hostnet.Dataplane{s.dp}, Programs: s.reg}
+	if _, err := ServeMetrics(d, "10.1.2.3:9464"); err == nil {
+		t.Error("a non-loopback metrics address was accepted")
+	}
+	m, err := ServeMetrics(d, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	resp, err := http.Get("http://" + m.Addr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`xdp_hostd_vm_verdict_packets_total{uplink="` + s.topo.Uplink + `",verdict="pass",vm="vm1"} 0`,
+		`xdp_hostd_programs_loaded_total 1`,
+		`xdp_hostd_programs_rejected_total{reason="host-state"} 1`,
+		`# TYPE xdp_hostd_dispatch_packets_total counter`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q:\n%s", want, body)
+		}
 	}
 }

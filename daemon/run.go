@@ -87,6 +87,9 @@ type RunOptions struct {
 	Socket string
 	// SocketGroup, if set, owns the socket (mode 0660).
 	SocketGroup string
+	// Metrics, if set, is a loopback address where Prometheus metrics are
+	// served (GET /metrics). Off by default.
+	Metrics string
 }
 
 // Run starts the configuration and its API, logs "ready" and serves until
@@ -102,6 +105,14 @@ func Run(ctx context.Context, cfg *Config, opts RunOptions, log *slog.Logger) (e
 		return err
 	}
 	defer api.Close()
+	if opts.Metrics != "" {
+		m, err := ServeMetrics(d, opts.Metrics)
+		if err != nil {
+			return err
+		}
+		defer m.Close()
+		d.log.Info("serving metrics", "addr", "http://"+m.Addr()+"/metrics")
+	}
 	n := 0
 	for _, dp := range d.dps {
 		n += len(dp.VMs())
