@@ -1,0 +1,278 @@
+package vhost
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"golang.org/x/sys/unix"
+)
+
+// errRequest marks a request the front-end got wrong (bad index, ring
+// running, features not offered). With REPLY_ACK it is answered with a
+// failure; otherwise the connection is closed.
+var errRequest = errors.New("request refused")
+
+func refuse(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", errRequest, fmt.Sprintf(format, args...))
+}
+
+// handle applies one decoded request. It takes ownership of fds. A non-nil
+// reply is the payload of the request's own reply (GET_* requests).
+func (d *NetDevice) handle(m Message, fds []int, log *slog.Logger) (reply []byte, err error) {
+	defer func() { closeFDs(fds) }()
+	u64 := func(v uint64) []byte { return binary.LittleEndian.AppendUint64(nil, v) }
+	switch m.Request {
+	case ReqGetFeatures:
+		return u64(d.offer), nil
+	case ReqSetFeatures:
+		if extra := m.U64 &^ d.offer; extra != 0 {
+			return nil, refuse("SET_FEATURES %#x: bits %#x were not offered", m.U64, extra)
+		}
+		d.mu.Lock()
+		d.features, d.featuresSet = m.U64, true
+		d.hdrLen = d.headerLen(m.U64)
+		d.mu.Unlock()
+		log.Debug("vhost: features acked", "features", fmt.Sprintf("%#x", m.U64))
+		return nil, nil
+	case ReqGetProtocolFeatures:
+		return u64(d.ProtocolFeatures()), nil
+	case ReqSetProtocolFeatures:
+		if extra := m.U64 &^ d.ProtocolFeatures(); extra != 0 {
+			return nil, refuse("SET_PROTOCOL_FEATURES %#x: bits %#x were not offered", m.U64, extra)
+		}
+		d.mu.Lock()
+		d.protocol = m.U64
+		d.mu.Unlock()
+		return nil, nil
+	case ReqGetQueueNum:
+		return u64(uint64(d.pairs)), nil
+	case ReqSetOwner:
+		return nil, nil
+	case ReqResetOwner:
+		log.Debug("vhost: RESET_OWNER ignored")
+		return nil, nil
+	case ReqSetMemTable:
+		mem, err := NewMemoryTable(m.Regions, fds)
+		fds = nil // NewMemoryTable closed them
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", errRequest, err)
+		}
+		d.setMemory(mem, log)
+		return nil, nil
+	case ReqSetVringNum:
+		n := m.State.Num
+		if n == 0 || n > MaxQueueSize || n&(n-1) != 0 {
+			return nil, refuse("SET_VRING_NUM: size %d is not a power of two in [1, %d]", n, MaxQueueSize)
+		}
+		return nil, d.configure(m.State.Index, m.Request, func(q *queue) { q.num = uint16(n) })
+	case ReqSetVringAddr:
+		if m.Addr.Flags&^uint32(VringFlagLog) != 0 || m.Addr.Flags&VringFlagLog != 0 {
+			return nil, refuse("SET_VRING_ADDR: flags %#x (logging is not offered)", m.Addr.Flags)
+		}
+		return nil, d.configure(m.Addr.Index, m.Request, func(q *queue) { q.addr, q.addrSet = m.Addr, true })
+	case ReqSetVringBase:
+		if m.State.Num > 0xffff {
+			return nil, refuse("SET_VRING_BASE: %d does not fit a split ring index", m.State.Num)
+		}
+		return nil, d.configure(m.State.Index, m.Request, func(q *queue) { q.base = uint16(m.State.Num) })
+	case ReqGetVringBase:
+		base, err := d.stopQueue(m.State.Index)
+		if err != nil {
+			return nil, err
+		}
+		r := binary.LittleEndian.AppendUint32(nil, m.State.Index)
+		return binary.LittleEndian.AppendUint32(r, uint32(base)), nil
+	case ReqSetVringKick, ReqSetVringCall, ReqSetVringErr:
+		fd := -1
+		if !m.VringFD.NoFD {
+			fd, fds = fds[0], nil
+		}
+		return nil, d.setVringFD(m.Request, m.VringFD, fd, log)
+	case ReqSetVringEnable:
+		if m.State.Num > 1 {
+			return nil, refuse("SET_VRING_ENABLE: %d is neither 0 nor 1", m.State.Num)
+		}
+		q, err := d.queueAt(m.State.Index)
+		if err != nil {
+			return nil, err
+		}
+		d.mu.Lock()
+		q.enabled = m.State.Num == 1
+		d.mu.Unlock()
+		log.Debug("vhost: vring enable", "queue", q.index, "enabled", m.State.Num == 1)
+		return nil, nil
+	}
+	return nil, fmt.Errorf("%w: unsupported request %v", ErrMalformed, m.Request)
+}
+
+func (d *NetDevice) queueAt(idx uint32) (*queue, error) {
+	if idx >= uint32(len(d.queues)) {
+		return nil, refuse("queue index %d out of range [0, %d)", idx, len(d.queues))
+	}
+	return d.queues[idx], nil
+}
+
+// configure changes the setup of a stopped queue.
+func (d *NetDevice) configure(idx uint32, req Request, f func(*queue)) error {
+	q, err := d.queueAt(idx)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if q.vq != nil {
+		return refuse("%v: queue %d is running", req, idx)
+	}
+	f(q)
+	return nil
+}
+
+// setMemory installs a new memory table, moving running rings into it
+// before the old one is unmapped.
+func (d *NetDevice) setMemory(mem *MemoryTable, log *slog.Logger) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, q := range d.queues {
+		if q.vq == nil {
+			continue
+		}
+		if err := q.vq.Remap(mem); err != nil {
+			log.Error("vhost: ring not in the new memory table", "queue", q.index, "err", err)
+			q.checkBroken()
+		}
+	}
+	old := d.mem
+	d.mem = mem
+	if err := old.Close(); err != nil {
+		log.Error("vhost: unmapping old guest memory", "err", err)
+	}
+	log.Debug("vhost: memory table set", "regions", len(mem.regions))
+}
+
+// stopQueue stops a ring (GET_VRING_BASE) and returns the next avail index
+// it would have read.
+func (d *NetDevice) stopQueue(idx uint32) (uint16, error) {
+	q, err := d.queueAt(idx)
+	if err != nil {
+		return 0, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if q.vq != nil {
+		q.base = q.vq.LastAvail()
+		q.vq = nil
+	}
+	d.setKick(q, -1)
+	q.polled = false
+	d.recountPolled()
+	return q.base, nil
+}
+
+// setKick replaces a queue's kick fd, keeping the epoll set in step.
+// Called with d.mu held.
+func (d *NetDevice) setKick(q *queue, fd int) {
+	if q.kickFD >= 0 {
+		if q.tx && d.epfd >= 0 {
+			unix.EpollCtl(d.epfd, unix.EPOLL_CTL_DEL, q.kickFD, nil)
+		}
+		unix.Close(q.kickFD)
+	}
+	q.kickFD = fd
+}
+
+func (d *NetDevice) recountPolled() {
+	n := int32(0)
+	for _, q := range d.queues {
+		if q.polled && q.vq != nil {
+			n++
+		}
+	}
+	d.polling.Store(n)
+}
+
+func (d *NetDevice) setVringFD(req Request, v VringFD, fd int, log *slog.Logger) (err error) {
+	q, err := d.queueAt(v.Index)
+	if err != nil {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch req {
+	case ReqSetVringCall, ReqSetVringErr:
+		p := &q.callFD
+		if req == ReqSetVringErr {
+			p = &q.errFD
+		}
+		if *p >= 0 {
+			unix.Close(*p)
+		}
+		*p = fd
+		return nil
+	}
+	// SET_VRING_KICK starts the ring.
+	d.setKick(q, fd)
+	if fd >= 0 {
+		if err := unix.SetNonblock(fd, true); err != nil {
+			return fmt.Errorf("%w: kick fd of queue %d: %w", errRequest, q.index, err)
+		}
+		if q.tx {
+			ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(q.index)}
+			if err := unix.EpollCtl(d.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+				return fmt.Errorf("vhost: watching kick fd of queue %d: %w", q.index, err)
+			}
+		}
+	}
+	q.polled = fd < 0
+	if q.vq == nil {
+		if err := d.startQueue(q, log); err != nil {
+			return err
+		}
+	}
+	d.recountPolled()
+	if q.tx && fd >= 0 {
+		// Look at buffers made available before the kick fd was watched.
+		unix.Write(fd, eventOne[:])
+	}
+	return nil
+}
+
+// startQueue builds the virtqueue from the queue's setup. Called with d.mu
+// held.
+func (d *NetDevice) startQueue(q *queue, log *slog.Logger) error {
+	switch {
+	case d.mem == nil:
+		return refuse("queue %d started before SET_MEM_TABLE", q.index)
+	case q.num == 0:
+		return refuse("queue %d started before SET_VRING_NUM", q.index)
+	case !q.addrSet:
+		return refuse("queue %d started before SET_VRING_ADDR", q.index)
+	}
+	vq, err := NewVirtqueue(d.mem, VirtqueueConfig{
+		Index:     q.index,
+		Size:      q.num,
+		DescAddr:  q.addr.Desc,
+		AvailAddr: q.addr.Avail,
+		UsedAddr:  q.addr.Used,
+		LastAvail: q.base,
+		EventIdx:  d.features&FeatureRingEventIdx != 0,
+		Indirect:  d.features&FeatureRingIndirectDesc != 0,
+		Logger:    log,
+	})
+	if err != nil {
+		return fmt.Errorf("%w: %w", errRequest, err)
+	}
+	if !q.tx {
+		vq.DisableNotify() // RX buffers are taken when frames arrive, not on kicks
+	}
+	q.vq, q.reported = vq, false
+	if d.features&FeatureProtocolFeatures == 0 {
+		q.enabled = true // rings start enabled without protocol features
+	}
+	log.Debug("vhost: queue started", "queue", q.index, "size", q.num, "base", q.base, "enabled", q.enabled)
+	return nil
+}

@@ -1,0 +1,243 @@
+package vhost
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ioTimeout bounds reading the rest of a message once its header arrived,
+// and writing a reply.
+const ioTimeout = 5 * time.Second
+
+// Server serves a NetDevice to one vhost-user front-end at a time on a unix
+// socket (QEMU: -chardev socket,path=...; DPDK: net_virtio_user,path=...).
+// When the front-end disconnects, the device's rings, fds and memory
+// mappings are dropped and the server waits for the next connection.
+type Server struct {
+	path string
+	dev  *NetDevice
+	log  *slog.Logger
+	ln   *net.UnixListener
+
+	mu     sync.Mutex
+	conn   *net.UnixConn
+	closed bool
+}
+
+// NewServer listens on path (a stale socket file there is replaced).
+func NewServer(path string, dev *NetDevice, log *slog.Logger) (*Server, error) {
+	if dev == nil {
+		return nil, errors.New("vhost: NewServer: nil device")
+	}
+	if log == nil {
+		log = dev.log
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("vhost: removing stale socket: %w", err)
+		}
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("vhost: listen: %w", err)
+	}
+	ln.SetUnlinkOnClose(true)
+	return &Server{path: path, dev: dev, log: log.With("socket", path), ln: ln}, nil
+}
+
+// Path returns the socket path.
+func (s *Server) Path() string { return s.path }
+
+// Serve accepts front-ends one after the other until ctx is done or Close
+// is called; then it returns nil. Errors of a connection are logged and end
+// only that connection.
+func (s *Server) Serve(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { s.Close() })
+	defer stop()
+	for {
+		c, err := s.ln.AcceptUnix()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("vhost: accept: %w", err)
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			c.Close()
+			return nil
+		}
+		s.conn = c
+		s.mu.Unlock()
+
+		s.serveConn(c)
+
+		s.mu.Lock()
+		s.conn = nil
+		s.mu.Unlock()
+		c.Close()
+	}
+}
+
+// Close stops listening and ends the current connection. Serve returns
+// after the connection's state is torn down.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if s.conn != nil {
+		s.conn.Close()
+	}
+	return s.ln.Close()
+}
+
+func (s *Server) serveConn(c *net.UnixConn) {
+	log := s.log.With("conn", fmt.Sprintf("%p", c))
+	log.Info("vhost: front-end connected")
+	if err := s.dev.attach(log); err != nil {
+		log.Error("vhost: cannot serve front-end", "err", err)
+		return
+	}
+	defer func() {
+		s.dev.detach()
+		log.Info("vhost: front-end state torn down")
+	}()
+	r := newReader(c)
+	for {
+		h, payload, fds, err := r.read()
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				log.Info("vhost: front-end disconnected")
+			} else {
+				log.Error("vhost: reading request; closing connection", "err", err)
+			}
+			return
+		}
+		m, err := Decode(h, payload, len(fds), r.regions)
+		if err != nil {
+			closeFDs(fds)
+			log.Error("vhost: bad request; closing connection", "err", err)
+			return
+		}
+		log.Debug("vhost: request", "req", h.Request, "flags", h.Flags, "size", h.Size, "fds", len(fds))
+		reply, err := s.dev.handle(m, fds, log)
+		needAck := h.NeedReply() && s.dev.protocolAcked(ProtocolFeatureReplyAck) && reply == nil
+		if err != nil {
+			if !errors.Is(err, errRequest) || !needAck {
+				log.Error("vhost: request failed; closing connection", "req", h.Request, "err", err)
+				return
+			}
+			log.Error("vhost: request failed", "req", h.Request, "err", err)
+			reply = []byte{1, 0, 0, 0, 0, 0, 0, 0}
+		} else if needAck {
+			reply = make([]byte, 8)
+		}
+		if reply == nil {
+			continue
+		}
+		out := EncodeHeader(make([]byte, 0, HeaderSize+len(reply)), h.Request, uint32(len(reply)))
+		out = append(out, reply...)
+		c.SetWriteDeadline(time.Now().Add(ioTimeout))
+		if _, err := c.Write(out); err != nil {
+			log.Error("vhost: writing reply; closing connection", "req", h.Request, "err", err)
+			return
+		}
+	}
+}
+
+func (d *NetDevice) protocolAcked(f uint64) bool {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.protocol&f == f
+}
+
+// reader reads requests with their fds from a connection.
+type reader struct {
+	c       *net.UnixConn
+	hdr     [HeaderSize]byte
+	payload [MaxPayload]byte
+	oob     []byte
+	regions []MemoryRegion
+}
+
+func newReader(c *net.UnixConn) *reader {
+	return &reader{c: c, oob: make([]byte, unix.CmsgSpace(4*MaxFDs)), regions: make([]MemoryRegion, 0, MaxMemoryRegions)}
+}
+
+// read returns the next request's header, payload and fds. The fds belong
+// to the caller, also when an error is returned with them closed already.
+func (r *reader) read() (_ Header, _ []byte, fds []int, err error) {
+	defer func() {
+		if err != nil {
+			closeFDs(fds)
+			fds = nil
+		}
+	}()
+	r.c.SetReadDeadline(time.Time{}) // the front-end may be idle for long
+	n, oobn, flags, _, err := r.c.ReadMsgUnix(r.hdr[:], r.oob)
+	if oobn > 0 {
+		fds, err = parseFDs(r.oob[:oobn], err)
+	}
+	if err != nil {
+		return Header{}, nil, fds, err
+	}
+	if n == 0 {
+		return Header{}, nil, fds, io.EOF
+	}
+	if flags&unix.MSG_CTRUNC != 0 {
+		return Header{}, nil, fds, fmt.Errorf("%w: more than %d fds (control data truncated)", ErrMalformed, MaxFDs)
+	}
+	r.c.SetReadDeadline(time.Now().Add(ioTimeout))
+	if n < HeaderSize {
+		if _, err := io.ReadFull(r.c, r.hdr[n:]); err != nil {
+			return Header{}, nil, fds, fmt.Errorf("reading header: %w", err)
+		}
+	}
+	h, err := DecodeHeader(r.hdr[:])
+	if err != nil {
+		return h, nil, fds, err
+	}
+	p := r.payload[:h.Size]
+	if _, err := io.ReadFull(r.c, p); err != nil {
+		return h, nil, fds, fmt.Errorf("reading %v payload: %w", h.Request, err)
+	}
+	return h, p, fds, nil
+}
+
+// parseFDs extracts the fds of SCM_RIGHTS messages in oob.
+func parseFDs(oob []byte, err error) ([]int, error) {
+	msgs, perr := unix.ParseSocketControlMessage(oob)
+	if perr != nil {
+		return nil, errors.Join(err, fmt.Errorf("%w: control data: %w", ErrMalformed, perr))
+	}
+	var fds []int
+	for _, m := range msgs {
+		f, perr := unix.ParseUnixRights(&m)
+		if perr != nil {
+			err = errors.Join(err, fmt.Errorf("%w: control data: %w", ErrMalformed, perr))
+			continue
+		}
+		fds = append(fds, f...)
+	}
+	return fds, err
+}
