@@ -1,0 +1,276 @@
+// Package vmport is a VM's vhost-user port: the daemon serves the VM's
+// virtio-net device on a vhost-user socket (package vhost) and feeds it
+// from AF_XDP sockets on the VM's dedicated uplink queues (package
+// zerocopy), into which the VM program's PASS verdict redirects. Frames the
+// guest transmits are checked against the VM's MAC and sent out of the
+// uplink through the same sockets.
+//
+// Copy mode: a received frame is copied once, from the daemon's UMEM into
+// the guest's RX buffers; a transmitted frame once, from guest memory into
+// the UMEM. Everything moves in batches: one Receive, one Deliver (one
+// used-index update, at most one call eventfd write), one Release (fill-ring
+// refill) per batch; one Transmit (one kick) per TX batch.
+package vmport
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/xdp-hostd/xdp-hostd/guestprog"
+	"github.com/xdp-hostd/xdp-hostd/hostnet"
+	"github.com/xdp-hostd/xdp-hostd/vhost"
+	"github.com/xdp-hostd/xdp-hostd/zerocopy"
+)
+
+// Config describes a VM's vhost-user port.
+type Config struct {
+	// VM is the dataplane's VM; its Delivery must be guestprog.DeliverXSK.
+	// Queue pair i of the device is fed by the VM's i-th dedicated queue.
+	VM *hostnet.VM
+	// Socket is the vhost-user socket the VM's QEMU connects to.
+	Socket string
+	// NetNS is the uplink's namespace path ("" for the caller's).
+	NetNS string
+	// RingSize is the AF_XDP ring size (power of two; default 2048).
+	RingSize int
+	// Frames is the number of UMEM frames per queue (default 4 * RingSize).
+	Frames int
+	// Batch is the most frames moved per batch (default 64).
+	Batch int
+	Log   *slog.Logger
+}
+
+// Stats are the port's counters.
+type Stats struct {
+	RXDelivered uint64 `json:"rx_delivered"` // frames copied into the guest
+	RXDropped   uint64 `json:"rx_dropped"`   // frames the guest had no buffers for within holdLimit
+	TXSent      uint64 `json:"tx_sent"`      // guest frames sent out of the uplink
+	TXSpoofed   uint64 `json:"tx_spoofed"`   // guest frames with a source MAC not the VM's
+	TXDropped   uint64 `json:"tx_dropped"`   // guest frames refused by AF_XDP back-pressure
+}
+
+type queue struct {
+	idx   int // queue pair
+	rxq   int // uplink RX queue
+	umem  *zerocopy.UMEM
+	mu    sync.Mutex // the socket is not thread-safe: RX loop and TX handler share it
+	sock  *zerocopy.Socket
+	descs []zerocopy.Desc
+	rx    [][]byte
+}
+
+// Port is a running vhost-user port.
+type Port struct {
+	cfg    Config
+	log    *slog.Logger
+	mac    []byte
+	dev    *vhost.NetDevice
+	srv    *vhost.Server
+	queues []*queue
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	txGood [][]byte // TX handler scratch (the handler runs on one goroutine)
+	stats  struct {
+		rxDelivered, rxDropped, txSent, txSpoofed, txDropped atomic.Uint64
+	}
+}
+
+// Open creates the AF_XDP sockets, registers them as the VM's delivery
+// targets, and serves the vhost-user socket. On error nothing is left.
+func Open(cfg Config) (_ *Port, err error) {
+	if cfg.VM == nil || cfg.VM.Delivery() != guestprog.DeliverXSK {
+		return nil, errors.New("vhost-user port: the VM must deliver into AF_XDP sockets (VMSpec.Delivery = DeliverXSK)")
+	}
+	if cfg.Socket == "" {
+		return nil, fmt.Errorf("VM %s: no vhost-user socket path", cfg.VM.Name())
+	}
+	if cfg.RingSize == 0 {
+		cfg.RingSize = 2048
+	}
+	if cfg.Frames == 0 {
+		cfg.Frames = 4 * cfg.RingSize
+	}
+	if cfg.Batch == 0 {
+		cfg.Batch = 64
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	p := &Port{cfg: cfg, log: cfg.Log.With("vm", cfg.VM.Name()), mac: bytes.Clone(cfg.VM.MAC())}
+	defer func() {
+		if err != nil {
+			p.Close()
+		}
+	}()
+	for i, q := range cfg.VM.Queues() {
+		qu := &queue{idx: i, rxq: q, descs: make([]zerocopy.Desc, cfg.Batch), rx: make([][]byte, cfg.Batch)}
+		p.queues = append(p.queues, qu)
+		if qu.umem, err = zerocopy.AllocUMEM(cfg.Frames, zerocopy.MinFrameSize); err != nil {
+			return nil, fmt.Errorf("VM %s queue %d: %w", cfg.VM.Name(), q, err)
+		}
+		qu.sock, err = zerocopy.Open(zerocopy.Options{NetNS: cfg.NetNS, Ifname: cfg.VM.Uplink(), Queue: q, UMEM: qu.umem, RingSize: cfg.RingSize})
+		if err != nil {
+			return nil, fmt.Errorf("VM %s: AF_XDP socket on %s queue %d: %w", cfg.VM.Name(), cfg.VM.Uplink(), q, err)
+		}
+		if err := cfg.VM.SetSocket(q, qu.sock.FD()); err != nil {
+			return nil, err
+		}
+	}
+	p.txGood = make([][]byte, 0, 256)
+	if p.dev, err = vhost.NewNetDevice(vhost.NetConfig{QueuePairs: len(p.queues), TX: p.transmit, Logger: p.log}); err != nil {
+		return nil, fmt.Errorf("VM %s: %w", cfg.VM.Name(), err)
+	}
+	if p.srv, err = vhost.NewServer(cfg.Socket, p.dev, p.log); err != nil {
+		return nil, fmt.Errorf("VM %s: %w", cfg.VM.Name(), err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		if err := p.srv.Serve(ctx); err != nil && ctx.Err() == nil {
+			p.log.Error("vhost-user server stopped", "socket", cfg.Socket, "err", err)
+		}
+	}()
+	for _, qu := range p.queues {
+		p.wg.Add(1)
+		go p.receive(ctx, qu)
+	}
+	p.log.Info("vhost-user port ready", "socket", cfg.Socket, "queues", cfg.VM.Queues())
+	return p, nil
+}
+
+// holdLimit is how long frames wait for the guest to post RX buffers
+// before they are dropped: a guest that is slow for a moment loses nothing
+// (the frames wait in the socket's ring and the UMEM), one that stopped
+// reading does not hold the queue forever.
+const holdLimit = 100 * time.Millisecond
+
+// receive moves frames from one AF_XDP socket into the guest, a batch at a
+// time, sleeping in poll when there is nothing (no core burned while idle).
+// Frames the guest has no buffers for yet stay pending, oldest first.
+func (p *Port) receive(ctx context.Context, qu *queue) {
+	defer p.wg.Done()
+	pending := 0 // qu.descs[:pending] / qu.rx[:pending] wait for the guest
+	var stalled time.Time
+	for ctx.Err() == nil {
+		if pending < len(qu.descs) {
+			qu.mu.Lock()
+			n := qu.sock.Receive(qu.descs[pending:])
+			for i := pending; i < pending+n; i++ {
+				qu.rx[i] = qu.sock.Frame(qu.descs[i])
+			}
+			qu.mu.Unlock()
+			pending += n
+		}
+		if pending == 0 {
+			// Poll the fd directly rather than Socket.Wait, which looks at
+			// TX state the TX handler may be changing: readable means the
+			// RX ring has frames. Bounded, so Close is seen.
+			pfd := []unix.PollFd{{Fd: int32(qu.sock.FD()), Events: unix.POLLIN}}
+			if _, err := unix.Poll(pfd, 100); err != nil && err != unix.EINTR {
+				p.log.Warn("AF_XDP poll", "queue", qu.rxq, "err", err)
+				time.Sleep(10 * time.Millisecond)
+			}
+			continue
+		}
+		// The frames stay in the UMEM until Release, so Deliver copies
+		// them without holding the socket.
+		delivered, _ := p.dev.Deliver(qu.idx, qu.rx[:pending])
+		drop := 0
+		switch {
+		case delivered > 0:
+			stalled = time.Time{}
+		case stalled.IsZero():
+			stalled = time.Now()
+		case time.Since(stalled) > holdLimit:
+			drop, stalled = pending, time.Time{}
+		}
+		done := delivered + drop
+		p.stats.rxDelivered.Add(uint64(delivered))
+		p.stats.rxDropped.Add(uint64(drop))
+		if done > 0 {
+			qu.mu.Lock()
+			if err := qu.sock.Release(qu.descs[:done]); err != nil {
+				p.log.Warn("AF_XDP release", "queue", qu.rxq, "err", err)
+			}
+			qu.mu.Unlock()
+			copy(qu.descs, qu.descs[done:pending])
+			copy(qu.rx, qu.rx[done:pending])
+			pending -= done
+		}
+		if delivered == 0 && pending > 0 {
+			time.Sleep(200 * time.Microsecond) // let the guest post buffers
+		}
+	}
+}
+
+// transmit is the device's TX handler: frames from the guest, checked
+// against the VM's MAC, out of the uplink through the pair's socket. It
+// never blocks: back-pressure drops (counted).
+func (p *Port) transmit(pair int, frames [][]byte) {
+	good := p.txGood[:0]
+	for _, f := range frames {
+		if len(f) < 14 || !bytes.Equal(f[6:12], p.mac) {
+			p.stats.txSpoofed.Add(1)
+			continue
+		}
+		good = append(good, f)
+	}
+	p.txGood = good[:0]
+	if len(good) == 0 || len(p.queues) == 0 {
+		return
+	}
+	qu := p.queues[pair%len(p.queues)]
+	qu.mu.Lock()
+	qu.sock.Complete()
+	n, err := qu.sock.Transmit(good)
+	qu.mu.Unlock()
+	p.stats.txSent.Add(uint64(n))
+	p.stats.txDropped.Add(uint64(len(good) - n))
+	if err != nil {
+		p.log.Debug("AF_XDP transmit", "err", err)
+	}
+}
+
+// Stats reads the port's counters.
+func (p *Port) Stats() Stats {
+	return Stats{
+		RXDelivered: p.stats.rxDelivered.Load(), RXDropped: p.stats.rxDropped.Load(),
+		TXSent: p.stats.txSent.Load(), TXSpoofed: p.stats.txSpoofed.Load(), TXDropped: p.stats.txDropped.Load(),
+	}
+}
+
+// Device is the port's virtio-net device (for its queue counters).
+func (p *Port) Device() *vhost.NetDevice { return p.dev }
+
+// Close stops serving, unregisters the sockets and releases everything.
+func (p *Port) Close() error {
+	if p.cancel != nil {
+		p.cancel()
+	}
+	var errs []error
+	if p.srv != nil {
+		errs = append(errs, p.srv.Close())
+	}
+	p.wg.Wait()
+	for _, qu := range p.queues {
+		if qu.sock != nil {
+			errs = append(errs, p.cfg.VM.ClearSocket(qu.rxq), qu.sock.Close())
+		}
+		if qu.umem != nil {
+			errs = append(errs, qu.umem.Close())
+		}
+	}
+	p.queues = nil
+	return errors.Join(errs...)
+}

@@ -1,0 +1,161 @@
+package vmport_test
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/xdp-hostd/xdp-hostd/guestprog"
+	"github.com/xdp-hostd/xdp-hostd/hostnet"
+	"github.com/xdp-hostd/xdp-hostd/hostnet/testnet"
+	"github.com/xdp-hostd/xdp-hostd/testpmd"
+	"github.com/xdp-hostd/xdp-hostd/traffic"
+	"github.com/xdp-hostd/xdp-hostd/vmport"
+)
+
+type vmRig struct {
+	vm   *hostnet.VM
+	port *vmport.Port
+	sock string
+	mac  net.HardwareAddr
+	q    int
+}
+
+func setup(t *testing.T, n int) (*hostnet.Topology, []*vmRig) {
+	t.Helper()
+	topo := testnet.Topology(t, 4)
+	dp, err := hostnet.Open(hostnet.Config{Uplink: topo.Uplink, NetNS: topo.HostNS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	var rigs []*vmRig
+	for i := 0; i < n; i++ {
+		r := &vmRig{mac: net.HardwareAddr{2, 0, 0, 0, 7, byte(i + 1)}, q: i + 1, sock: filepath.Join(t.TempDir(), "vhost.sock")}
+		r.vm, err = dp.AddVM(hostnet.VMSpec{Name: fmt.Sprintf("vm%d", i+1), MAC: r.mac, Queues: []int{r.q}, Delivery: guestprog.DeliverXSK})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.port, err = vmport.Open(vmport.Config{VM: r.vm, Socket: r.sock, NetNS: topo.HostNS})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.port.Close() })
+		rigs = append(rigs, r)
+	}
+	return topo, rigs
+}
+
+// startPMD runs testpmd as the VM's virtio front-end and waits (30 s at
+// most) until its queues are up.
+func startPMD(t *testing.T, r *vmRig, mode, mac, peer string) *testpmd.Proc {
+	t.Helper()
+	p, err := testpmd.Start(testpmd.Options{
+		Vdevs: []string{fmt.Sprintf("net_virtio_user0,path=%s,queues=1,mac=%s", r.sock, mac)},
+		Mode:  mode, EthPeer: peer, Prefix: fmt.Sprintf("xhvp%d%s", r.q, mode),
+	})
+	if errors.Is(err, testpmd.ErrMissing) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("started %v", p.Args)
+	t.Cleanup(func() {
+		if err := p.Stop(); err != nil {
+			t.Error(err)
+		}
+		if t.Failed() {
+			t.Logf("testpmd output:\n%s", p.Output())
+		}
+	})
+	// Ready once the device's queues are up and testpmd forwards (its first
+	// periodic report): before that its RX ring may have no buffers yet.
+	for deadline := time.Now().Add(30 * time.Second); !r.port.Device().Ready(0) || !strings.Contains(p.Output(), "NIC statistics"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("testpmd never set up the queues:\n%s", p.Output())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return p
+}
+
+// waitRX waits until testpmd reports at least want received packets (its
+// report comes every second; at most 15 s).
+func waitRX(p *testpmd.Proc, want uint64) uint64 {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		rx, _ := p.Stats()
+		if rx >= want || time.Now().After(deadline) {
+			time.Sleep(1100 * time.Millisecond) // one more report, to see any surplus
+			rx, _ = p.Stats()
+			return rx
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Frames aimed at the VM's queue pass its program, leave through its AF_XDP
+// socket and reach testpmd, a real virtio front-end, exactly.
+func TestReceiveIntoTestpmd(t *testing.T) {
+	topo, rigs := setup(t, 1)
+	r := rigs[0]
+	pmd := startPMD(t, r, "rxonly", r.mac.String(), "")
+	s := testnet.Sender(t, topo)
+	const n = 3000
+	spec := traffic.FrameSpec{Dst: r.mac, Src: topo.WireMAC, Size: 128, Tag: 1}
+	for sent := 0; sent < n; sent += 500 {
+		if err := s.Send(spec, r.q, uint32(sent), 500); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := waitRX(pmd, n); got != n {
+		t.Errorf("testpmd received %d of %d frames", got, n)
+	}
+	st := r.port.Stats()
+	v, _ := r.vm.Verdicts()
+	if st.RXDelivered != n || st.RXDropped != 0 || v.Pass.Packets != n {
+		t.Errorf("port %+v, verdicts %+v", st, v)
+	}
+}
+
+// What testpmd transmits with the VM's MAC leaves through the uplink; with
+// another source MAC it is dropped as spoofed.
+func TestTransmitFromTestpmd(t *testing.T) {
+	topo, rigs := setup(t, 1)
+	r := rigs[0]
+	wire := testnet.PacketCounter(t, topo.WireNS, topo.Wire)
+	pmd := startPMD(t, r, "txonly", r.mac.String(), topo.WireMAC.String())
+	deadline := time.Now().Add(15 * time.Second)
+	for r.port.Stats().TXSent < 10000 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	pmd.Stop()
+	time.Sleep(300 * time.Millisecond)
+	st := r.port.Stats()
+	arrived := wire.Snapshot().Unmarked
+	t.Logf("port %+v; the wire side saw %d frames", st, arrived)
+	if st.TXSent < 10000 || st.TXSpoofed != 0 {
+		t.Errorf("port %+v", st)
+	}
+	if arrived < st.TXSent*9/10 || arrived > st.TXSent {
+		t.Errorf("the wire side saw %d of %d frames sent", arrived, st.TXSent)
+	}
+
+	spoofer := startPMD(t, r, "txonly", "02:66:66:66:66:66", topo.WireMAC.String())
+	before := r.port.Stats()
+	deadline = time.Now().Add(15 * time.Second)
+	for r.port.Stats().TXSpoofed < 1000 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	spoofer.Stop()
+	after := r.port.Stats()
+	if after.TXSpoofed < 1000 || after.TXSent != before.TXSent {
+		t.Errorf("spoofed frames: before %+v after %+v", before, after)
+	}
+}
