@@ -125,7 +125,10 @@ func newHandler(d *Daemon) http.Handler {
 			us := UplinkStatus{Inventory: dp.Inventory(), XDPMode: dp.Mode().String()}
 			us.Stats, _ = dp.Stats()
 			for _, vm := range dp.VMs() {
-				vs := VMStatus{Name: vm.Name(), MAC: vm.MAC().String(), Queues: vm.Queues(), Delivery: vm.Delivery().String(), Ports: vm.Ports()}
+				vs := VMStatus{Name: vm.Name(), MAC: vm.MAC().String(), Queues: vm.Queues(), Delivery: "tap", Ports: vm.Ports()}
+				if vm.Delivery() == guestprog.DeliverXSK {
+					vs.Delivery = "vhost-user"
+				}
 				if vm.Tap() != nil {
 					vs.Tap = vm.Tap().Name()
 				}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/xdp-hostd/xdp-hostd/guestprog"
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
 )
 
@@ -44,9 +45,14 @@ type VMConfig struct {
 	Name   string `json:"name"`
 	MAC    string `json:"mac"`
 	Queues []int  `json:"queues,omitempty"`
-	// Delivery is "tap" (default). "vhost-user" comes with the vhost-user
-	// backend.
+	// Delivery is "tap" (default: copy into a tap) or "vhost-user" (the
+	// daemon is the VM's virtio-net device on VhostUserSocket, fed from
+	// AF_XDP sockets on the VM's dedicated queues, which are then required).
 	Delivery string `json:"delivery,omitempty"`
+	// VhostUserSocket is where the daemon serves the VM's vhost-user device
+	// (QEMU: -chardev socket,id=c0,path=SOCKET -netdev
+	// vhost-user,id=n0,chardev=c0,queues=N). One queue pair per dedicated queue.
+	VhostUserSocket string `json:"vhost_user_socket,omitempty"`
 	// Tap is the name of the tap the daemon creates (default
 	// "xh<slot>-<uplink>"); TapQueues its number of queues (default 1).
 	Tap       string `json:"tap,omitempty"`
@@ -120,10 +126,21 @@ func (c *Config) Validate() error {
 			}
 			switch vm.Delivery {
 			case "", "tap":
+				if vm.VhostUserSocket != "" {
+					return fmt.Errorf("%s.vhost_user_socket: only for \"delivery\": \"vhost-user\"", vat)
+				}
 			case "vhost-user":
-				return fmt.Errorf("%s.delivery: vhost-user is not available in this version; use \"tap\"", vat)
+				if vm.VhostUserSocket == "" {
+					return fmt.Errorf("%s.vhost_user_socket: required with vhost-user delivery (a path such as /run/xdp-hostd/%s.sock)", vat, vm.Name)
+				}
+				if len(vm.Queues) == 0 {
+					return fmt.Errorf("%s.queues: vhost-user delivery needs at least one dedicated queue", vat)
+				}
+				if vm.Tap != "" || vm.TapQueues != 0 {
+					return fmt.Errorf("%s.tap: a vhost-user VM has no tap", vat)
+				}
 			default:
-				return fmt.Errorf("%s.delivery: %q: use \"tap\"", vat, vm.Delivery)
+				return fmt.Errorf("%s.delivery: %q: use \"tap\" or \"vhost-user\"", vat, vm.Delivery)
 			}
 			if _, err := vm.ports(); err != nil {
 				return fmt.Errorf("%s.ports: %w", vat, err)
@@ -139,6 +156,9 @@ func (vm *VMConfig) spec() (hostnet.VMSpec, error) {
 		return hostnet.VMSpec{}, fmt.Errorf("mac: %q is not an Ethernet MAC address (write it as 52:54:00:12:34:56)", vm.MAC)
 	}
 	s := hostnet.VMSpec{Name: vm.Name, MAC: mac, Queues: vm.Queues, Tap: vm.Tap, TapQueues: vm.TapQueues}
+	if vm.Delivery == "vhost-user" {
+		s.Delivery = guestprog.DeliverXSK
+	}
 	if err := s.Validate(); err != nil {
 		return s, err
 	}

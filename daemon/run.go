@@ -9,6 +9,7 @@ import (
 
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
+	"github.com/xdp-hostd/xdp-hostd/vmport"
 )
 
 // Daemon holds the dataplanes of a running configuration and the registry
@@ -17,6 +18,7 @@ type Daemon struct {
 	log      *slog.Logger
 	dps      []*hostnet.Dataplane
 	byVM     map[string]*hostnet.VM
+	ports    []*vmport.Port
 	Programs *Registry
 }
 
@@ -50,6 +52,13 @@ func Start(cfg *Config, log *slog.Logger) (_ *Daemon, err error) {
 			}
 			d.byVM[vc.Name] = vm
 			d.Programs.AddVM(vm)
+			if vc.Delivery == "vhost-user" {
+				port, err := vmport.Open(vmport.Config{VM: vm, Socket: vc.VhostUserSocket, NetNS: u.NetNS, Log: log})
+				if err != nil {
+					return nil, fmt.Errorf("uplinks[%d].vms[%d]: %w", i, j, err)
+				}
+				d.ports = append(d.ports, port)
+			}
 			ports, _ := vc.ports()
 			sort.Slice(ports, func(a, b int) bool { return ports[a].n < ports[b].n })
 			for _, p := range ports {
@@ -68,6 +77,10 @@ func (d *Daemon) Dataplanes() []*hostnet.Dataplane { return d.dps }
 // Close tears every uplink down.
 func (d *Daemon) Close() error {
 	var errs []error
+	for _, p := range d.ports {
+		errs = append(errs, p.Close())
+	}
+	d.ports = nil
 	for i := len(d.dps) - 1; i >= 0; i-- {
 		errs = append(errs, d.dps[i].Close())
 	}

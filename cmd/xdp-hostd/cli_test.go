@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"net"
 	"fmt"
 	"os"
 	"os/exec"
@@ -22,6 +24,8 @@ import (
 	"github.com/xdp-hostd/xdp-hostd/demo"
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
 	"github.com/xdp-hostd/xdp-hostd/hostnet/testnet"
+	"github.com/xdp-hostd/xdp-hostd/testpmd"
+	"github.com/xdp-hostd/xdp-hostd/traffic"
 )
 
 // binary is xdp-hostd built once for the tests that run it as a user would.
@@ -360,4 +364,71 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// A vhost-user VM from the configuration: the daemon serves its socket,
+// DPDK testpmd connects as the VM's virtio front-end and receives what is
+// sent to the VM's queue; stopping the daemon removes the socket.
+func TestRunVhostUserVM(t *testing.T) {
+	testnet.RequireRoot(t)
+	topo := testnet.Topology(t, 4)
+	dir := t.TempDir()
+	vsock := filepath.Join(dir, "vm1.sock")
+	cfg := fmt.Sprintf(`{"uplinks": [{"name": %q, "netns": %q, "vms": [{"name": "vm1", "mac": "02:00:00:00:00:01", "queues": [2], "delivery": "vhost-user", "vhost_user_socket": %q}]}]}`,
+		topo.Uplink, topo.HostNS, vsock)
+	path := filepath.Join(dir, "config.json")
+	os.WriteFile(path, []byte(cfg), 0o644)
+	cmd := exec.Command(binary, "run", "--config", path, "--socket", filepath.Join(dir, "api.sock"))
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(stderr.String(), "msg=ready"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready:\n%s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	pmd, err := testpmd.Start(testpmd.Options{Vdevs: []string{"net_virtio_user0,path=" + vsock + ",queues=1,mac=02:00:00:00:00:01"}, Mode: "rxonly", Prefix: "xhclivu"})
+	if errors.Is(err, testpmd.ErrMissing) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pmd.Stop()
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(pmd.Output(), "NIC statistics"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("testpmd did not start:\n%s", pmd.Output())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	spec := traffic.FrameSpec{Dst: net.HardwareAddr{2, 0, 0, 0, 0, 1}, Src: topo.WireMAC, Size: 100, Tag: 1}
+	if err := testnet.Sender(t, topo).Send(spec, 2, 0, 1000); err != nil {
+		t.Fatal(err)
+	}
+	var rx uint64
+	for deadline := time.Now().Add(15 * time.Second); rx < 1000 && time.Now().Before(deadline); {
+		time.Sleep(200 * time.Millisecond)
+		rx, _ = pmd.Stats()
+	}
+	if rx != 1000 {
+		t.Errorf("testpmd received %d of 1000 frames", rx)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("exit: %v\n%s", err, stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("did not stop within 20s of SIGTERM")
+	}
+	if _, err := os.Stat(vsock); err == nil {
+		t.Error("vhost-user socket left behind")
+	}
 }
