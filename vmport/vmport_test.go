@@ -159,3 +159,53 @@ func TestTransmitFromTestpmd(t *testing.T) {
 		t.Errorf("spoofed frames: before %+v after %+v", before, after)
 	}
 }
+
+// Under traffic to two VMs, VM1's front-end goes away and comes back: VM2
+// keeps receiving every frame throughout, and VM1 receives again after it
+// reconnects.
+func TestReconnectUnderTraffic(t *testing.T) {
+	topo, rigs := setup(t, 2)
+	pmd2 := startPMD(t, rigs[1], "rxonly", rigs[1].mac.String(), "")
+	pmd1, err := testpmd.Start(testpmd.Options{
+		Vdevs: []string{fmt.Sprintf("net_virtio_user0,path=%s,queues=1,mac=%s", rigs[0].sock, rigs[0].mac)},
+		Mode:  "rxonly", Prefix: "xhvprc1",
+	})
+	if err != nil {
+		t.Skip(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); !rigs[0].port.Device().Ready(0) || !strings.Contains(pmd1.Output(), "NIC statistics"); {
+		if time.Now().After(deadline) {
+			pmd1.Stop()
+			t.Fatalf("first front-end of vm1 never came up:\n%s", pmd1.Output())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s := testnet.Sender(t, topo)
+	spec1 := traffic.FrameSpec{Dst: rigs[0].mac, Src: topo.WireMAC, Size: 100, Tag: 1}
+	spec2 := traffic.FrameSpec{Dst: rigs[1].mac, Src: topo.WireMAC, Size: 100, Tag: 2}
+	const rounds, per = 30, 100
+	for i := 0; i < rounds; i++ {
+		if i == 10 {
+			pmd1.Stop() // vm1's front-end disconnects mid-traffic
+		}
+		if err := s.Send(spec1, rigs[0].q, uint32(i*per), per); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Send(spec2, rigs[1].q, uint32(i*per), per); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := waitRX(pmd2, rounds*per); got != rounds*per {
+		t.Errorf("vm2 received %d of %d while vm1 reconnected", got, rounds*per)
+	}
+	// vm1 comes back: a new front-end on the same socket receives again.
+	pmd1b := startPMD(t, rigs[0], "rxonly", rigs[0].mac.String(), "")
+	if err := s.Send(spec1, rigs[0].q, 0, 500); err != nil {
+		t.Fatal(err)
+	}
+	if got := waitRX(pmd1b, 500); got != 500 {
+		t.Errorf("vm1 received %d of 500 after reconnecting", got)
+	}
+	t.Logf("vm1 port %+v, vm2 port %+v", rigs[0].port.Stats(), rigs[1].port.Stats())
+}
