@@ -38,6 +38,9 @@ type Options struct {
 	TxPkts int
 	// Extra arguments after "--".
 	Extra []string
+	// Netns, if set, is the path of the network namespace testpmd runs in
+	// (through nsenter, which execs it: the pid stays testpmd's).
+	Netns string
 }
 
 // Proc is a running testpmd.
@@ -72,7 +75,15 @@ func Start(o Options) (*Proc, error) {
 		args = append(args, "--eth-peer=0,"+o.EthPeer)
 	}
 	args = append(args, o.Extra...)
-	p := &Proc{cmd: exec.Command(bin, args...), out: &buffer{}, Args: append([]string{bin}, args...)}
+	argv := append([]string{bin}, args...)
+	if o.Netns != "" {
+		nsenter, err := exec.LookPath("nsenter")
+		if err != nil {
+			return nil, fmt.Errorf("run testpmd in %s: %w", o.Netns, err)
+		}
+		argv = append([]string{nsenter, "--net=" + o.Netns}, argv...)
+	}
+	p := &Proc{cmd: exec.Command(argv[0], argv[1:]...), out: &buffer{}, Args: argv}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {

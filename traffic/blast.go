@@ -13,6 +13,11 @@ import (
 
 // BlastOptions configure Blast.
 type BlastOptions struct {
+	// Rate, if positive, paces the frames at about this many per second:
+	// they go out in runs of Chunk frames (default 256), with sleeps in
+	// between. Zero sends as fast as the kernel takes them.
+	Rate   float64
+	Chunk  uint32
 	NetNS  string // namespace of Ifname; "" for the caller's
 	Ifname string // the wire-side veth: frames go out of it into its peer
 	Frame  []byte // the frame, 14 bytes up to about 3.5 KiB (a page less headroom)
@@ -122,17 +127,37 @@ func Blast(opts BlastOptions) (BlastResult, error) {
 		var start time.Time
 		var cpu0 time.Duration
 		mark := func() { start, cpu0 = time.Now(), threadCPU() }
+		run := func(n uint32, reset func()) error {
+			_, err := progs.Prog.Run(&ebpf.RunOptions{
+				Data:      opts.Frame,
+				Context:   xdpMD{DataEnd: uint32(len(opts.Frame)), IngressIfindex: uint32(ifi.Index)},
+				Repeat:    n,
+				Flags:     unix.BPF_F_TEST_XDP_LIVE_FRAMES,
+				BatchSize: opts.BatchSize,
+				Reset:     reset,
+			})
+			return err
+		}
 		mark()
-		_, err = progs.Prog.Run(&ebpf.RunOptions{
-			Data:      opts.Frame,
-			Context:   xdpMD{DataEnd: uint32(len(opts.Frame)), IngressIfindex: uint32(ifi.Index)},
-			Repeat:    opts.Count,
-			Flags:     unix.BPF_F_TEST_XDP_LIVE_FRAMES,
-			BatchSize: opts.BatchSize,
+		if opts.Rate <= 0 {
 			// Called when a signal interrupted the run, before it starts
 			// over: measure the complete run only.
-			Reset: func() { res.Restarts++; mark() },
-		})
+			err = run(opts.Count, func() { res.Restarts++; mark() })
+		} else {
+			chunk := opts.Chunk
+			if chunk == 0 {
+				chunk = 256
+			}
+			for sent := uint32(0); sent < opts.Count && err == nil; {
+				n := min(chunk, opts.Count-sent)
+				// A restarted chunk sends its frames again: counted.
+				err = run(n, func() { res.Restarts++ })
+				sent += n
+				if ahead := time.Duration(float64(sent)/opts.Rate*float64(time.Second)) - time.Since(start); ahead > 0 {
+					time.Sleep(ahead)
+				}
+			}
+		}
 		res.Elapsed = time.Since(start)
 		res.CPUTime = threadCPU() - cpu0
 		if err != nil {

@@ -34,7 +34,12 @@ import (
 //
 // The receiving veth must have NAPI receive queues (an XDP program attached,
 // or GRO on); otherwise every frame is received through the backlog on no
-// particular queue. github.com/asavie/xdp provides the sockets.
+// particular queue. github.com/asavie/xdp provides the sockets; its Close
+// does not unmap the rings, so a socket stays bound to its queue until the
+// process exits: keep one Sender per interface rather than opening a new
+// one on the same queue (that gets EBUSY). (package zerocopy has sockets
+// that close properly; traffic does not use them because zerocopy's own
+// tests use traffic.)
 //
 // A Sender is not safe for concurrent use.
 type Sender struct {

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,7 +46,10 @@ type Config struct {
 	Frames int
 	// Batch is the most frames moved per batch (default 64).
 	Batch int
-	Log   *slog.Logger
+	// RXAffinity, if set, are the CPUs the receive threads (one per queue,
+	// each locked to its goroutine) may run on.
+	RXAffinity []int
+	Log        *slog.Logger
 }
 
 // Stats are the port's counters.
@@ -55,6 +59,9 @@ type Stats struct {
 	TXSent      uint64 `json:"tx_sent"`      // guest frames sent out of the uplink
 	TXSpoofed   uint64 `json:"tx_spoofed"`   // guest frames with a source MAC not the VM's
 	TXDropped   uint64 `json:"tx_dropped"`   // guest frames refused by AF_XDP back-pressure
+	// RXCPU is the CPU time the receive threads used (updated when they go
+	// idle and every 256 batches).
+	RXCPU time.Duration `json:"rx_cpu_ns"`
 }
 
 type queue struct {
@@ -82,6 +89,7 @@ type Port struct {
 	stats  struct {
 		rxDelivered, rxDropped, txSent, txSpoofed, txDropped atomic.Uint64
 	}
+	rxCPU []atomic.Int64 // per queue: its receive thread's CPU time
 }
 
 // Open creates the AF_XDP sockets, registers them as the VM's delivery
@@ -141,6 +149,7 @@ func Open(cfg Config) (_ *Port, err error) {
 			p.log.Error("vhost-user server stopped", "socket", cfg.Socket, "err", err)
 		}
 	}()
+	p.rxCPU = make([]atomic.Int64, len(p.queues))
 	for _, qu := range p.queues {
 		p.wg.Add(1)
 		go p.receive(ctx, qu)
@@ -160,9 +169,27 @@ const holdLimit = 100 * time.Millisecond
 // Frames the guest has no buffers for yet stay pending, oldest first.
 func (p *Port) receive(ctx context.Context, qu *queue) {
 	defer p.wg.Done()
+	// One thread per queue, so that it can be placed and its CPU time read.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if len(p.cfg.RXAffinity) > 0 {
+		var set unix.CPUSet
+		for _, c := range p.cfg.RXAffinity {
+			set.Set(c)
+		}
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			p.log.Warn("pin receive thread", "cpus", p.cfg.RXAffinity, "err", err)
+		}
+	}
+	cpu0 := threadCPU()
+	account := func() { p.rxCPU[qu.idx].Store(int64(threadCPU() - cpu0)) }
+	defer account()
 	pending := 0 // qu.descs[:pending] / qu.rx[:pending] wait for the guest
 	var stalled time.Time
-	for ctx.Err() == nil {
+	for batches := 0; ctx.Err() == nil; batches++ {
+		if batches%256 == 0 {
+			account()
+		}
 		if pending < len(qu.descs) {
 			qu.mu.Lock()
 			n := qu.sock.Receive(qu.descs[pending:])
@@ -173,6 +200,7 @@ func (p *Port) receive(ctx context.Context, qu *queue) {
 			pending += n
 		}
 		if pending == 0 {
+			account()
 			// Poll the fd directly rather than Socket.Wait, which looks at
 			// TX state the TX handler may be changing: readable means the
 			// RX ring has frames. Bounded, so Close is seen.
@@ -244,10 +272,14 @@ func (p *Port) transmit(pair int, frames [][]byte) {
 
 // Stats reads the port's counters.
 func (p *Port) Stats() Stats {
-	return Stats{
+	st := Stats{
 		RXDelivered: p.stats.rxDelivered.Load(), RXDropped: p.stats.rxDropped.Load(),
 		TXSent: p.stats.txSent.Load(), TXSpoofed: p.stats.txSpoofed.Load(), TXDropped: p.stats.txDropped.Load(),
 	}
+	for i := range p.rxCPU {
+		st.RXCPU += time.Duration(p.rxCPU[i].Load())
+	}
+	return st
 }
 
 // Device is the port's virtio-net device (for its queue counters).
@@ -273,4 +305,13 @@ func (p *Port) Close() error {
 	}
 	p.queues = nil
 	return errors.Join(errs...)
+}
+
+// threadCPU is the calling thread's CPU time.
+func threadCPU() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts); err != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano())
 }

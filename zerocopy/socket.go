@@ -326,7 +326,15 @@ func (s *Socket) setup() error {
 		flags |= unix.XDP_USE_NEED_WAKEUP
 	}
 	sa := &unix.SockaddrXDP{Flags: flags, Ifindex: uint32(s.ifindex), QueueID: uint32(s.queue)}
-	if err := unix.Bind(s.fd, sa); err != nil {
+	// The kernel releases a closed socket's hold on a queue in deferred
+	// work, so a socket reopened on the same queue right after (a
+	// reconnect, a restart) can see EBUSY for a moment: retry, bounded.
+	err = unix.Bind(s.fd, sa)
+	for deadline := time.Now().Add(2 * time.Second); errors.Is(err, unix.EBUSY) && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		err = unix.Bind(s.fd, sa)
+	}
+	if err != nil {
 		return fmt.Errorf("bind (flags %#x): %w", flags, err)
 	}
 	return nil

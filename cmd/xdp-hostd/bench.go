@@ -5,17 +5,21 @@ import (
 	"encoding/json"
 	"fmt"
 	"text/tabwriter"
+	"time"
 
 	"github.com/xdp-hostd/xdp-hostd/bench"
 )
 
 func runBench(ctx context.Context, e *env, args []string) error {
+	if len(args) > 0 && args[0] == "vhost" {
+		return runBenchVhost(ctx, e, args[1:])
+	}
 	if len(args) == 0 || args[0] != "dispatch" {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintln(e.stderr, "usage: xdp-hostd bench dispatch [--json] [--packets N] [--repeat N]")
+			fmt.Fprintln(e.stderr, "usage: xdp-hostd bench dispatch [--json] [--packets N] [--repeat N]\n       xdp-hostd bench vhost [--json] [--packets N]")
 			return nil
 		}
-		return fmt.Errorf("%w: name a benchmark: xdp-hostd bench dispatch", errUsage)
+		return fmt.Errorf("%w: name a benchmark: xdp-hostd bench dispatch|vhost", errUsage)
 	}
 	fs := newFlags(e, "bench dispatch", "bench dispatch [--json] [--packets N] [--repeat N]")
 	asJSON := fs.Bool("json", false, "print the results as JSON")
@@ -53,6 +57,42 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintln(e.stdout, "\nratios (measured side by side in this run):")
 	for _, r := range res.Ratios {
 		fmt.Fprintf(e.stdout, "  %-62s %s\n", r.Name+":", r.Value)
+	}
+	return nil
+}
+
+func runBenchVhost(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "bench vhost", "bench vhost [--json] [--packets N]")
+	asJSON := fs.Bool("json", false, "print the results as JSON")
+	packets := fs.Int("packets", 300000, "packets per offered rate")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *packets < 1000 {
+		return fmt.Errorf("%w: --packets must be at least 1000", errUsage)
+	}
+	res, err := bench.Vhost(ctx, bench.VhostOptions{Packets: *packets, Progress: e.stderr})
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "path\toffered pps\tsent pps\tdelivered\tdelivered pps\tloss\tforwarding CPU per Mpkt\t")
+	for _, p := range res.Points {
+		offered := "unpaced"
+		if p.OfferedPPS > 0 {
+			offered = fmt.Sprintf("%.0f", p.OfferedPPS)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%d\t%.0f\t%.1f%%\t%v\t\n", p.Path, offered, p.SentPPS, p.Delivered, p.DeliveredPPS, 100*p.Loss, p.SwitchCPUPerM.Round(time.Millisecond))
+	}
+	tw.Flush()
+	fmt.Fprintf(e.stdout, "\n%s\n\nratios (measured side by side in this run):\n", res.Placement)
+	for _, r := range res.Ratios {
+		fmt.Fprintf(e.stdout, "  %s: %s\n", r.Name, r.Value)
 	}
 	return nil
 }

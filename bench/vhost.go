@@ -1,0 +1,342 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/xdp-hostd/xdp-hostd/guestprog"
+	"github.com/xdp-hostd/xdp-hostd/hostnet"
+	"github.com/xdp-hostd/xdp-hostd/testpmd"
+	"github.com/xdp-hostd/xdp-hostd/traffic"
+	"github.com/xdp-hostd/xdp-hostd/vmport"
+)
+
+// VhostOptions configure Vhost; zero values are defaults.
+type VhostOptions struct {
+	// Rates are the offered rates in packets per second; 0 means as fast as
+	// the source goes. Default 100k, 300k, 1M and max.
+	Rates    []float64
+	Packets  int // per rate; default 300,000
+	Progress io.Writer
+}
+
+// VhostPoint is one path at one offered rate.
+type VhostPoint struct {
+	Path         string  `json:"path"`
+	OfferedPPS   float64 `json:"offered_pps"` // 0: unpaced
+	SentPPS      float64 `json:"sent_pps"`    // what the source achieved
+	Sent         uint64  `json:"sent"`
+	Delivered    uint64  `json:"delivered"` // what the virtio front-end received
+	DeliveredPPS float64 `json:"delivered_pps"`
+	Loss         float64 `json:"loss"`
+	// SwitchCPUPerM is the CPU time of the forwarding party (xdp-hostd's
+	// receive thread, or testpmd's forwarding process) per million
+	// delivered packets. The kernel's share (XDP, AF_XDP) runs in the
+	// source's softirq on its CPU for both paths and is not in it.
+	SwitchCPUPerM time.Duration `json:"switch_cpu_per_mpkt"`
+}
+
+// VhostResult is the whole benchmark.
+type VhostResult struct {
+	Points    []VhostPoint `json:"points"`
+	Placement string       `json:"placement"`
+	Ratios    []Ratio      `json:"ratios"`
+}
+
+const (
+	vhostSourceCPU = 0 // the live-frames source and the uplink's softirq
+	vhostSwitchCPU = 1 // the forwarding party and the sink
+)
+
+var vhostVMMAC = net.HardwareAddr{0x02, 0, 0, 0, 0x0c, 0x01}
+
+// Vhost compares, on one veth topology with the same source (BPF_PROG_RUN
+// live frames) and the same sink (testpmd virtio-user, rxonly), xdp-hostd
+// (dispatcher + VM program -> AF_XDP copy mode -> vhost-user) against DPDK
+// testpmd forwarding net_af_xdp -> net_vhost (the OVS-DPDK-style path).
+func Vhost(ctx context.Context, opts VhostOptions) (*VhostResult, error) {
+	if len(opts.Rates) == 0 {
+		opts.Rates = []float64{100e3, 300e3, 1e6, 0}
+	}
+	if opts.Packets == 0 {
+		opts.Packets = 300000
+	}
+	progress := func(format string, args ...any) {
+		if opts.Progress != nil {
+			fmt.Fprintf(opts.Progress, "bench: "+format+"\n", args...)
+		}
+	}
+	res := &VhostResult{Placement: fmt.Sprintf("placement: the source (unpaced: BPF_PROG_RUN live frames pinned to CPU %d, with the uplink's XDP and AF_XDP work in its softirq; "+
+		"paced: AF_XDP TX from the wire side, which cannot be pinned as a Go thread); "+
+		"the forwarding party (xdp-hostd's receive thread, or testpmd's lcores) and the sink (testpmd virtio-user rxonly, both lcores) on CPU %d. "+
+		"testpmd polls, so its CPU per Mpkt is its whole CPU time over the run", vhostSourceCPU, vhostSwitchCPU)}
+	for _, path := range []struct {
+		name string
+		run  func(context.Context, VhostOptions, func(string, ...any)) ([]VhostPoint, error)
+	}{
+		{"xdp-hostd", vhostXDPHostd},
+		{"testpmd af_xdp->vhost", vhostDPDK},
+	} {
+		progress("%s: %d packets at each of %v pps (0 = unpaced)", path.name, opts.Packets, opts.Rates)
+		pts, err := path.run(ctx, opts, progress)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path.name, err)
+		}
+		for i := range pts {
+			pts[i].Path = path.name
+		}
+		res.Points = append(res.Points, pts...)
+	}
+	n := len(opts.Rates)
+	for i := 0; i < n && i+n < len(res.Points); i++ {
+		x, d := res.Points[i], res.Points[i+n]
+		rate := "unpaced"
+		if x.OfferedPPS > 0 {
+			rate = fmt.Sprintf("%.0fk pps offered", x.OfferedPPS/1e3)
+		}
+		r := Ratio{Name: "delivered pps, xdp-hostd / testpmd, " + rate, Value: fmt.Sprintf("%.2fx (%.0f vs %.0f; loss %.1f%% vs %.1f%%)", x.DeliveredPPS/max(d.DeliveredPPS, 1), x.DeliveredPPS, d.DeliveredPPS, 100*x.Loss, 100*d.Loss)}
+		res.Ratios = append(res.Ratios, r)
+		if x.SwitchCPUPerM > 0 && d.SwitchCPUPerM > 0 {
+			res.Ratios = append(res.Ratios, Ratio{Name: "forwarding CPU per Mpkt, xdp-hostd / testpmd, " + rate,
+				Value: fmt.Sprintf("%.2fx (%v vs %v)", float64(x.SwitchCPUPerM)/float64(d.SwitchCPUPerM), x.SwitchCPUPerM.Round(time.Millisecond), d.SwitchCPUPerM.Round(time.Millisecond))})
+		}
+	}
+	return res, nil
+}
+
+func benchFrame() []byte {
+	f := make([]byte, 64)
+	spec := traffic.FrameSpec{Dst: vhostVMMAC, Src: net.HardwareAddr{0x02, 0x58, 0x48, 0, 0, 2}, Size: 64, Tag: 1}
+	spec.Build(f, 0)
+	return f
+}
+
+// sink starts testpmd as the VM's virtio front-end on sock (rxonly) and
+// waits until it forwards.
+func sink(sock, prefix string) (*testpmd.Proc, error) {
+	pmd, err := testpmd.Start(testpmd.Options{
+		Vdevs:  []string{fmt.Sprintf("net_virtio_user0,path=%s,queues=1,mac=%s", sock, vhostVMMAC)},
+		Mode:   "rxonly",
+		Lcores: fmt.Sprintf("0@%d,1@%d", vhostSwitchCPU, vhostSwitchCPU),
+		Prefix: prefix,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := waitOutput(pmd, "NIC statistics", 30*time.Second); err != nil {
+		pmd.Stop()
+		return nil, err
+	}
+	return pmd, nil
+}
+
+func waitOutput(p *testpmd.Proc, s string, d time.Duration) error {
+	for deadline := time.Now().Add(d); !strings.Contains(p.Output(), s); {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("testpmd did not get going within %v:\n%s", d, lastLines(p.Output(), 20))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return nil
+}
+
+func lastLines(s string, n int) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(l[max(0, len(l)-n):], "\n")
+}
+
+// measureRates sends opts.Packets at each rate and reads what the sink got
+// and what the switch's CPU time did.
+func measureRates(ctx context.Context, opts VhostOptions, topo *hostnet.Topology, pmd *testpmd.Proc, cpu func() time.Duration) ([]VhostPoint, error) {
+	frame := benchFrame()
+	// One sender for all rates: its AF_XDP socket stays bound to the queue.
+	sender, err := traffic.NewSender(topo.WireNS, topo.Wire)
+	if err != nil {
+		return nil, err
+	}
+	defer sender.Close()
+	var pts []VhostPoint
+	for _, rate := range opts.Rates {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		rx0 := settledRX(pmd)
+		cpu0 := cpu()
+		var sent uint64
+		var elapsed time.Duration
+		if rate == 0 {
+			br, err := traffic.Blast(traffic.BlastOptions{NetNS: topo.WireNS, Ifname: topo.Wire, Frame: frame, Count: uint32(opts.Packets), CPU: vhostSourceCPU})
+			if err != nil {
+				return nil, err
+			}
+			sent, elapsed = br.Sent, br.Elapsed
+		} else {
+			var err error
+			if sent, elapsed, err = pacedSend(sender, topo, rate, opts.Packets); err != nil {
+				return nil, err
+			}
+		}
+		rx1 := settledRX(pmd)
+		used := cpu() - cpu0
+		p := VhostPoint{OfferedPPS: rate, Sent: sent, Delivered: rx1 - rx0}
+		if elapsed > 0 {
+			p.SentPPS = float64(sent) / elapsed.Seconds()
+			p.DeliveredPPS = float64(p.Delivered) / elapsed.Seconds()
+		}
+		if p.Sent > 0 {
+			p.Loss = 1 - float64(p.Delivered)/float64(p.Sent)
+		}
+		if p.Delivered > 0 {
+			p.SwitchCPUPerM = time.Duration(float64(used) * 1e6 / float64(p.Delivered))
+		}
+		pts = append(pts, p)
+	}
+	return pts, nil
+}
+
+// pacedSend offers frames at rate from the wire side, in batches of 64
+// through AF_XDP TX aimed at the VM's queue. (BPF_PROG_RUN live frames
+// cannot be paced: every run sets up and tears down a page pool, about
+// 25 ms here, so they are used only for the unpaced point.)
+func pacedSend(s *traffic.Sender, topo *hostnet.Topology, rate float64, packets int) (uint64, time.Duration, error) {
+	spec := traffic.FrameSpec{Dst: vhostVMMAC, Src: topo.WireMAC, Size: 64, Tag: 1}
+	const batch = 64
+	start := time.Now()
+	sent := 0
+	for sent < packets {
+		n := min(batch, packets-sent)
+		if err := s.Send(spec, vhostSourceCPU, uint32(sent), n); err != nil {
+			return uint64(sent), time.Since(start), err
+		}
+		sent += n
+		if ahead := time.Duration(float64(sent)/rate*float64(time.Second)) - time.Since(start); ahead > 0 {
+			time.Sleep(ahead)
+		}
+	}
+	return uint64(sent), time.Since(start), nil
+}
+
+// settledRX waits until the sink's received count stops moving (its report
+// comes every second) and returns it.
+func settledRX(p *testpmd.Proc) uint64 {
+	last, _ := p.Stats()
+	for i := 0; i < 10; i++ {
+		time.Sleep(1100 * time.Millisecond)
+		rx, _ := p.Stats()
+		if rx == last {
+			return rx
+		}
+		last = rx
+	}
+	return last
+}
+
+func vhostXDPHostd(ctx context.Context, opts VhostOptions, progress func(string, ...any)) ([]VhostPoint, error) {
+	topo, err := hostnet.NewTopology(hostnet.TopologyOptions{Prefix: "xhbvx", Queues: 2})
+	if err != nil {
+		return nil, err
+	}
+	defer topo.Close()
+	dp, err := hostnet.Open(hostnet.Config{Uplink: topo.Uplink, NetNS: topo.HostNS})
+	if err != nil {
+		return nil, err
+	}
+	defer dp.Close()
+	// The source's frames arrive on uplink queue CPU % 2 = 0.
+	vm, err := dp.AddVM(hostnet.VMSpec{Name: "bench", MAC: vhostVMMAC, Queues: []int{vhostSourceCPU}, Delivery: guestprog.DeliverXSK})
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "xdp-hostd-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	port, err := vmport.Open(vmport.Config{VM: vm, Socket: filepath.Join(dir, "vm.sock"), NetNS: topo.HostNS, RXAffinity: []int{vhostSwitchCPU}})
+	if err != nil {
+		return nil, err
+	}
+	defer port.Close()
+	pmd, err := sink(filepath.Join(dir, "vm.sock"), "xhbvxs")
+	if err != nil {
+		return nil, err
+	}
+	defer pmd.Stop()
+	return measureRates(ctx, opts, topo, pmd, func() time.Duration { return port.Stats().RXCPU })
+}
+
+func vhostDPDK(ctx context.Context, opts VhostOptions, progress func(string, ...any)) ([]VhostPoint, error) {
+	topo, err := hostnet.NewTopology(hostnet.TopologyOptions{Prefix: "xhbvd", Queues: 2})
+	if err != nil {
+		return nil, err
+	}
+	defer topo.Close()
+	dir, err := os.MkdirTemp("", "xdp-hostd-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "vm.sock")
+	// testpmd must run in the uplink's namespace for net_af_xdp.
+	fwd, err := testpmd.Start(testpmd.Options{
+		Netns: topo.HostNS,
+		Vdevs: []string{
+			fmt.Sprintf("net_af_xdp0,iface=%s,start_queue=%d,queue_count=1", topo.Uplink, vhostSourceCPU),
+			fmt.Sprintf("net_vhost0,iface=%s,queues=1", sock),
+		},
+		Mode:   "io",
+		Lcores: fmt.Sprintf("0@%d,1@%d", vhostSwitchCPU, vhostSwitchCPU),
+		Prefix: "xhbvdf",
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer fwd.Stop()
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("testpmd's vhost socket did not appear:\n%s", lastLines(fwd.Output(), 20))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	pmd, err := sink(sock, "xhbvds")
+	if err != nil {
+		return nil, err
+	}
+	defer pmd.Stop()
+	if err := waitOutput(fwd, "NIC statistics", 30*time.Second); err != nil {
+		return nil, err
+	}
+	return measureRates(ctx, opts, topo, pmd, func() time.Duration { return procCPU(fwd.Pid()) })
+}
+
+// procCPU is a process's user+system CPU time from /proc.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command's closing parenthesis; utime and stime are
+	// fields 14 and 15 of the whole line.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseUint(f[11], 10, 64)
+	st, _ := strconv.ParseUint(f[12], 10, 64)
+	const hz = 100 // USER_HZ
+	return time.Duration(ut+st) * time.Second / hz
+}
