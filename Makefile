@@ -42,6 +42,8 @@ FUZZTIME ?= 20000x
 fuzz:
 	$(GO) test ./guestprog -run '^$$' -fuzz '^FuzzCheck$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s
 	$(GO) test ./traffic -run '^$$' -fuzz '^FuzzParseMarker$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./vhost -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./vhost -run '^$$' -fuzz '^FuzzPopAvail$$' -fuzztime $(FUZZTIME)
 
 demo: build
 	./bin/xdp-hostd demo
