@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-
 	hostbpf "github.com/xdp-hostd/xdp-hostd/bpf"
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
@@ -58,21 +56,28 @@ func newSetup(t *testing.T) *setup {
 	return &setup{topo, dp, vm, reg}
 }
 
-// kernelPrograms lists the IDs of every BPF program loaded in the kernel.
-func kernelPrograms(t *testing.T) map[ebpf.ProgramID]bool {
+// heldObjects lists the BPF programs and maps this process holds open
+// (from /proc/self/fdinfo): whatever a failed install left loaded would be
+// among them, and other tests running at the same time are not.
+func heldObjects(t *testing.T) map[string]bool {
 	t.Helper()
-	ids := map[ebpf.ProgramID]bool{}
-	var id ebpf.ProgramID
-	for {
-		next, err := ebpf.ProgramGetNextID(id)
-		if errors.Is(err, os.ErrNotExist) {
-			return ids
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids[next], id = true, next
+	ents, err := os.ReadDir("/proc/self/fdinfo")
+	if err != nil {
+		t.Fatal(err)
 	}
+	held := map[string]bool{}
+	for _, e := range ents {
+		b, err := os.ReadFile("/proc/self/fdinfo/" + e.Name())
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "prog_id:") || strings.HasPrefix(line, "map_id:") {
+				held[strings.Join(strings.Fields(line), " ")] = true
+			}
+		}
+	}
+	return held
 }
 
 func TestRegistryCRUD(t *testing.T) {
@@ -127,7 +132,7 @@ func TestRegistryRefusedLeavesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := kernelPrograms(t)
+	before := heldObjects(t)
 	hostile, _ := filepath.Glob("../guestprog/testdata/hostile/*.o")
 	kernelRefused, _ := filepath.Glob("../guestprog/testdata/verifier/*.o")
 	if len(hostile) == 0 || len(kernelRefused) == 0 {
@@ -142,10 +147,9 @@ func TestRegistryRefusedLeavesNothing(t *testing.T) {
 			t.Errorf("%s: %v, want a policy or verifier refusal", filepath.Base(path), err)
 		}
 	}
-	after := kernelPrograms(t)
-	for id := range after {
-		if !before[id] {
-			t.Errorf("program %d was left loaded", id)
+	for obj := range heldObjects(t) {
+		if !before[obj] {
+			t.Errorf("a refused install left %s loaded", obj)
 		}
 	}
 	if cur, err := s.reg.Current("vm1"); err != nil || cur != rec.ID {
