@@ -1,72 +1,37 @@
 package vhost
 
 import (
-	"bytes"
+	"errors"
 	"os"
-	"os/exec"
 	"strings"
-	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/xdp-hostd/xdp-hostd/testpmd"
 )
 
 // startTestpmd runs DPDK's testpmd with a virtio-user port (a real
-// front-end) on path, in the given forwarding mode. It is killed (SIGKILL,
-// by its own pid) at cleanup.
-func startTestpmd(t *testing.T, path, mode string) *syncBuffer {
+// front-end) on path, in the given forwarding mode, until the test ends.
+func startTestpmd(t *testing.T, path, mode string) *testpmd.Proc {
 	t.Helper()
-	bin, err := exec.LookPath("dpdk-testpmd")
+	p, err := testpmd.Start(testpmd.Options{Vdevs: []string{"net_virtio_user0,path=" + path + ",queues=1"}, Mode: mode, Prefix: "vhosttest" + mode})
+	if errors.Is(err, testpmd.ErrMissing) {
+		t.Skip(err)
+	}
 	if err != nil {
-		t.Skip("dpdk-testpmd not found; try: apt-get install dpdk-dev")
-	}
-	args := []string{
-		"--no-huge", "-m", "600", "--no-pci", "--file-prefix", "vhosttest" + mode,
-		"--lcores", "0@0,1@1",
-		"--vdev", "net_virtio_user0,path=" + path + ",queues=1",
-		"--", "--total-num-mbufs=8192", "--forward-mode=" + mode, "--stats-period", "1",
-		"--no-lsc-interrupt", "--txpkts=64",
-	}
-	cmd := exec.Command(bin, args...)
-	out := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	t.Logf("running %s %s", bin, strings.Join(args, " "))
-	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("running %s", strings.Join(p.Args, " "))
 	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGKILL)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Error("testpmd did not exit after SIGKILL")
+		if err := p.Stop(); err != nil {
+			t.Error(err)
 		}
 		if t.Failed() || testing.Verbose() {
-			t.Logf("testpmd output:\n%s", out.String())
+			t.Logf("testpmd output:\n%s", p.Output())
 		}
 	})
-	return out
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	return p
 }
 
 func requireRoot(t *testing.T) {
@@ -141,7 +106,7 @@ func TestIntegrationTestpmdRX(t *testing.T) {
 	if total < 100000 {
 		t.Fatalf("delivered only %d frames", total)
 	}
-	if !strings.Contains(out.String(), "RX-packets") {
+	if !strings.Contains(out.Output(), "RX-packets") {
 		t.Log("testpmd printed no statistics yet")
 	}
 }
