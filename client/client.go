@@ -17,6 +17,7 @@ import (
 
 	"github.com/xdp-hostd/xdp-hostd/daemon"
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
+	"github.com/xdp-hostd/xdp-hostd/hostnet"
 )
 
 // Client is a connection to the daemon's API.
@@ -156,4 +157,52 @@ func (c *Client) Replace(ctx context.Context, vm string, expect uint64, obj []by
 // Remove puts the built-in program back if expect is the current one's ID.
 func (c *Client) Remove(ctx context.Context, vm string, expect uint64) error {
 	return c.do(ctx, http.MethodDelete, "/vms/"+url.PathEscape(vm)+"/program", entryQuery("", expect), nil, nil)
+}
+
+// VMs lists the daemon's VMs.
+func (c *Client) VMs(ctx context.Context) ([]daemon.VMStatus, error) {
+	var out []daemon.VMStatus
+	return out, c.do(ctx, http.MethodGet, "/vms", nil, nil, &out)
+}
+
+// VM shows one VM.
+func (c *Client) VM(ctx context.Context, name string) (*daemon.VMStatus, error) {
+	var out daemon.VMStatus
+	return &out, c.do(ctx, http.MethodGet, "/vms/"+url.PathEscape(name), nil, nil, &out)
+}
+
+// AddVM adds a VM to the running daemon.
+func (c *Client) AddVM(ctx context.Context, uplink string, vm daemon.VMConfig) (*daemon.VMStatus, error) {
+	body, err := json.Marshal(daemon.AddVMRequest{Uplink: uplink, VM: vm})
+	if err != nil {
+		return nil, err
+	}
+	var out daemon.VMStatus
+	return &out, c.do(ctx, http.MethodPost, "/vms", nil, body, &out)
+}
+
+// RemoveVM removes a VM (and its guest program, ports and vhost-user port).
+func (c *Client) RemoveVM(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/vms/"+url.PathEscape(name), nil, nil, nil)
+}
+
+// Ports lists a VM's port table.
+func (c *Client) Ports(ctx context.Context, vm string) ([]hostnet.Port, error) {
+	var out []hostnet.Port
+	return out, c.do(ctx, http.MethodGet, "/vms/"+url.PathEscape(vm)+"/ports", nil, nil, &out)
+}
+
+// AddPort adds ifname to a VM's port table as port n.
+func (c *Client) AddPort(ctx context.Context, vm string, n uint32, ifname string) ([]hostnet.Port, error) {
+	body, err := json.Marshal(daemon.AddPortRequest{Port: n, Ifname: ifname})
+	if err != nil {
+		return nil, err
+	}
+	var out []hostnet.Port
+	return out, c.do(ctx, http.MethodPost, "/vms/"+url.PathEscape(vm)+"/ports", nil, body, &out)
+}
+
+// RemovePort removes port n from a VM's port table.
+func (c *Client) RemovePort(ctx context.Context, vm string, n uint32) error {
+	return c.do(ctx, http.MethodDelete, "/vms/"+url.PathEscape(vm)+"/ports/"+strconv.FormatUint(uint64(n), 10), nil, nil, nil)
 }

@@ -47,6 +47,7 @@ type UplinkStatus struct {
 // VMStatus is one VM in Status.
 type VMStatus struct {
 	Name     string           `json:"name"`
+	Uplink   string           `json:"uplink"`
 	MAC      string           `json:"mac"`
 	Queues   []int            `json:"queues"`
 	Delivery string           `json:"delivery"`
@@ -125,17 +126,7 @@ func newHandler(d *Daemon) http.Handler {
 			us := UplinkStatus{Inventory: dp.Inventory(), XDPMode: dp.Mode().String()}
 			us.Stats, _ = dp.Stats()
 			for _, vm := range dp.VMs() {
-				vs := VMStatus{Name: vm.Name(), MAC: vm.MAC().String(), Queues: vm.Queues(), Delivery: "tap", Ports: vm.Ports()}
-				if vm.Delivery() == guestprog.DeliverXSK {
-					vs.Delivery = "vhost-user"
-				}
-				if vm.Tap() != nil {
-					vs.Tap = vm.Tap().Name()
-				}
-				vs.Program, _ = d.Programs.Current(vm.Name())
-				vs.Verdicts, _ = vm.Verdicts()
-				vs.TX, _ = vm.TXStats()
-				us.VMs = append(us.VMs, vs)
+				us.VMs = append(us.VMs, d.vmStatus(vm))
 			}
 			st.Uplinks = append(st.Uplinks, us)
 		}
@@ -221,7 +212,131 @@ func newHandler(d *Daemon) http.Handler {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
+	addVMRoutes(mux, d, p)
 	return mux
+}
+
+func (d *Daemon) vmStatus(vm *hostnet.VM) VMStatus {
+	vs := VMStatus{Name: vm.Name(), Uplink: vm.Uplink(), MAC: vm.MAC().String(), Queues: vm.Queues(), Delivery: "tap", Ports: vm.Ports()}
+	if vm.Delivery() == guestprog.DeliverXSK {
+		vs.Delivery = "vhost-user"
+	}
+	if vm.Tap() != nil {
+		vs.Tap = vm.Tap().Name()
+	}
+	vs.Program, _ = d.Programs.Current(vm.Name())
+	vs.Verdicts, _ = vm.Verdicts()
+	if vm.Tap() != nil {
+		vs.TX, _ = vm.TXStats()
+	}
+	return vs
+}
+
+// AddVMRequest is the body of POST /v1/vms.
+type AddVMRequest struct {
+	Uplink string   `json:"uplink"`
+	VM     VMConfig `json:"vm"`
+}
+
+// AddPortRequest is the body of POST /v1/vms/{vm}/ports.
+type AddPortRequest struct {
+	Port   uint32 `json:"port"`
+	Ifname string `json:"ifname"`
+}
+
+func decodeJSON(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: request body: %v", errBadRequest, err)
+	}
+	return nil
+}
+
+func addVMRoutes(mux *http.ServeMux, d *Daemon, p string) {
+	mux.HandleFunc("GET "+p+"/vms", func(w http.ResponseWriter, r *http.Request) {
+		out := []VMStatus{}
+		for _, dp := range d.Dataplanes() {
+			for _, vm := range dp.VMs() {
+				out = append(out, d.vmStatus(vm))
+			}
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("GET "+p+"/vms/{vm}", func(w http.ResponseWriter, r *http.Request) {
+		vm, ok := d.VM(r.PathValue("vm"))
+		if !ok {
+			writeErr(w, fmt.Errorf("%w: %q", ErrNoSuchVM, r.PathValue("vm")))
+			return
+		}
+		writeJSON(w, http.StatusOK, d.vmStatus(vm))
+	})
+	mux.HandleFunc("POST "+p+"/vms", func(w http.ResponseWriter, r *http.Request) {
+		var req AddVMRequest
+		if err := decodeJSON(r, &req); err != nil {
+			writeErr(w, err)
+			return
+		}
+		if req.Uplink == "" {
+			writeErr(w, fmt.Errorf("%w: uplink: required (the uplink the VM's traffic arrives on; see 'xdp-hostd status')", errBadRequest))
+			return
+		}
+		vm, err := d.AddVM(req.Uplink, req.VM)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, d.vmStatus(vm))
+	})
+	mux.HandleFunc("DELETE "+p+"/vms/{vm}", func(w http.ResponseWriter, r *http.Request) {
+		if err := d.RemoveVM(r.PathValue("vm")); err != nil {
+			writeErr(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET "+p+"/vms/{vm}/ports", func(w http.ResponseWriter, r *http.Request) {
+		vm, ok := d.VM(r.PathValue("vm"))
+		if !ok {
+			writeErr(w, fmt.Errorf("%w: %q", ErrNoSuchVM, r.PathValue("vm")))
+			return
+		}
+		writeJSON(w, http.StatusOK, vm.Ports())
+	})
+	mux.HandleFunc("POST "+p+"/vms/{vm}/ports", func(w http.ResponseWriter, r *http.Request) {
+		vm, ok := d.VM(r.PathValue("vm"))
+		if !ok {
+			writeErr(w, fmt.Errorf("%w: %q", ErrNoSuchVM, r.PathValue("vm")))
+			return
+		}
+		var req AddPortRequest
+		if err := decodeJSON(r, &req); err != nil {
+			writeErr(w, err)
+			return
+		}
+		if err := vm.AddPort(req.Port, req.Ifname); err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, vm.Ports())
+	})
+	mux.HandleFunc("DELETE "+p+"/vms/{vm}/ports/{port}", func(w http.ResponseWriter, r *http.Request) {
+		vm, ok := d.VM(r.PathValue("vm"))
+		if !ok {
+			writeErr(w, fmt.Errorf("%w: %q", ErrNoSuchVM, r.PathValue("vm")))
+			return
+		}
+		n, err := strconv.ParseUint(r.PathValue("port"), 10, 32)
+		if err != nil {
+			writeErr(w, fmt.Errorf("%w: port %q is not a number", errBadRequest, r.PathValue("port")))
+			return
+		}
+		if err := vm.RemovePort(uint32(n)); err != nil {
+			writeErr(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
 }
 
 var errBadRequest = errors.New("bad request")
@@ -268,11 +383,11 @@ func writeErr(w http.ResponseWriter, err error) {
 		code, body.Violations = http.StatusUnprocessableEntity, refused.Report.Violations
 	case errors.As(err, &verr):
 		code, body.VerifierLog = http.StatusUnprocessableEntity, verr.Log
-	case errors.Is(err, guestprog.ErrInvalidObject), errors.Is(err, errBadRequest):
+	case errors.Is(err, guestprog.ErrInvalidObject), errors.Is(err, errBadRequest), errors.Is(err, ErrConfig), errors.Is(err, hostnet.ErrInvalid):
 		code = http.StatusBadRequest
-	case errors.Is(err, ErrNoSuchVM), errors.Is(err, ErrNoSuchProgram):
+	case errors.Is(err, ErrNoSuchVM), errors.Is(err, ErrNoSuchProgram), errors.Is(err, hostnet.ErrNotFound), errors.Is(err, hostnet.ErrNoSuchInterface):
 		code = http.StatusNotFound
-	case errors.Is(err, ErrStale), errors.Is(err, ErrHasProgram):
+	case errors.Is(err, ErrStale), errors.Is(err, ErrHasProgram), errors.Is(err, hostnet.ErrExists):
 		code = http.StatusConflict
 	}
 	writeJSON(w, code, body)

@@ -121,31 +121,39 @@ func (c *Config) Validate() error {
 				return fmt.Errorf("%s.name: VM %q is already defined at %s", vat, vm.Name, other)
 			}
 			vms[vm.Name] = vat
-			if _, err := vm.spec(); err != nil {
+			if err := vm.validate(); err != nil {
 				return fmt.Errorf("%s: %w", vat, err)
 			}
-			switch vm.Delivery {
-			case "", "tap":
-				if vm.VhostUserSocket != "" {
-					return fmt.Errorf("%s.vhost_user_socket: only for \"delivery\": \"vhost-user\"", vat)
-				}
-			case "vhost-user":
-				if vm.VhostUserSocket == "" {
-					return fmt.Errorf("%s.vhost_user_socket: required with vhost-user delivery (a path such as /run/xdp-hostd/%s.sock)", vat, vm.Name)
-				}
-				if len(vm.Queues) == 0 {
-					return fmt.Errorf("%s.queues: vhost-user delivery needs at least one dedicated queue", vat)
-				}
-				if vm.Tap != "" || vm.TapQueues != 0 {
-					return fmt.Errorf("%s.tap: a vhost-user VM has no tap", vat)
-				}
-			default:
-				return fmt.Errorf("%s.delivery: %q: use \"tap\" or \"vhost-user\"", vat, vm.Delivery)
-			}
-			if _, err := vm.ports(); err != nil {
-				return fmt.Errorf("%s.ports: %w", vat, err)
-			}
 		}
+	}
+	return nil
+}
+
+// validate checks one VM's fields; errors name the field.
+func (vm *VMConfig) validate() error {
+	if _, err := vm.spec(); err != nil {
+		return err
+	}
+	switch vm.Delivery {
+	case "", "tap":
+		if vm.VhostUserSocket != "" {
+			return errors.New(`vhost_user_socket: only for "delivery": "vhost-user"`)
+		}
+	case "vhost-user":
+		if vm.VhostUserSocket == "" {
+			return fmt.Errorf("vhost_user_socket: required with vhost-user delivery (a path such as /run/xdp-hostd/%s.sock)", vm.Name)
+		}
+		if len(vm.Queues) == 0 {
+			return errors.New("queues: vhost-user delivery needs at least one dedicated queue")
+		}
+		if vm.Tap != "" || vm.TapQueues != 0 {
+			return errors.New("tap: a vhost-user VM has no tap")
+		}
+	default:
+		return fmt.Errorf(`delivery: %q: use "tap" or "vhost-user"`, vm.Delivery)
+	}
+	if _, err := vm.ports(); err != nil {
+		return fmt.Errorf("ports: %w", err)
 	}
 	return nil
 }

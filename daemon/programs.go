@@ -74,6 +74,17 @@ func (r *Registry) AddVM(vm *hostnet.VM) {
 	r.vms[vm.Name()] = vm
 }
 
+// RemoveVM forgets a VM and its program record.
+func (r *Registry) RemoveVM(name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rec, ok := r.byVM[name]; ok {
+		r.log.Info("audit: prog_remove", "audit", "prog_remove", "vm", name, "id", rec.ID, "reason", "VM removed")
+	}
+	delete(r.vms, name)
+	delete(r.byVM, name)
+}
+
 func (r *Registry) vm(name string) (*hostnet.VM, error) {
 	vm, ok := r.vms[name]
 	if !ok {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"sync"
 
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
@@ -13,13 +14,96 @@ import (
 )
 
 // Daemon holds the dataplanes of a running configuration and the registry
-// of their guest programs.
+// of their guest programs. VMs can be added and removed while it runs.
 type Daemon struct {
 	log      *slog.Logger
 	dps      []*hostnet.Dataplane
+	netns    map[*hostnet.Dataplane]string
+	mu       sync.Mutex // byVM, ports
 	byVM     map[string]*hostnet.VM
-	ports    []*vmport.Port
+	ports    map[string]*vmport.Port
 	Programs *Registry
+}
+
+// addVM sets a VM up on dp: dataplane, program registry, vhost-user port,
+// extra ports. On error nothing of it is left.
+func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig) (_ *hostnet.VM, err error) {
+	if err := vc.validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	spec, _ := vc.spec()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.byVM[vc.Name]; ok {
+		return nil, fmt.Errorf("VM %s: %w", vc.Name, hostnet.ErrExists)
+	}
+	vm, err := dp.AddVM(spec)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			if p := d.ports[vc.Name]; p != nil {
+				p.Close()
+				delete(d.ports, vc.Name)
+			}
+			dp.RemoveVM(vc.Name)
+		}
+	}()
+	if vc.Delivery == "vhost-user" {
+		port, err := vmport.Open(vmport.Config{VM: vm, Socket: vc.VhostUserSocket, NetNS: netns, Log: d.log})
+		if err != nil {
+			return nil, err
+		}
+		d.ports[vc.Name] = port
+	}
+	ports, err := vc.ports()
+	if err != nil {
+		return nil, fmt.Errorf("%w: ports: %w", ErrConfig, err)
+	}
+	sort.Slice(ports, func(a, b int) bool { return ports[a].n < ports[b].n })
+	for _, p := range ports {
+		if err := vm.AddPort(p.n, p.ifname); err != nil {
+			return nil, fmt.Errorf("ports: %w", err)
+		}
+	}
+	d.byVM[vc.Name] = vm
+	d.Programs.AddVM(vm)
+	return vm, nil
+}
+
+// AddVM adds a VM to a running daemon, on the named uplink.
+func (d *Daemon) AddVM(uplink string, vc VMConfig) (*hostnet.VM, error) {
+	for _, dp := range d.dps {
+		if name, _, _ := dp.Uplink(); name == uplink {
+			return d.addVM(dp, d.netns[dp], vc)
+		}
+	}
+	return nil, fmt.Errorf("%w: no uplink %q in this daemon (see 'xdp-hostd status')", ErrNoSuchVM, uplink)
+}
+
+// RemoveVM stops a VM's port and removes it from the dataplane and the
+// registry (its guest program goes with it).
+func (d *Daemon) RemoveVM(name string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	vm, ok := d.byVM[name]
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrNoSuchVM, name)
+	}
+	var errs []error
+	if p := d.ports[name]; p != nil {
+		errs = append(errs, p.Close())
+		delete(d.ports, name)
+	}
+	d.Programs.RemoveVM(name)
+	for _, dp := range d.dps {
+		if up, _, _ := dp.Uplink(); up == vm.Uplink() {
+			errs = append(errs, dp.RemoveVM(name))
+		}
+	}
+	delete(d.byVM, name)
+	return errors.Join(errs...)
 }
 
 // Start takes over every uplink of the configuration and sets up its VMs and
@@ -28,7 +112,8 @@ func Start(cfg *Config, log *slog.Logger) (_ *Daemon, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	d := &Daemon{log: log, byVM: map[string]*hostnet.VM{}, Programs: NewRegistry(log, guestprog.Limits{}, 1)}
+	d := &Daemon{log: log, byVM: map[string]*hostnet.VM{}, ports: map[string]*vmport.Port{},
+		netns: map[*hostnet.Dataplane]string{}, Programs: NewRegistry(log, guestprog.Limits{}, 1)}
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -44,27 +129,10 @@ func Start(cfg *Config, log *slog.Logger) (_ *Daemon, err error) {
 			return nil, fmt.Errorf("uplinks[%d] (%s): %w", i, u.Name, err)
 		}
 		d.dps = append(d.dps, dp)
+		d.netns[dp] = u.NetNS
 		for j, vc := range u.VMs {
-			spec, _ := vc.spec() // validated
-			vm, err := dp.AddVM(spec)
-			if err != nil {
+			if _, err := d.addVM(dp, u.NetNS, vc); err != nil {
 				return nil, fmt.Errorf("uplinks[%d].vms[%d]: %w", i, j, err)
-			}
-			d.byVM[vc.Name] = vm
-			d.Programs.AddVM(vm)
-			if vc.Delivery == "vhost-user" {
-				port, err := vmport.Open(vmport.Config{VM: vm, Socket: vc.VhostUserSocket, NetNS: u.NetNS, Log: log})
-				if err != nil {
-					return nil, fmt.Errorf("uplinks[%d].vms[%d]: %w", i, j, err)
-				}
-				d.ports = append(d.ports, port)
-			}
-			ports, _ := vc.ports()
-			sort.Slice(ports, func(a, b int) bool { return ports[a].n < ports[b].n })
-			for _, p := range ports {
-				if err := vm.AddPort(p.n, p.ifname); err != nil {
-					return nil, fmt.Errorf("uplinks[%d].vms[%d].ports: %w", i, j, err)
-				}
 			}
 		}
 	}
@@ -77,10 +145,12 @@ func (d *Daemon) Dataplanes() []*hostnet.Dataplane { return d.dps }
 // Close tears every uplink down.
 func (d *Daemon) Close() error {
 	var errs []error
+	d.mu.Lock()
 	for _, p := range d.ports {
 		errs = append(errs, p.Close())
 	}
-	d.ports = nil
+	d.ports = map[string]*vmport.Port{}
+	d.mu.Unlock()
 	for i := len(d.dps) - 1; i >= 0; i-- {
 		errs = append(errs, d.dps[i].Close())
 	}
@@ -90,6 +160,8 @@ func (d *Daemon) Close() error {
 
 // VM returns a VM by name.
 func (d *Daemon) VM(name string) (*hostnet.VM, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	vm, ok := d.byVM[name]
 	return vm, ok
 }

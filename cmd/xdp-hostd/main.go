@@ -45,6 +45,8 @@ func init() {
 		{"run", "run --config FILE: run the dataplane for the uplinks and VMs the file declares, until SIGINT/SIGTERM", runRun},
 		{"demo", "demo [--json] [--packets N]: run two VMs on an embedded namespace topology and report what each got", runDemo},
 		{"bench", "bench dispatch|vhost: benchmark the dispatch and tap path against a bridge, or vhost-user delivery against DPDK testpmd", runBench},
+		{"vm", "vm add|rm|list|show: manage the running daemon's VMs", runVM},
+		{"port", "port add|rm|list: manage a VM's port table", runPort},
 		{"prog", "prog verify|load|replace|rm|list|show: check and manage guest XDP programs", runProg},
 		{"caps", "caps [--vm VM]: the capability document guest programs are written against", runCaps},
 		{"status", "status [--json]: the running daemon's uplinks, VMs and counters", runStatus},

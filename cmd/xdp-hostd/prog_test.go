@@ -15,6 +15,7 @@ import (
 
 	"github.com/xdp-hostd/xdp-hostd/daemon"
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
+	"github.com/xdp-hostd/xdp-hostd/hostnet"
 	"github.com/xdp-hostd/xdp-hostd/hostnet/testnet"
 )
 
@@ -209,5 +210,107 @@ func TestProgNoDaemon(t *testing.T) {
 	code, _, errs := cli(t, "prog", "list", "--socket", sock)
 	if code != 1 || !strings.Contains(errs, "cannot reach xdp-hostd") || !strings.Contains(errs, "xdp-hostd run") {
 		t.Errorf("exit %d, %s", code, errs)
+	}
+}
+
+// startDaemon runs `xdp-hostd run` with cfg until the test ends and returns
+// its --socket flag.
+func startDaemon(t *testing.T, cfg string) (string, *syncBuffer) {
+	t.Helper()
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "api.sock")
+	cfgPath := filepath.Join(dir, "config.json")
+	os.WriteFile(cfgPath, []byte(cfg), 0o644)
+	cmd := exec.Command(binary, "run", "--config", cfgPath, "--socket", sock)
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			t.Error("daemon did not stop within 20s")
+		}
+	})
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(stderr.String(), "msg=ready"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon not ready:\n%s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return "--socket=" + sock, &stderr
+}
+
+// VMs and ports through the CLI against a running daemon, including bad
+// requests that name the field and change nothing.
+func TestVMAndPortThroughDaemon(t *testing.T) {
+	testnet.RequireRoot(t)
+	topo := testnet.Topology(t, 4)
+	p1, _, err := topo.AddPortPair(topo.Prefix + "p1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, stderr := startDaemon(t, fmt.Sprintf(`{"uplinks": [{"name": %q, "netns": %q, "vms": []}]}`, topo.Uplink, topo.HostNS))
+
+	if code, out, errs := cli(t, "vm", "add", s, "--uplink", topo.Uplink, "--name", "web", "--mac", "02:00:00:00:00:0a", "--queues", "1,2"); code != 0 || !strings.Contains(out, "web") {
+		t.Fatalf("vm add: exit %d\n%s%s", code, out, errs)
+	}
+	for _, bad := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"--name", "db", "--mac", "nonsense"}, "mac:"},
+		{[]string{"--name", "web", "--mac", "02:00:00:00:00:0b"}, "already exists"},
+		{[]string{"--name", "db", "--mac", "02:00:00:00:00:0a"}, "is already VM web's"},
+		{[]string{"--name", "db", "--mac", "02:00:00:00:00:0b", "--queues", "2"}, "queue 2 is already dedicated to VM web"},
+		{[]string{"--name", "db", "--mac", "02:00:00:00:00:0b", "--queues", "3", "--delivery", "vhost-user"}, "vhost_user_socket: required"},
+		{[]string{"--name", "db", "--mac", "02:00:00:00:00:0b", "--delivery", "vhost-user", "--vhost-user-socket", "/tmp/x.sock"}, "needs dedicated queues"},
+	} {
+		args := append([]string{"vm", "add", s, "--uplink", topo.Uplink}, bad.args...)
+		if code, _, errs := cli(t, args...); code != 1 || !strings.Contains(errs, bad.says) {
+			t.Errorf("%v: exit %d, want an error saying %q:\n%s", bad.args, code, bad.says, errs)
+		}
+	}
+	code, out, _ := cli(t, "vm", "list", "--json", s)
+	var vms []daemon.VMStatus
+	if err := json.Unmarshal([]byte(out), &vms); code != 0 || err != nil || len(vms) != 1 || vms[0].Name != "web" || len(vms[0].Queues) != 2 {
+		t.Fatalf("vm list after bad requests: exit %d %v\n%s", code, err, out)
+	}
+	if code, _, errs := cli(t, "port", "add", s, "--vm", "web", "--port", "1", "--ifname", p1); code != 0 {
+		t.Errorf("port add: exit %d %s", code, errs)
+	}
+	if code, _, errs := cli(t, "port", "add", s, "--vm", "web", "--port", "0", "--ifname", p1); code != 1 || !strings.Contains(errs, "port 0 is the uplink") {
+		t.Errorf("port 0: exit %d %s", code, errs)
+	}
+	if code, _, errs := cli(t, "port", "add", s, "--vm", "web", "--port", "2", "--ifname", "nope9"); code != 1 || !strings.Contains(errs, "nope9") {
+		t.Errorf("missing interface: exit %d %s", code, errs)
+	}
+	code, out, _ = cli(t, "port", "list", "--json", s, "--vm", "web")
+	var ports []hostnet.Port
+	if err := json.Unmarshal([]byte(out), &ports); code != 0 || err != nil || len(ports) != 2 || ports[1].Ifname != p1 {
+		t.Errorf("port list: exit %d %v\n%s", code, err, out)
+	}
+	if code, _, errs := cli(t, "port", "rm", s, "--vm", "web", "--port", "1"); code != 0 {
+		t.Errorf("port rm: exit %d %s", code, errs)
+	}
+	if code, _, errs := cli(t, "vm", "rm", s, "web"); code != 0 {
+		t.Errorf("vm rm: exit %d %s", code, errs)
+	}
+	if code, _, errs := cli(t, "vm", "show", s, "web"); code != 1 || !strings.Contains(errs, "no such VM") {
+		t.Errorf("vm show after rm: exit %d %s", code, errs)
+	}
+	if l := leftovers(t, topo, p1); len(l) != 1 || !strings.HasPrefix(l[0], "XDP program") {
+		t.Errorf("after vm rm, only the dispatcher may remain: %v", l)
+	}
+	for _, ev := range []string{"audit=vm_add", "audit=port_add", "audit=port_remove", "audit=vm_remove"} {
+		if !strings.Contains(stderr.String(), ev) {
+			t.Errorf("no %s audit event", ev)
+		}
 	}
 }

@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/xdp-hostd/xdp-hostd/client"
+	"github.com/xdp-hostd/xdp-hostd/daemon"
+	"github.com/xdp-hostd/xdp-hostd/hostnet"
+)
+
+const vmUsage = `usage: xdp-hostd vm COMMAND
+  add --uplink IF --name NAME --mac MAC [--queues 1,2] [--delivery tap|vhost-user]
+      [--tap NAME] [--tap-queues N] [--vhost-user-socket PATH]
+  rm NAME
+  list [--json]
+  show [--json] NAME
+all take --socket PATH (default ` + daemon.DefaultSocket + `)`
+
+const portUsage = `usage: xdp-hostd port COMMAND
+  add --vm VM --port N --ifname IF    add IF to the VM's port table as port N (1-63; 0 is the uplink)
+  rm --vm VM --port N
+  list [--json] --vm VM
+all take --socket PATH (default ` + daemon.DefaultSocket + `)`
+
+func runVM(ctx context.Context, e *env, args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprintln(e.stderr, vmUsage)
+		if len(args) == 0 {
+			return fmt.Errorf("%w: name a vm command", errUsage)
+		}
+		return nil
+	}
+	sub, args := args[0], args[1:]
+	fs := newFlags(e, "vm "+sub, "vm "+sub+" (see xdp-hostd vm -h)")
+	socket := fs.String("socket", daemon.DefaultSocket, "the daemon's API socket")
+	asJSON := fs.Bool("json", false, "print JSON")
+	var vc daemon.VMConfig
+	var uplink, queues string
+	if sub == "add" {
+		fs.StringVar(&uplink, "uplink", "", "the uplink the VM's traffic arrives on")
+		fs.StringVar(&vc.Name, "name", "", "the VM's name")
+		fs.StringVar(&vc.MAC, "mac", "", "the VM's MAC address")
+		fs.StringVar(&queues, "queues", "", "dedicated uplink RX queues, comma-separated")
+		fs.StringVar(&vc.Delivery, "delivery", "tap", "tap or vhost-user")
+		fs.StringVar(&vc.Tap, "tap", "", "the VM's tap (adopted if it exists)")
+		fs.IntVar(&vc.TapQueues, "tap-queues", 0, "queues of a tap the daemon creates")
+		fs.StringVar(&vc.VhostUserSocket, "vhost-user-socket", "", "where to serve the VM's vhost-user device")
+	}
+	if err := fs.Parse(args); err != nil {
+		return flagErr(err)
+	}
+	rest := fs.Args()
+	c := client.New(*socket)
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	switch sub {
+	case "add":
+		if uplink == "" || vc.Name == "" || vc.MAC == "" || len(rest) > 0 {
+			return fmt.Errorf("%w: --uplink, --name and --mac are required (xdp-hostd vm -h)", errUsage)
+		}
+		for _, q := range strings.Split(queues, ",") {
+			if q = strings.TrimSpace(q); q == "" {
+				continue
+			}
+			n, err := strconv.Atoi(q)
+			if err != nil {
+				return fmt.Errorf("%w: --queues: %q is not a queue number", errUsage, q)
+			}
+			vc.Queues = append(vc.Queues, n)
+		}
+		if vc.Delivery == "tap" {
+			vc.Delivery = ""
+		}
+		vs, err := c.AddVM(ctx, uplink, vc)
+		if err != nil {
+			return err
+		}
+		return printVMs(e.stdout, *asJSON, []daemon.VMStatus{*vs})
+	case "rm":
+		if len(rest) != 1 {
+			return fmt.Errorf("%w: name one VM", errUsage)
+		}
+		if err := c.RemoveVM(ctx, rest[0]); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "removed VM %s\n", rest[0])
+		return nil
+	case "list":
+		vms, err := c.VMs(ctx)
+		if err != nil {
+			return err
+		}
+		return printVMs(e.stdout, *asJSON, vms)
+	case "show":
+		if len(rest) != 1 {
+			return fmt.Errorf("%w: name one VM", errUsage)
+		}
+		vs, err := c.VM(ctx, rest[0])
+		if err != nil {
+			return err
+		}
+		return printVMs(e.stdout, *asJSON, []daemon.VMStatus{*vs})
+	}
+	fmt.Fprintln(e.stderr, vmUsage)
+	return fmt.Errorf("%w: unknown vm command %q", errUsage, sub)
+}
+
+func printVMs(w io.Writer, asJSON bool, vms []daemon.VMStatus) error {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(vms)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "VM\tUPLINK\tMAC\tQUEUES\tDELIVERY\tTAP\tPROGRAM\tPORTS\tPASS\tDROP")
+	for _, v := range vms {
+		prog := "built-in"
+		if v.Program != 0 {
+			prog = strconv.FormatUint(v.Program, 10)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\t%s\t%d\t%d\t%d\n", v.Name, v.Uplink, v.MAC, v.Queues, v.Delivery, v.Tap, prog, len(v.Ports), v.Verdicts.Pass.Packets, v.Verdicts.Drop.Packets)
+	}
+	return tw.Flush()
+}
+
+func runPort(ctx context.Context, e *env, args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprintln(e.stderr, portUsage)
+		if len(args) == 0 {
+			return fmt.Errorf("%w: name a port command", errUsage)
+		}
+		return nil
+	}
+	sub, args := args[0], args[1:]
+	fs := newFlags(e, "port "+sub, "port "+sub+" (see xdp-hostd port -h)")
+	socket := fs.String("socket", daemon.DefaultSocket, "the daemon's API socket")
+	asJSON := fs.Bool("json", false, "print JSON")
+	vm := fs.String("vm", "", "the VM")
+	port := fs.Int("port", -1, "the port number (1-63)")
+	ifname := fs.String("ifname", "", "the interface")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *vm == "" {
+		return fmt.Errorf("%w: --vm is required", errUsage)
+	}
+	c := client.New(*socket)
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	var ports []hostnet.Port
+	var err error
+	switch sub {
+	case "add":
+		if *port < 0 || *ifname == "" {
+			return fmt.Errorf("%w: --port and --ifname are required", errUsage)
+		}
+		ports, err = c.AddPort(ctx, *vm, uint32(*port), *ifname)
+	case "rm":
+		if *port < 0 {
+			return fmt.Errorf("%w: --port is required", errUsage)
+		}
+		if err := c.RemovePort(ctx, *vm, uint32(*port)); err != nil {
+			return err
+		}
+		ports, err = c.Ports(ctx, *vm)
+	case "list":
+		ports, err = c.Ports(ctx, *vm)
+	default:
+		fmt.Fprintln(e.stderr, portUsage)
+		return fmt.Errorf("%w: unknown port command %q", errUsage, sub)
+	}
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(ports)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PORT\tINTERFACE\tIFINDEX")
+	for _, p := range ports {
+		fmt.Fprintf(tw, "%d\t%s\t%d\n", p.Number, p.Ifname, p.Ifindex)
+	}
+	return tw.Flush()
+}
