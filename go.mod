@@ -8,6 +8,7 @@ require (
 	github.com/vishvananda/netlink v1.3.1
 	github.com/vishvananda/netns v0.0.5
 	golang.org/x/sys v0.50.0
+	libvirt.org/go/libvirtxml v1.12008.0
 )
 
 tool github.com/cilium/ebpf/cmd/bpf2go

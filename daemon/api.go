@@ -46,16 +46,18 @@ type UplinkStatus struct {
 
 // VMStatus is one VM in Status.
 type VMStatus struct {
-	Name     string           `json:"name"`
-	Uplink   string           `json:"uplink"`
-	MAC      string           `json:"mac"`
-	Queues   []int            `json:"queues"`
-	Delivery string           `json:"delivery"`
-	Tap      string           `json:"tap,omitempty"`
-	Program  uint64           `json:"program_id"` // 0: the built-in program
-	Ports    []hostnet.Port   `json:"ports"`
-	Verdicts hostnet.Verdicts `json:"verdicts"`
-	TX       hostnet.TXStats  `json:"tx"`
+	Name     string `json:"name"`
+	Uplink   string `json:"uplink"`
+	MAC      string `json:"mac"`
+	Queues   []int  `json:"queues"`
+	Delivery string `json:"delivery"`
+	Tap      string `json:"tap,omitempty"`
+	// VhostUserSocket is where the VM's vhost-user device is served.
+	VhostUserSocket string           `json:"vhost_user_socket,omitempty"`
+	Program         uint64           `json:"program_id"` // 0: the built-in program
+	Ports           []hostnet.Port   `json:"ports"`
+	Verdicts        hostnet.Verdicts `json:"verdicts"`
+	TX              hostnet.TXStats  `json:"tx"`
 }
 
 // API serves the daemon's local API on a unix socket.
@@ -220,6 +222,11 @@ func (d *Daemon) vmStatus(vm *hostnet.VM) VMStatus {
 	vs := VMStatus{Name: vm.Name(), Uplink: vm.Uplink(), MAC: vm.MAC().String(), Queues: vm.Queues(), Delivery: "tap", Ports: vm.Ports()}
 	if vm.Delivery() == guestprog.DeliverXSK {
 		vs.Delivery = "vhost-user"
+		d.mu.Lock()
+		if p := d.ports[vm.Name()]; p != nil {
+			vs.VhostUserSocket = p.Socket()
+		}
+		d.mu.Unlock()
 	}
 	if vm.Tap() != nil {
 		vs.Tap = vm.Tap().Name()

@@ -282,6 +282,9 @@ func (p *Port) Stats() Stats {
 	return st
 }
 
+// Socket is the vhost-user socket's path.
+func (p *Port) Socket() string { return p.cfg.Socket }
+
 // Device is the port's virtio-net device (for its queue counters).
 func (p *Port) Device() *vhost.NetDevice { return p.dev }
 

@@ -27,6 +27,7 @@ import (
 // env is what a subcommand may use of the outside world, so tests can run
 // subcommands in-process.
 type env struct {
+	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
 	log    *slog.Logger
@@ -50,6 +51,8 @@ func init() {
 		{"prog", "prog verify|load|replace|rm|list|show: check and manage guest XDP programs", runProg},
 		{"caps", "caps [--vm VM]: the capability document guest programs are written against", runCaps},
 		{"status", "status [--json]: the running daemon's uplinks, VMs and counters", runStatus},
+		{"hook", "hook qemu DOMAIN OP SUBOP: libvirt's qemu hook (domain XML on stdin)", runHook},
+		{"qemu-args", "qemu-args VM: the QEMU arguments that connect a VM to the daemon", runQEMUArgs},
 		{"version", "version: print the version and the guest ABI version", runVersion},
 	}
 }
@@ -106,7 +109,7 @@ func main() {
 	defer stop()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel()}))
 	slog.SetDefault(log)
-	os.Exit(run(ctx, &env{stdout: os.Stdout, stderr: os.Stderr, log: log}, os.Args[1:]))
+	os.Exit(run(ctx, &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, log: log}, os.Args[1:]))
 }
 
 func logLevel() slog.Level {

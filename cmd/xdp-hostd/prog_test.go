@@ -13,10 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"libvirt.org/go/libvirtxml"
+
 	"github.com/xdp-hostd/xdp-hostd/daemon"
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
 	"github.com/xdp-hostd/xdp-hostd/hostnet/testnet"
+	"github.com/xdp-hostd/xdp-hostd/libvirthook"
 )
 
 func repoFile(t *testing.T, rel string) string {
@@ -312,5 +315,85 @@ func TestVMAndPortThroughDaemon(t *testing.T) {
 		if !strings.Contains(stderr.String(), ev) {
 			t.Errorf("no %s audit event", ev)
 		}
+	}
+}
+
+// The libvirt hook against a running daemon: prepare registers the domain's
+// marked interfaces (a vhost-user one, and a tap libvirt made), release
+// removes them; unrelated domains are left alone; malformed XML is refused.
+func TestLibvirtHook(t *testing.T) {
+	testnet.RequireRoot(t)
+	topo := testnet.Topology(t, 4)
+	tap, err := hostnet.CreateTap(hostnet.TapOptions{Name: "web1-tap", NetNS: topo.HostNS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tap.Close()
+	s, _ := startDaemon(t, fmt.Sprintf(`{"uplinks": [{"name": %q, "netns": %q, "vms": []}]}`, topo.Uplink, topo.HostNS))
+	sock := strings.TrimPrefix(s, "--socket=")
+	vsock := filepath.Join(t.TempDir(), "web1.sock")
+	dom := libvirtxml.Domain{Type: "kvm", Name: "web1",
+		Metadata: &libvirtxml.DomainMetadata{XML: fmt.Sprintf(`<xh:xdp-hostd xmlns:xh=%q><xh:interface mac="52:54:00:00:00:01" uplink=%q queues="1"/><xh:interface mac="52:54:00:00:00:02" uplink=%q queues="2"/></xh:xdp-hostd>`,
+			libvirthook.Namespace, topo.Uplink, topo.Uplink)},
+		Devices: &libvirtxml.DomainDeviceList{Interfaces: []libvirtxml.DomainInterface{
+			{MAC: &libvirtxml.DomainInterfaceMAC{Address: "52:54:00:00:00:01"},
+				Source: &libvirtxml.DomainInterfaceSource{VHostUser: &libvirtxml.DomainInterfaceSourceVHostUser{
+					Chardev: &libvirtxml.DomainChardevSource{UNIX: &libvirtxml.DomainChardevSourceUNIX{Path: vsock, Mode: "client"}}}}},
+			{MAC: &libvirtxml.DomainInterfaceMAC{Address: "52:54:00:00:00:02"},
+				Source: &libvirtxml.DomainInterfaceSource{Ethernet: &libvirtxml.DomainInterfaceSourceEthernet{}},
+				Target: &libvirtxml.DomainInterfaceTarget{Dev: "web1-tap"}},
+		}}}
+	xmlDoc, err := dom.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hook := func(stdin string, args ...string) (int, string) {
+		t.Helper()
+		cmd := exec.Command(binary, append([]string{"hook", "qemu"}, args...)...)
+		cmd.Env = append(os.Environ(), "XDP_HOSTD_SOCKET="+sock)
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode(), string(out)
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return 0, string(out)
+	}
+	vmNames := func() []string {
+		_, out, _ := cli(t, "vm", "list", "--json", s)
+		var vms []daemon.VMStatus
+		json.Unmarshal([]byte(out), &vms)
+		var names []string
+		for _, v := range vms {
+			names = append(names, v.Name)
+		}
+		return names
+	}
+	if code, out := hook(xmlDoc, "web1", "prepare", "begin", "-"); code != 0 {
+		t.Fatalf("prepare: exit %d\n%s", code, out)
+	}
+	if got := fmt.Sprint(vmNames()); got != "[web1-0 web1-1]" {
+		t.Errorf("VMs after prepare: %s", got)
+	}
+	if _, err := os.Stat(vsock); err != nil {
+		t.Errorf("the vhost-user socket is not served: %v", err)
+	}
+	if code, out, _ := cli(t, "qemu-args", s, "web1-0"); code != 0 || !strings.Contains(out, "path="+vsock) || !strings.Contains(out, "mac=52:54:00:00:00:01") {
+		t.Errorf("qemu-args: exit %d\n%s", code, out)
+	}
+	other := libvirtxml.Domain{Type: "kvm", Name: "other"}
+	otherDoc, _ := other.Marshal()
+	if code, out := hook(otherDoc, "other", "prepare", "begin", "-"); code != 0 || len(vmNames()) != 2 {
+		t.Errorf("unrelated domain: exit %d\n%s", code, out)
+	}
+	if code, out := hook("<domain><name>broken", "broken", "prepare", "begin", "-"); code != 1 || !strings.Contains(out, "domain XML") {
+		t.Errorf("malformed XML: exit %d\n%s", code, out)
+	}
+	if code, out := hook(xmlDoc, "web1", "release", "end", "-"); code != 0 {
+		t.Errorf("release: exit %d\n%s", code, out)
+	}
+	if names := vmNames(); len(names) != 0 {
+		t.Errorf("VMs after release: %v", names)
 	}
 }

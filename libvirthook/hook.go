@@ -1,0 +1,227 @@
+// Package libvirthook is xdp-hostd's libvirt hook: libvirt runs it as
+// /etc/libvirt/hooks/qemu (through `xdp-hostd hook qemu`) with the domain
+// XML on stdin; on prepare it registers the domain's xdp-hostd interfaces as
+// VMs with the daemon, on release it removes them.
+//
+// Which interfaces are xdp-hostd's is said in the domain's metadata, in the
+// namespace Namespace, one element per interface, matched by MAC:
+//
+//	<metadata>
+//	  <xh:xdp-hostd xmlns:xh="https://xdp-hostd.dev/xmlns/domain/1">
+//	    <xh:interface mac="52:54:00:00:00:01" uplink="eth1" queues="1,2"/>
+//	  </xh:xdp-hostd>
+//	</metadata>
+//
+// The interface itself says how the VM is delivered to:
+//
+//	<interface type='vhostuser'>                 vhost-user: the daemon serves the socket
+//	  <mac address='52:54:00:00:00:01'/>
+//	  <source type='unix' path='/run/xdp-hostd/web1.sock' mode='client'/>
+//	  <model type='virtio'/>
+//	</interface>
+//	<interface type='ethernet'>                  tap: libvirt creates the tap, the daemon adopts it
+//	  <mac address='52:54:00:00:00:02'/>
+//	  <target dev='web1-tap' managed='no'/>
+//	</interface>
+//
+// Domains without the metadata are not xdp-hostd's: the hook exits at once
+// without contacting the daemon.
+package libvirthook
+
+import (
+	"context"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/xdp-hostd/xdp-hostd/daemon"
+)
+
+// Namespace is the XML namespace of xdp-hostd's domain metadata.
+const Namespace = "https://xdp-hostd.dev/xmlns/domain/1"
+
+// Metadata is the xdp-hostd element of a domain's metadata.
+type Metadata struct {
+	XMLName    xml.Name            `xml:"https://xdp-hostd.dev/xmlns/domain/1 xdp-hostd"`
+	Interfaces []MetadataInterface `xml:"interface"`
+}
+
+// MetadataInterface marks one of the domain's interfaces for xdp-hostd.
+type MetadataInterface struct {
+	MAC    string `xml:"mac,attr"`
+	Uplink string `xml:"uplink,attr"`
+	Queues string `xml:"queues,attr,omitempty"` // comma-separated dedicated queues
+}
+
+// VM is a registration the hook derives from a domain.
+type VM struct {
+	Uplink string
+	Config daemon.VMConfig
+}
+
+// ErrDomain is wrapped by errors about the domain XML.
+var ErrDomain = errors.New("domain XML")
+
+// Parse reads a domain XML document and returns the VMs it asks xdp-hostd
+// for (none for an unrelated domain). VM names are the domain's name, with
+// "-N" for the N-th marked interface when there are several.
+func Parse(r io.Reader) (string, []VM, error) {
+	b, err := io.ReadAll(io.LimitReader(r, 16<<20))
+	if err != nil {
+		return "", nil, fmt.Errorf("%w: read: %w", ErrDomain, err)
+	}
+	var dom libvirtxml.Domain
+	if err := dom.Unmarshal(string(b)); err != nil {
+		return "", nil, fmt.Errorf("%w: %w", ErrDomain, err)
+	}
+	var md Metadata
+	if dom.Metadata != nil {
+		// libvirtxml keeps metadata as raw XML.
+		if err := findMetadata(dom.Metadata.XML, &md); err != nil {
+			return dom.Name, nil, fmt.Errorf("%w: xdp-hostd metadata: %w", ErrDomain, err)
+		}
+	}
+	if len(md.Interfaces) == 0 {
+		return dom.Name, nil, nil
+	}
+	var ifaces []libvirtxml.DomainInterface
+	if dom.Devices != nil {
+		ifaces = dom.Devices.Interfaces
+	}
+	var vms []VM
+	for i, m := range md.Interfaces {
+		mac, err := net.ParseMAC(m.MAC)
+		if err != nil {
+			return dom.Name, nil, fmt.Errorf("%w: xdp-hostd interface %d: mac %q: %v", ErrDomain, i, m.MAC, err)
+		}
+		if m.Uplink == "" {
+			return dom.Name, nil, fmt.Errorf("%w: xdp-hostd interface %s: uplink= is required", ErrDomain, mac)
+		}
+		vc := daemon.VMConfig{Name: dom.Name, MAC: mac.String()}
+		if len(md.Interfaces) > 1 {
+			vc.Name = fmt.Sprintf("%s-%d", dom.Name, i)
+		}
+		for _, q := range strings.Split(m.Queues, ",") {
+			if q = strings.TrimSpace(q); q == "" {
+				continue
+			}
+			n, err := strconv.Atoi(q)
+			if err != nil {
+				return dom.Name, nil, fmt.Errorf("%w: xdp-hostd interface %s: queues %q: not a list of queue numbers", ErrDomain, mac, m.Queues)
+			}
+			vc.Queues = append(vc.Queues, n)
+		}
+		iface := findInterface(ifaces, mac)
+		switch {
+		case iface == nil:
+			return dom.Name, nil, fmt.Errorf("%w: the metadata names %s, but the domain has no interface with that MAC", ErrDomain, mac)
+		case iface.Source != nil && iface.Source.VHostUser != nil:
+			vu := iface.Source.VHostUser
+			if vu.Chardev == nil || vu.Chardev.UNIX == nil || vu.Chardev.UNIX.Path == "" {
+				return dom.Name, nil, fmt.Errorf("%w: vhostuser interface %s has no unix socket path", ErrDomain, mac)
+			}
+			if vu.Chardev.UNIX.Mode == "server" {
+				return dom.Name, nil, fmt.Errorf("%w: vhostuser interface %s: use mode='client' (xdp-hostd serves the socket; QEMU connects)", ErrDomain, mac)
+			}
+			vc.Delivery, vc.VhostUserSocket = "vhost-user", vu.Chardev.UNIX.Path
+		case iface.Source != nil && iface.Source.Ethernet != nil || iface.Target != nil && iface.Target.Dev != "":
+			if iface.Target == nil || iface.Target.Dev == "" {
+				return dom.Name, nil, fmt.Errorf("%w: ethernet interface %s: give the tap a name with <target dev='...'/>", ErrDomain, mac)
+			}
+			vc.Tap = iface.Target.Dev
+		default:
+			return dom.Name, nil, fmt.Errorf("%w: interface %s: xdp-hostd serves type='vhostuser' and type='ethernet' interfaces", ErrDomain, mac)
+		}
+		vms = append(vms, VM{Uplink: m.Uplink, Config: vc})
+	}
+	return dom.Name, vms, nil
+}
+
+func findInterface(ifaces []libvirtxml.DomainInterface, mac net.HardwareAddr) *libvirtxml.DomainInterface {
+	for i := range ifaces {
+		if m := ifaces[i].MAC; m != nil {
+			if hw, err := net.ParseMAC(m.Address); err == nil && hw.String() == mac.String() {
+				return &ifaces[i]
+			}
+		}
+	}
+	return nil
+}
+
+// findMetadata finds xdp-hostd's element among the metadata's children.
+func findMetadata(raw string, md *Metadata) error {
+	dec := xml.NewDecoder(strings.NewReader(raw))
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if se, ok := tok.(xml.StartElement); ok && se.Name.Space == Namespace && se.Name.Local == "xdp-hostd" {
+			return dec.DecodeElement(md, &se)
+		}
+	}
+}
+
+// API is what the hook needs of the daemon's client.
+type API interface {
+	AddVM(ctx context.Context, uplink string, vm daemon.VMConfig) (*daemon.VMStatus, error)
+	RemoveVM(ctx context.Context, name string) error
+}
+
+// Run handles one hook call: operation and sub-operation as libvirt passes
+// them, the domain XML on stdin. prepare registers the VMs (and fails the
+// domain's start if that fails, having removed what it added); release
+// removes them; stopped and other operations do nothing. Unrelated domains
+// return at once.
+func Run(ctx context.Context, api API, op, subop string, domainXML io.Reader, logf func(string, ...any)) error {
+	switch op {
+	case "prepare", "release":
+	default:
+		return nil
+	}
+	name, vms, err := Parse(domainXML)
+	if err != nil {
+		if op == "release" {
+			logf("xdp-hostd hook: %v (nothing to remove)", err)
+			return nil
+		}
+		return err
+	}
+	if len(vms) == 0 {
+		return nil
+	}
+	if op == "prepare" {
+		for i, vm := range vms {
+			if _, err := api.AddVM(ctx, vm.Uplink, vm.Config); err != nil {
+				for _, done := range vms[:i] {
+					api.RemoveVM(ctx, done.Config.Name)
+				}
+				return fmt.Errorf("domain %s: register %s with xdp-hostd: %w", name, vm.Config.Name, err)
+			}
+			logf("xdp-hostd hook: domain %s: registered VM %s on %s", name, vm.Config.Name, vm.Uplink)
+		}
+		return nil
+	}
+	var errs []error
+	for _, vm := range vms {
+		if err := api.RemoveVM(ctx, vm.Config.Name); err != nil {
+			errs = append(errs, err)
+		} else {
+			logf("xdp-hostd hook: domain %s: removed VM %s", name, vm.Config.Name)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		// Release must not fail the domain's teardown: report only.
+		logf("xdp-hostd hook: domain %s: %v", name, err)
+	}
+	return nil
+}

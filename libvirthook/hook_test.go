@@ -1,0 +1,158 @@
+package libvirthook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/xdp-hostd/xdp-hostd/daemon"
+)
+
+// domainXML builds a domain document with libvirtxml, as libvirt would
+// hand it to the hook.
+func domainXML(t *testing.T, name, metadata string, ifaces ...libvirtxml.DomainInterface) string {
+	t.Helper()
+	dom := libvirtxml.Domain{Type: "kvm", Name: name, Devices: &libvirtxml.DomainDeviceList{Interfaces: ifaces}}
+	if metadata != "" {
+		dom.Metadata = &libvirtxml.DomainMetadata{XML: metadata}
+	}
+	s, err := dom.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func vhostUser(mac, path, mode string) libvirtxml.DomainInterface {
+	return libvirtxml.DomainInterface{
+		MAC: &libvirtxml.DomainInterfaceMAC{Address: mac},
+		Source: &libvirtxml.DomainInterfaceSource{VHostUser: &libvirtxml.DomainInterfaceSourceVHostUser{
+			Chardev: &libvirtxml.DomainChardevSource{UNIX: &libvirtxml.DomainChardevSourceUNIX{Path: path, Mode: mode}}}},
+		Model: &libvirtxml.DomainInterfaceModel{Type: "virtio"},
+	}
+}
+
+func ethernet(mac, dev string) libvirtxml.DomainInterface {
+	return libvirtxml.DomainInterface{
+		MAC:    &libvirtxml.DomainInterfaceMAC{Address: mac},
+		Source: &libvirtxml.DomainInterfaceSource{Ethernet: &libvirtxml.DomainInterfaceSourceEthernet{}},
+		Target: &libvirtxml.DomainInterfaceTarget{Dev: dev},
+	}
+}
+
+func bridge(mac string) libvirtxml.DomainInterface {
+	return libvirtxml.DomainInterface{
+		MAC:    &libvirtxml.DomainInterfaceMAC{Address: mac},
+		Source: &libvirtxml.DomainInterfaceSource{Bridge: &libvirtxml.DomainInterfaceSourceBridge{Bridge: "virbr0"}},
+	}
+}
+
+func meta(ifaces ...string) string {
+	return fmt.Sprintf(`<xh:xdp-hostd xmlns:xh="%s">%s</xh:xdp-hostd>`, Namespace, strings.Join(ifaces, ""))
+}
+
+func TestParse(t *testing.T) {
+	one := domainXML(t, "web1", meta(`<xh:interface mac="52:54:00:00:00:01" uplink="eth1" queues="1, 2"/>`),
+		bridge("52:54:00:00:00:09"), vhostUser("52:54:00:00:00:01", "/run/xdp-hostd/web1.sock", "client"))
+	name, vms, err := Parse(strings.NewReader(one))
+	if err != nil || name != "web1" || len(vms) != 1 {
+		t.Fatalf("%s %+v %v", name, vms, err)
+	}
+	want := VM{Uplink: "eth1", Config: daemon.VMConfig{Name: "web1", MAC: "52:54:00:00:00:01", Queues: []int{1, 2}, Delivery: "vhost-user", VhostUserSocket: "/run/xdp-hostd/web1.sock"}}
+	if fmt.Sprint(vms[0]) != fmt.Sprint(want) {
+		t.Errorf("got %+v, want %+v", vms[0], want)
+	}
+
+	two := domainXML(t, "db", meta(`<xh:interface mac="52:54:00:00:00:02" uplink="eth1"/>`, `<xh:interface mac="52:54:00:00:00:03" uplink="eth2" queues="3"/>`),
+		ethernet("52:54:00:00:00:02", "db-tap0"), vhostUser("52:54:00:00:00:03", "/run/x/db.sock", ""))
+	_, vms, err = Parse(strings.NewReader(two))
+	if err != nil || len(vms) != 2 || vms[0].Config.Name != "db-0" || vms[0].Config.Tap != "db-tap0" || vms[1].Config.Name != "db-1" || vms[1].Uplink != "eth2" {
+		t.Errorf("two interfaces: %+v %v", vms, err)
+	}
+
+	// Unrelated domains: nothing to do.
+	for _, doc := range []string{
+		domainXML(t, "other", "", bridge("52:54:00:00:00:04")),
+		domainXML(t, "other", `<foo:bar xmlns:foo="https://example.org/x"/>`, bridge("52:54:00:00:00:04")),
+	} {
+		if _, vms, err := Parse(strings.NewReader(doc)); err != nil || len(vms) != 0 {
+			t.Errorf("unrelated domain: %+v %v", vms, err)
+		}
+	}
+}
+
+func TestParseRefusesBadDomains(t *testing.T) {
+	for _, tc := range []struct {
+		doc, says string
+	}{
+		{"<domain><name>x</name", "domain XML"},
+		{"not xml at all", "domain XML"},
+		{domainXML(t, "d", meta(`<xh:interface mac="52:54:00:00:00:05" uplink="eth1"/>`), bridge("52:54:00:00:00:06")), "no interface with that MAC"},
+		{domainXML(t, "d", meta(`<xh:interface mac="zz" uplink="eth1"/>`)), `mac "zz"`},
+		{domainXML(t, "d", meta(`<xh:interface mac="52:54:00:00:00:05"/>`), vhostUser("52:54:00:00:00:05", "/s", "client")), "uplink= is required"},
+		{domainXML(t, "d", meta(`<xh:interface mac="52:54:00:00:00:05" uplink="e"/>`), vhostUser("52:54:00:00:00:05", "/s", "server")), "mode='client'"},
+		{domainXML(t, "d", meta(`<xh:interface mac="52:54:00:00:00:05" uplink="e"/>`), bridge("52:54:00:00:00:05")), "vhostuser"},
+		{domainXML(t, "d", meta(`<xh:interface mac="52:54:00:00:00:05" uplink="e" queues="a"/>`), vhostUser("52:54:00:00:00:05", "/s", "")), "queues"},
+	} {
+		_, _, err := Parse(strings.NewReader(tc.doc))
+		if !errors.Is(err, ErrDomain) || !strings.Contains(err.Error(), tc.says) {
+			t.Errorf("%.60q: %v, want ErrDomain saying %q", tc.doc, err, tc.says)
+		}
+	}
+}
+
+// fakeAPI records calls; addFail makes the N-th AddVM fail (1-based).
+type fakeAPI struct {
+	added, removed []string
+	addFail        int
+}
+
+func (f *fakeAPI) AddVM(_ context.Context, uplink string, vm daemon.VMConfig) (*daemon.VMStatus, error) {
+	if len(f.added)+1 == f.addFail {
+		return nil, errors.New("uplink busy")
+	}
+	f.added = append(f.added, vm.Name)
+	return &daemon.VMStatus{Name: vm.Name}, nil
+}
+
+func (f *fakeAPI) RemoveVM(_ context.Context, name string) error {
+	f.removed = append(f.removed, name)
+	return errors.New("gone already")
+}
+
+func TestRun(t *testing.T) {
+	two := domainXML(t, "db", meta(`<xh:interface mac="52:54:00:00:00:02" uplink="eth1"/>`, `<xh:interface mac="52:54:00:00:00:03" uplink="eth2" queues="3"/>`),
+		ethernet("52:54:00:00:00:02", "db-tap0"), vhostUser("52:54:00:00:00:03", "/run/x/db.sock", ""))
+	logf := func(string, ...any) {}
+	ctx := context.Background()
+
+	api := &fakeAPI{}
+	if err := Run(ctx, api, "prepare", "begin", strings.NewReader(two), logf); err != nil || len(api.added) != 2 {
+		t.Errorf("prepare: %v %+v", err, api)
+	}
+	// A failure registers nothing: what was added is removed again.
+	api = &fakeAPI{addFail: 2}
+	err := Run(ctx, api, "prepare", "begin", strings.NewReader(two), logf)
+	if err == nil || !strings.Contains(err.Error(), "db-1") || fmt.Sprint(api.removed) != "[db-0]" {
+		t.Errorf("failed prepare: %v %+v", err, api)
+	}
+	// Release never fails the domain's teardown.
+	api = &fakeAPI{}
+	if err := Run(ctx, api, "release", "end", strings.NewReader(two), logf); err != nil || len(api.removed) != 2 {
+		t.Errorf("release: %v %+v", err, api)
+	}
+	if err := Run(ctx, api, "release", "end", strings.NewReader("garbage"), logf); err != nil {
+		t.Errorf("release with garbage XML: %v", err)
+	}
+	// Other operations and unrelated domains: nothing.
+	api = &fakeAPI{}
+	Run(ctx, api, "started", "begin", strings.NewReader(two), logf)
+	Run(ctx, api, "prepare", "begin", strings.NewReader(domainXML(t, "o", "", bridge("52:54:00:00:00:04"))), logf)
+	if len(api.added)+len(api.removed) != 0 {
+		t.Errorf("calls for nothing: %+v", api)
+	}
+}
