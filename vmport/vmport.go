@@ -18,6 +18,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -136,6 +138,9 @@ func Open(cfg Config) (_ *Port, err error) {
 	p.txGood = make([][]byte, 0, 256)
 	if p.dev, err = vhost.NewNetDevice(vhost.NetConfig{QueuePairs: len(p.queues), TX: p.transmit, Logger: p.log}); err != nil {
 		return nil, fmt.Errorf("VM %s: %w", cfg.VM.Name(), err)
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.Socket), 0o755); err != nil {
+		return nil, fmt.Errorf("VM %s: vhost-user socket directory: %w", cfg.VM.Name(), err)
 	}
 	if p.srv, err = vhost.NewServer(cfg.Socket, p.dev, p.log); err != nil {
 		return nil, fmt.Errorf("VM %s: %w", cfg.VM.Name(), err)
