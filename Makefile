@@ -34,8 +34,10 @@ vet:
 	$(GO) vet $(PKGS)
 
 # The tests need root: they create network namespaces, veths and taps and load BPF.
+# -p 1: packages one at a time; several start QEMU guests or busy-polling testpmd,
+# which would starve each other on a two-core machine.
 test: build
-	XDP_HOSTD_REQUIRE_ROOT_TESTS=1 $(GO) test -count=1 -timeout 20m $(PKGS)
+	XDP_HOSTD_REQUIRE_ROOT_TESTS=1 $(GO) test -p 1 -count=1 -timeout 20m $(PKGS)
 
 # A short run of every fuzz target (CI runs it); FUZZTIME=1m for longer.
 FUZZTIME ?= 20000x
