@@ -100,9 +100,11 @@ type Dataplane struct {
 	inv    *Uplink
 	mode   AttachMode // the mode actually in use
 
-	dispatch hostbpf.DispatchObjects
-	vmtx     hostbpf.VmtxObjects
-	link     link.Link
+	dispatch  hostbpf.DispatchObjects
+	vmtx      hostbpf.VmtxObjects
+	flood     hostbpf.FloodObjects
+	floodLink link.Link // nil when tcx is not available
+	link      link.Link
 	pinDir   string // where pins live, "" if none
 
 	steering error // nil when ntuple steering works on the uplink
@@ -174,6 +176,9 @@ func Open(cfg Config) (_ *Dataplane, err error) {
 		return nil, fmt.Errorf("load VM transmit program: %w", err)
 	}
 	if d.link, d.mode, err = d.attach(d.dispatch.Dispatch, d.index, cfg.Uplink, mode); err != nil {
+		return nil, err
+	}
+	if err := d.attachFlood(); err != nil {
 		return nil, err
 	}
 	if cfg.PinDir != "" {
@@ -405,7 +410,11 @@ func (d *Dataplane) closeAll() error {
 		errs = append(errs, d.link.Close())
 		d.link = nil
 	}
-	errs = append(errs, d.dispatch.Close(), d.vmtx.Close())
+	if d.floodLink != nil {
+		errs = append(errs, d.floodLink.Close())
+		d.floodLink = nil
+	}
+	errs = append(errs, d.dispatch.Close(), d.vmtx.Close(), d.flood.Close())
 	if d.nl != nil {
 		d.nl.Close()
 		d.nl = nil
@@ -480,3 +489,47 @@ func (d *Dataplane) uncacheMAC(mac net.HardwareAddr) error {
 	}
 	return nil
 }
+
+// attachFlood attaches the flood program (bpf/flood.c) to the uplink's tc
+// ingress: broadcast and multicast frames on shared queues reach every tap
+// VM. Without tcx (Linux < 6.6) it logs that and goes on.
+func (d *Dataplane) attachFlood() error {
+	if err := hostbpf.LoadFloodObjects(&d.flood, nil); err != nil {
+		return fmt.Errorf("load flood program: %w", err)
+	}
+	err := d.ns.Do(func() (err error) {
+		d.floodLink, err = link.AttachTCX(link.TCXOptions{Interface: d.index, Program: d.flood.Flood, Attach: ebpf.AttachTCXIngress})
+		return err
+	})
+	if err != nil {
+		d.log.Warn("cannot attach the flood program (tcx needs Linux 6.6): broadcasts on shared queues reach the host only, not the VMs", "err", err)
+		d.floodLink = nil
+	}
+	return nil
+}
+
+// refreshFlood writes the tap VMs' taps into flood_ports. The caller holds d.mu.
+func (d *Dataplane) refreshFlood() error {
+	var idx []uint32
+	for _, vm := range d.slots {
+		if vm != nil && vm.tap != nil && len(idx) < floodMax {
+			idx = append(idx, uint32(vm.tap.Index()))
+		}
+	}
+	for i := 0; i < floodMax; i++ {
+		v := uint32(0)
+		if i < len(idx) {
+			v = idx[i]
+		}
+		if err := d.flood.FloodPorts.Put(uint32(i), v); err != nil {
+			return fmt.Errorf("flood list: %w", err)
+		}
+	}
+	return nil
+}
+
+// floodMax is HOSTD_MAX_FLOOD of bpf/flood.c.
+const floodMax = 64
+
+// FloodStats counts the broadcast and multicast copies made for tap VMs.
+func (d *Dataplane) FloodStats() (Count, error) { return readCount(d.flood.FloodStats, 0) }

@@ -417,3 +417,33 @@ func TestMACCacheCollision(t *testing.T) {
 		t.Errorf("after the cache entry's owner left: b got %d of %d", gb, n)
 	}
 }
+
+// Broadcasts on a shared queue reach the host and every tap VM (ARP needs
+// it); a broadcast on a VM's dedicated queue is that VM's alone.
+func TestBroadcastFlood(t *testing.T) {
+	topo := testnet.Topology(t, 4)
+	dp := openDP(t, topo)
+	vm1 := addVM(t, dp, "vm1", mac1, 1)
+	vm2 := addVM(t, dp, "vm2", mac2, 2)
+	tap1, tap2 := testnet.TapCounter(t, vm1.Tap()), testnet.TapCounter(t, vm2.Tap())
+	s := testnet.Sender(t, topo)
+	bcast := net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	const n = 200
+	send(t, s, frameTo(topo, bcast, 1, 7000), 0, n)
+	if g1, g2 := settle(t, tap1, n).ByTag[1], settle(t, tap2, n).ByTag[1]; g1 != n || g2 != n {
+		t.Errorf("shared-queue broadcast: vm1 got %d, vm2 got %d, want %d each", g1, g2, n)
+	}
+	if st, _ := dp.Stats(); st.Host.Packets != n {
+		t.Errorf("the host stack got %d of %d broadcasts", st.Host.Packets, n)
+	}
+	send(t, s, frameTo(topo, bcast, 2, 7000), 1, n)
+	if g1 := settle(t, tap1, 2*n).ByTag[2]; g1 != n {
+		t.Errorf("vm1 got %d of %d broadcasts on its queue", g1, n)
+	}
+	if g2 := tap2.Snapshot().ByTag[2]; g2 != 0 {
+		t.Errorf("vm2 got %d broadcasts from vm1's dedicated queue", g2)
+	}
+	if fs, _ := dp.FloodStats(); fs.Packets != 2*n {
+		t.Errorf("flood copies %d, want %d", fs.Packets, 2*n)
+	}
+}

@@ -207,6 +207,9 @@ func (d *Dataplane) AddVM(spec VMSpec) (_ *VM, err error) {
 
 	d.vms[spec.Name] = vm
 	d.slots[slot] = vm
+	if err := d.refreshFlood(); err != nil {
+		d.log.Warn("flood list", "err", err)
+	}
 	d.audit("vm_add", "vm", spec.Name, "slot", slot, "mac", spec.MAC.String(), "queues", spec.Queues, "tap", spec.Tap)
 	return vm, nil
 }
@@ -319,9 +322,12 @@ func (d *Dataplane) RemoveVM(name string) error {
 }
 
 func (d *Dataplane) removeLocked(vm *VM) error {
+	d.slots[vm.slot] = nil
+	if ferr := d.refreshFlood(); ferr != nil {
+		d.log.Warn("flood list", "err", ferr)
+	}
 	err := vm.teardown()
 	delete(d.vms, vm.name)
-	d.slots[vm.slot] = nil
 	d.audit("vm_remove", "vm", vm.name, "slot", vm.slot)
 	return err
 }

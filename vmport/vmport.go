@@ -51,16 +51,22 @@ type Config struct {
 	// RXAffinity, if set, are the CPUs the receive threads (one per queue,
 	// each locked to its goroutine) may run on.
 	RXAffinity []int
-	Log        *slog.Logger
+	// NoFlood turns off the copies of broadcast and multicast frames from
+	// the uplink's shared queues (ARP requests, for example).
+	NoFlood bool
+	Log     *slog.Logger
 }
 
 // Stats are the port's counters.
 type Stats struct {
 	RXDelivered uint64 `json:"rx_delivered"` // frames copied into the guest
 	RXDropped   uint64 `json:"rx_dropped"`   // frames the guest had no buffers for within holdLimit
-	TXSent      uint64 `json:"tx_sent"`      // guest frames sent out of the uplink
-	TXSpoofed   uint64 `json:"tx_spoofed"`   // guest frames with a source MAC not the VM's
-	TXDropped   uint64 `json:"tx_dropped"`   // guest frames refused by AF_XDP back-pressure
+	// RXFlooded are broadcast and multicast frames from the uplink's shared
+	// queues delivered into the guest.
+	RXFlooded uint64 `json:"rx_flooded"`
+	TXSent    uint64 `json:"tx_sent"`    // guest frames sent out of the uplink
+	TXSpoofed uint64 `json:"tx_spoofed"` // guest frames with a source MAC not the VM's
+	TXDropped uint64 `json:"tx_dropped"` // guest frames refused by AF_XDP back-pressure
 	// RXCPU is the CPU time the receive threads used (updated when they go
 	// idle and every 256 batches).
 	RXCPU time.Duration `json:"rx_cpu_ns"`
@@ -89,7 +95,7 @@ type Port struct {
 
 	txGood [][]byte // TX handler scratch (the handler runs on one goroutine)
 	stats  struct {
-		rxDelivered, rxDropped, txSent, txSpoofed, txDropped atomic.Uint64
+		rxDelivered, rxDropped, txSent, txSpoofed, txDropped, floodDelivered atomic.Uint64
 	}
 	rxCPU []atomic.Int64 // per queue: its receive thread's CPU time
 }
@@ -154,6 +160,15 @@ func Open(cfg Config) (_ *Port, err error) {
 			p.log.Error("vhost-user server stopped", "socket", cfg.Socket, "err", err)
 		}
 	}()
+	if !cfg.NoFlood {
+		fd, err := openFlood(cfg.NetNS, cfg.VM.Uplink())
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("VM %s: %w", cfg.VM.Name(), err)
+		}
+		p.wg.Add(1)
+		go p.flood(ctx, fd)
+	}
 	p.rxCPU = make([]atomic.Int64, len(p.queues))
 	for _, qu := range p.queues {
 		p.wg.Add(1)
@@ -278,7 +293,7 @@ func (p *Port) transmit(pair int, frames [][]byte) {
 // Stats reads the port's counters.
 func (p *Port) Stats() Stats {
 	st := Stats{
-		RXDelivered: p.stats.rxDelivered.Load(), RXDropped: p.stats.rxDropped.Load(),
+		RXDelivered: p.stats.rxDelivered.Load(), RXDropped: p.stats.rxDropped.Load(), RXFlooded: p.stats.floodDelivered.Load(),
 		TXSent: p.stats.txSent.Load(), TXSpoofed: p.stats.txSpoofed.Load(), TXDropped: p.stats.txDropped.Load(),
 	}
 	for i := range p.rxCPU {

@@ -122,6 +122,20 @@ func TestReceiveIntoTestpmd(t *testing.T) {
 	if st.RXDelivered != n || st.RXDropped != 0 || v.Pass.Packets != n {
 		t.Errorf("port %+v, verdicts %+v", st, v)
 	}
+
+	// Broadcasts on a shared queue (0) reach the guest too, through the
+	// port's flood socket; those on its own queue came by XDP above.
+	bspec := spec
+	bspec.Dst, bspec.Tag = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, 2
+	if err := s.Send(bspec, 0, 0, 100); err != nil {
+		t.Fatal(err)
+	}
+	if got := waitRX(pmd, n+100); got != n+100 {
+		t.Errorf("testpmd received %d of %d frames after the broadcasts", got, n+100)
+	}
+	if st := r.port.Stats(); st.RXFlooded != 100 {
+		t.Errorf("flooded %d of 100 broadcasts: %+v", st.RXFlooded, st)
+	}
 }
 
 // What testpmd transmits with the VM's MAC leaves through the uplink; with
