@@ -105,7 +105,7 @@ type Dataplane struct {
 	flood     hostbpf.FloodObjects
 	floodLink link.Link // nil when tcx is not available
 	link      link.Link
-	pinDir   string // where pins live, "" if none
+	pinDir    string // where pins live, "" if none
 
 	steering error // nil when ntuple steering works on the uplink
 
