@@ -53,6 +53,9 @@ type VMConfig struct {
 	// (QEMU: -chardev socket,id=c0,path=SOCKET -netdev
 	// vhost-user,id=n0,chardev=c0,queues=N). One queue pair per dedicated queue.
 	VhostUserSocket string `json:"vhost_user_socket,omitempty"`
+	// BusyPollMicros, for vhost-user VMs: spin this long for more frames
+	// before sleeping (lower latency, a CPU burnt). 0: event-driven only.
+	BusyPollMicros int `json:"busy_poll_us,omitempty"`
 	// Tap is the name of the tap the daemon creates (default
 	// "xh<slot>-<uplink>"); TapQueues its number of queues (default 1).
 	Tap       string `json:"tap,omitempty"`
@@ -148,6 +151,9 @@ func (vm *VMConfig) validate() error {
 		}
 		if vm.Tap != "" || vm.TapQueues != 0 {
 			return errors.New("tap: a vhost-user VM has no tap")
+		}
+		if vm.BusyPollMicros < 0 || vm.BusyPollMicros > 1000000 {
+			return errors.New("busy_poll_us: use 0 to 1000000")
 		}
 	default:
 		return fmt.Errorf(`delivery: %q: use "tap" or "vhost-user"`, vm.Delivery)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
@@ -51,7 +52,8 @@ func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig) (_ *hos
 		}
 	}()
 	if vc.Delivery == "vhost-user" {
-		port, err := vmport.Open(vmport.Config{VM: vm, Socket: vc.VhostUserSocket, NetNS: netns, Log: d.log})
+		port, err := vmport.Open(vmport.Config{VM: vm, Socket: vc.VhostUserSocket, NetNS: netns, Log: d.log,
+			BusyPoll: time.Duration(vc.BusyPollMicros) * time.Microsecond})
 		if err != nil {
 			return nil, err
 		}

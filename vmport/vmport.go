@@ -51,6 +51,10 @@ type Config struct {
 	// RXAffinity, if set, are the CPUs the receive threads (one per queue,
 	// each locked to its goroutine) may run on.
 	RXAffinity []int
+	// BusyPoll, when positive, makes the receive threads and the device's
+	// TX kick handling spin this long for more work before they sleep in
+	// poll: lower latency for burning a CPU. Zero is event-driven only.
+	BusyPoll time.Duration
 	// NoFlood turns off the copies of broadcast and multicast frames from
 	// the uplink's shared queues (ARP requests, for example).
 	NoFlood bool
@@ -142,7 +146,7 @@ func Open(cfg Config) (_ *Port, err error) {
 		}
 	}
 	p.txGood = make([][]byte, 0, 256)
-	if p.dev, err = vhost.NewNetDevice(vhost.NetConfig{QueuePairs: len(p.queues), TX: p.transmit, Logger: p.log}); err != nil {
+	if p.dev, err = vhost.NewNetDevice(vhost.NetConfig{QueuePairs: len(p.queues), TX: p.transmit, BusyPoll: cfg.BusyPoll, Logger: p.log}); err != nil {
 		return nil, fmt.Errorf("VM %s: %w", cfg.VM.Name(), err)
 	}
 	if err := os.MkdirAll(filepath.Dir(cfg.Socket), 0o755); err != nil {
@@ -205,7 +209,7 @@ func (p *Port) receive(ctx context.Context, qu *queue) {
 	account := func() { p.rxCPU[qu.idx].Store(int64(threadCPU() - cpu0)) }
 	defer account()
 	pending := 0 // qu.descs[:pending] / qu.rx[:pending] wait for the guest
-	var stalled time.Time
+	var stalled, lastWork time.Time
 	for batches := 0; ctx.Err() == nil; batches++ {
 		if batches%256 == 0 {
 			account()
@@ -218,6 +222,12 @@ func (p *Port) receive(ctx context.Context, qu *queue) {
 			}
 			qu.mu.Unlock()
 			pending += n
+		}
+		if pending > 0 {
+			lastWork = time.Now()
+		}
+		if pending == 0 && p.cfg.BusyPoll > 0 && time.Since(lastWork) < p.cfg.BusyPoll {
+			continue // spin: Receive again at once
 		}
 		if pending == 0 {
 			account()

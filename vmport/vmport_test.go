@@ -223,3 +223,28 @@ func TestReconnectUnderTraffic(t *testing.T) {
 	}
 	t.Logf("vm1 port %+v, vm2 port %+v", rigs[0].port.Stats(), rigs[1].port.Stats())
 }
+
+// Busy polling moves the same frames (it only trades a CPU for latency).
+func TestBusyPoll(t *testing.T) {
+	topo := testnet.Topology(t, 4)
+	dp, err := hostnet.Open(hostnet.Config{Uplink: topo.Uplink, NetNS: topo.HostNS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	r := &vmRig{mac: net.HardwareAddr{2, 0, 0, 0, 7, 9}, q: 1, sock: filepath.Join(t.TempDir(), "vhost.sock")}
+	if r.vm, err = dp.AddVM(hostnet.VMSpec{Name: "busy", MAC: r.mac, Queues: []int{1}, Delivery: guestprog.DeliverXSK}); err != nil {
+		t.Fatal(err)
+	}
+	if r.port, err = vmport.Open(vmport.Config{VM: r.vm, Socket: r.sock, NetNS: topo.HostNS, BusyPoll: 200 * time.Microsecond}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.port.Close() })
+	pmd := startPMD(t, r, "rxonly", r.mac.String(), "")
+	if err := testnet.Sender(t, topo).Send(traffic.FrameSpec{Dst: r.mac, Src: topo.WireMAC, Size: 100, Tag: 1}, 1, 0, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if got := waitRX(pmd, 1000); got != 1000 {
+		t.Errorf("testpmd received %d of 1000 with busy polling", got)
+	}
+}
