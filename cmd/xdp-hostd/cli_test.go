@@ -432,3 +432,65 @@ func TestRunVhostUserVM(t *testing.T) {
 		t.Error("vhost-user socket left behind")
 	}
 }
+
+// A daemon killed with SIGKILL leaves its pinned dataplane running (the
+// pinned link keeps the dispatcher attached and the VM programs loaded);
+// `xdp-hostd down` removes it.
+func TestKilledDaemonAndDown(t *testing.T) {
+	testnet.RequireRoot(t)
+	topo := testnet.Topology(t, 4)
+	tap, err := hostnet.CreateTap(hostnet.TapOptions{Name: "qemu0", NetNS: topo.HostNS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tap.Close()
+	pins := t.TempDir()
+	t.Cleanup(func() { unix.Unmount(pins, unix.MNT_DETACH) })
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "config.json")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`{"pin_dir": %q, "uplinks": [{"name": %q, "netns": %q, "vms": [{"name": "vm1", "mac": "02:00:00:00:00:01", "queues": [1], "tap": "qemu0"}]}]}`,
+		pins, topo.Uplink, topo.HostNS)), 0o644)
+	sock := filepath.Join(dir, "api.sock")
+	cmd := exec.Command(binary, "run", "--config", cfgPath, "--socket", sock)
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(stderr.String(), "msg=ready"); {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("not ready:\n%s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+
+	// Still forwarding into the VM's tap with the daemon gone.
+	reader := testnet.TapCounter(t, tap)
+	spec := traffic.FrameSpec{Dst: net.HardwareAddr{2, 0, 0, 0, 0, 1}, Src: topo.WireMAC, Size: 100, Tag: 1}
+	if err := testnet.Sender(t, topo).Send(spec, 1, 0, 200); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); reader.Total() < 200 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := reader.Total(); got != 200 {
+		t.Errorf("with the daemon killed, the VM got %d of 200 frames", got)
+	}
+	if l := leftovers(t, topo, "qemu0"); len(l) != 1 {
+		t.Errorf("the killed daemon's dispatcher should still be attached: %v", l)
+	}
+	code, out, errs := cli(t, "down", "--config", cfgPath, "--socket", sock)
+	if code != 0 || !strings.Contains(out, "removed pins") {
+		t.Fatalf("down: exit %d\n%s%s", code, out, errs)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if l := leftovers(t, topo, "qemu0"); len(l) != 0 {
+		t.Errorf("after down: %v", l)
+	}
+	if _, err := os.Stat(sock); err == nil {
+		t.Error("the stale API socket is still there")
+	}
+}

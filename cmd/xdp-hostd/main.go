@@ -44,6 +44,7 @@ var commands []command
 func init() {
 	commands = []command{
 		{"run", "run --config FILE: run the dataplane for the uplinks and VMs the file declares, until SIGINT/SIGTERM", runRun},
+		{"down", "down --config FILE: remove what a daemon that was killed left behind (pins, API socket)", runDown},
 		{"demo", "demo [--json] [--packets N]: run two VMs on an embedded namespace topology and report what each got", runDemo},
 		{"bench", "bench dispatch|vhost: benchmark the dispatch and tap path against a bridge, or vhost-user delivery against DPDK testpmd", runBench},
 		{"vm", "vm add|rm|list|show: manage the running daemon's VMs", runVM},

@@ -290,3 +290,9 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	}
 	return nil
 }
+
+func clientStatus(ctx context.Context, socket string) (*daemon.Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	return client.New(socket).Status(ctx)
+}
