@@ -302,23 +302,8 @@ func TestRunServesAndCleansUp(t *testing.T) {
 	t.Cleanup(func() { unix.Unmount(pins, unix.MNT_DETACH) })
 	cfg := fmt.Sprintf(`{"pin_dir": %q, "uplinks": [{"name": %q, "netns": %q, "vms": [%s]}]}`,
 		pins, topo.Uplink, topo.HostNS, `{"name": "vm1", "mac": "02:00:00:00:00:01", "queues": [1], "tap": "vm1tap", "tap_queues": 2}`)
-	path := filepath.Join(t.TempDir(), "config.json")
-	os.WriteFile(path, []byte(cfg), 0o644)
-
-	cmd := exec.Command(binary, "run", "--config", path)
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(stderr.String(), "msg=ready") {
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready within 20s:\n%s", stderr.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	d := runDaemonBinary(t, cfg)
+	defer d.cmd.Process.Kill()
 	if l := leftovers(t, topo, "vm1tap"); len(l) != 1 || !strings.HasPrefix(l[0], "XDP program") {
 		t.Errorf("while running, want the dispatcher on the uplink and the tap: %v", l)
 	}
@@ -326,16 +311,8 @@ func TestRunServesAndCleansUp(t *testing.T) {
 	if len(entries) != 6 {
 		t.Errorf("pins: %v", entries)
 	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("exit: %v\n%s", err, stderr.String())
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("did not stop within 20s of SIGTERM")
+	if err := d.stop(t); err != nil {
+		t.Errorf("exit: %v\n%s", err, d.stderr.String())
 	}
 	if l := leftovers(t, topo); len(l) > 0 {
 		t.Errorf("left behind: %v", l)
@@ -376,21 +353,8 @@ func TestRunVhostUserVM(t *testing.T) {
 	vsock := filepath.Join(dir, "vm1.sock")
 	cfg := fmt.Sprintf(`{"uplinks": [{"name": %q, "netns": %q, "vms": [{"name": "vm1", "mac": "02:00:00:00:00:01", "queues": [2], "delivery": "vhost-user", "vhost_user_socket": %q}]}]}`,
 		topo.Uplink, topo.HostNS, vsock)
-	path := filepath.Join(dir, "config.json")
-	os.WriteFile(path, []byte(cfg), 0o644)
-	cmd := exec.Command(binary, "run", "--config", path, "--socket", filepath.Join(dir, "api.sock"))
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(stderr.String(), "msg=ready"); {
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready:\n%s", stderr.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	d := runDaemonBinary(t, cfg)
+	defer d.cmd.Process.Kill()
 	pmd, err := testpmd.Start(testpmd.Options{Vdevs: []string{"net_virtio_user0,path=" + vsock + ",queues=1,mac=02:00:00:00:00:01"}, Mode: "rxonly", Prefix: "xhclivu"})
 	if errors.Is(err, testpmd.ErrMissing) {
 		t.Skip(err)
@@ -417,16 +381,8 @@ func TestRunVhostUserVM(t *testing.T) {
 	if rx != 1000 {
 		t.Errorf("testpmd received %d of 1000 frames", rx)
 	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("exit: %v\n%s", err, stderr.String())
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("did not stop within 20s of SIGTERM")
+	if err := d.stop(t); err != nil {
+		t.Errorf("exit: %v\n%s", err, d.stderr.String())
 	}
 	if _, err := os.Stat(vsock); err == nil {
 		t.Error("vhost-user socket left behind")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -93,43 +94,13 @@ func TestProgVerifyOffline(t *testing.T) {
 func TestProgThroughDaemon(t *testing.T) {
 	testnet.RequireRoot(t)
 	topo := testnet.Topology(t, 4)
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "api.sock")
-	cfg := fmt.Sprintf(`{"uplinks": [{"name": %q, "netns": %q, "vms": [%s, %s]}]}`, topo.Uplink, topo.HostNS,
-		vmJSON("vm1", "02:00:00:00:00:01", "[1]"), vmJSON("vm2", "02:00:00:00:00:02", "[2]"))
-	cfgPath := filepath.Join(dir, "config.json")
-	os.WriteFile(cfgPath, []byte(cfg), 0o644)
-	cmd := exec.Command(binary, "run", "--config", cfgPath, "--socket", sock)
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			t.Error("daemon did not stop within 20s")
-		}
-		if _, err := os.Stat(sock); err == nil {
-			t.Error("API socket left behind")
-		}
-	}()
-	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(stderr.String(), "msg=ready"); {
-		if time.Now().After(deadline) {
-			t.Fatalf("daemon not ready:\n%s", stderr.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	s, stderr := startDaemon(t, fmt.Sprintf(`{"uplinks": [{"name": %q, "netns": %q, "vms": [%s, %s]}]}`, topo.Uplink, topo.HostNS,
+		vmJSON("vm1", "02:00:00:00:00:01", "[1]"), vmJSON("vm2", "02:00:00:00:00:02", "[2]")))
+	sock := strings.TrimPrefix(s, "--socket=")
 	fi, err := os.Stat(sock)
 	if err != nil || fi.Mode().Perm() != 0o660 {
 		t.Errorf("socket mode: %v %v", fi, err)
 	}
-	s := "--socket=" + sock
 	port, tx := repoFile(t, "bpf/guests/port.o"), repoFile(t, "bpf/guests/tx.o")
 
 	list := func() []daemon.ProgramRecord {
@@ -216,38 +187,67 @@ func TestProgNoDaemon(t *testing.T) {
 	}
 }
 
-// startDaemon runs `xdp-hostd run` with cfg until the test ends and returns
-// its --socket flag.
-func startDaemon(t *testing.T, cfg string) (string, *syncBuffer) {
+// daemonProc is `xdp-hostd run` started by a test.
+type daemonProc struct {
+	cmd    *exec.Cmd
+	socket string
+	stderr *syncBuffer
+}
+
+// runDaemonBinary starts `xdp-hostd run` with the configuration text cfg
+// and waits (at most 20 s) until it is ready. The caller stops it.
+func runDaemonBinary(t *testing.T, cfg string) *daemonProc {
 	t.Helper()
 	dir := t.TempDir()
-	sock := filepath.Join(dir, "api.sock")
+	p := &daemonProc{socket: filepath.Join(dir, "api.sock"), stderr: &syncBuffer{}}
 	cfgPath := filepath.Join(dir, "config.json")
 	os.WriteFile(cfgPath, []byte(cfg), 0o644)
-	cmd := exec.Command(binary, "run", "--config", cfgPath, "--socket", sock)
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
+	p.cmd = exec.Command(binary, "run", "--config", cfgPath, "--socket", p.socket)
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			t.Error("daemon did not stop within 20s")
-		}
-	})
-	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(stderr.String(), "msg=ready"); {
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(p.stderr.String(), "msg=ready"); {
 		if time.Now().After(deadline) {
-			t.Fatalf("daemon not ready:\n%s", stderr.String())
+			p.cmd.Process.Kill()
+			p.cmd.Wait()
+			t.Fatalf("daemon not ready:\n%s", p.stderr.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return "--socket=" + sock, &stderr
+	return p
+}
+
+// stop sends SIGTERM and waits (at most 20 s); it returns the exit error.
+func (p *daemonProc) stop(t *testing.T) error {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- p.cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(20 * time.Second):
+		p.cmd.Process.Kill()
+		<-done
+		return errors.New("the daemon did not stop within 20s of SIGTERM")
+	}
+}
+
+// startDaemon runs the daemon until the test ends, then checks it stopped
+// cleanly and removed its socket; it returns the --socket flag.
+func startDaemon(t *testing.T, cfg string) (string, *syncBuffer) {
+	t.Helper()
+	p := runDaemonBinary(t, cfg)
+	t.Cleanup(func() {
+		if err := p.stop(t); err != nil {
+			t.Errorf("daemon exit: %v\n%s", err, p.stderr.String())
+		}
+		if _, err := os.Stat(p.socket); err == nil {
+			t.Error("API socket left behind")
+		}
+	})
+	return "--socket=" + p.socket, p.stderr
 }
 
 // VMs and ports through the CLI against a running daemon, including bad
