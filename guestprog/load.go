@@ -58,6 +58,22 @@ func (p *Program) Map(name string) (*ebpf.Map, bool) {
 	return m, ok
 }
 
+// ProgArrays are the guest's program arrays by name. The kernel empties a
+// program array when no file descriptor or pin refers to it any more, so
+// whoever wants the program to keep working without its loader pins them.
+func (p *Program) ProgArrays() map[string]*ebpf.Map {
+	out := map[string]*ebpf.Map{}
+	if p == nil || p.coll == nil {
+		return out
+	}
+	for name, m := range p.coll.Maps {
+		if m.Type() == ebpf.ProgramArray {
+			out[name] = m
+		}
+	}
+	return out
+}
+
 // Close releases the program and the guest's own maps. Once the program is
 // no longer in a program array, the kernel frees it.
 func (p *Program) Close() error {

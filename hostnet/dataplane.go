@@ -6,10 +6,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -105,7 +103,11 @@ type Dataplane struct {
 	flood     hostbpf.FloodObjects
 	floodLink link.Link // nil when tcx is not available
 	link      link.Link
-	pinDir    string // where pins live, "" if none
+	pinDir    string   // the uplink's pin directory, "" if none
+	pinLock   *os.File // flock on pinDir: one daemon per uplink's pins
+	adopted   bool     // running on pinned objects until Activate
+	pinMu     sync.Mutex
+	claimed   map[string]bool // pins of pinDir that are this dataplane's
 
 	steering error // nil when ntuple steering works on the uplink
 
@@ -165,25 +167,42 @@ func Open(cfg Config) (_ *Dataplane, err error) {
 	if d.queues > MaxQueues {
 		d.log.Warn("uplink has more RX queues than xdp-hostd can dedicate; only the first ones can be given to VMs", "rx_queues", d.queues, "max", MaxQueues)
 	}
-	if err := d.checkExisting(attrs); err != nil {
-		return nil, err
-	}
-
 	if err := hostbpf.LoadDispatchObjects(&d.dispatch, nil); err != nil {
 		return nil, fmt.Errorf("load dispatch program: %w", err)
 	}
 	if err := hostbpf.LoadVmtxObjects(&d.vmtx, nil); err != nil {
 		return nil, fmt.Errorf("load VM transmit program: %w", err)
 	}
-	if d.link, d.mode, err = d.attach(d.dispatch.Dispatch, d.index, cfg.Uplink, mode); err != nil {
-		return nil, err
-	}
-	if err := d.attachFlood(); err != nil {
-		return nil, err
+	if err := hostbpf.LoadFloodObjects(&d.flood, nil); err != nil {
+		return nil, fmt.Errorf("load flood program: %w", err)
 	}
 	if cfg.PinDir != "" {
-		if err := d.pin(cfg.PinDir); err != nil {
+		if err := d.preparePins(cfg.PinDir); err != nil {
 			return nil, err
+		}
+	}
+	if d.adopted {
+		// The pinned dispatcher keeps running until Activate swaps the
+		// rebuilt one in; its mode stays what it was.
+		if attrs.Xdp != nil && attrs.Xdp.AttachMode == xdpAttachedSKB {
+			d.mode = AttachGeneric
+		} else {
+			d.mode = AttachNative
+		}
+	} else {
+		if err := d.checkExisting(attrs); err != nil {
+			return nil, err
+		}
+		if d.link, d.mode, err = d.attach(d.dispatch.Dispatch, d.index, cfg.Uplink, mode); err != nil {
+			return nil, err
+		}
+		if err := d.attachFloodLink(); err != nil {
+			return nil, err
+		}
+		if d.pinDir != "" {
+			if err := d.pinNew(); err != nil {
+				return nil, err
+			}
 		}
 	}
 	d.log.Info("dataplane attached", "ifindex", d.index, "rx_queues", d.queues, "xdp_mode", d.mode.String(), "xdp_features", d.inv.XDP.String(), "pins", d.pinDir)
@@ -220,6 +239,8 @@ func (d *Dataplane) checkExisting(attrs *netlink.LinkAttrs) error {
 }
 
 const (
+	xdpAttachedSKB = 2 // XDP_ATTACHED_SKB (IFLA_XDP_ATTACHED)
+
 	xdpFlagsSKB = 1 << 1 // XDP_FLAGS_SKB_MODE
 	xdpFlagsDrv = 1 << 2 // XDP_FLAGS_DRV_MODE
 )
@@ -257,55 +278,15 @@ func (d *Dataplane) attach(prog *ebpf.Program, ifindex int, ifname string, mode 
 	}
 }
 
-// pin pins the link and the root maps under dir/<uplink>, atomically: into
-// a temporary directory first, renamed into place when complete.
-func (d *Dataplane) pin(dir string) (err error) {
-	if _, err := EnsureBPFFS(dir); err != nil {
-		return err
-	}
-	// bpffs refuses names with dots (VLAN devices have them).
-	name := strings.ReplaceAll(d.cfg.Uplink, ".", "_")
-	final := filepath.Join(dir, name)
-	if _, err := os.Stat(final); err == nil {
-		return fmt.Errorf("%w: pins for uplink %s already exist at %s (another xdp-hostd runs, or one did not clean up: remove the directory)", ErrBusy, d.cfg.Uplink, final)
-	}
-	tmp, err := os.MkdirTemp(dir, "tmp-"+name+"-")
-	if err != nil {
-		return fmt.Errorf("create pin directory in %s: %w", dir, err)
-	}
-	defer func() {
-		if err != nil {
-			os.RemoveAll(tmp)
-		}
-	}()
-	pins := []struct {
-		name string
-		pin  func(string) error
-	}{
-		{"link", d.link.Pin},
-		{"queue_slot", d.dispatch.QueueSlot.Pin},
-		{"mac_slot", d.dispatch.MacSlot.Pin},
-		{"mac_cache", d.dispatch.MacCache.Pin},
-		{"vm_progs", d.dispatch.VmProgs.Pin},
-		{"dispatch_stats", d.dispatch.DispatchStats.Pin},
-	}
-	for _, p := range pins {
-		if err := p.pin(filepath.Join(tmp, p.name)); err != nil {
-			return fmt.Errorf("pin %s in %s: %w", p.name, tmp, err)
-		}
-	}
-	if err := os.Rename(tmp, final); err != nil {
-		return fmt.Errorf("move pins into place at %s: %w", final, err)
-	}
-	d.pinDir = final
-	return nil
-}
-
+// unpin removes the uplink's pins; with them go the links (once closed).
 func (d *Dataplane) unpin() error {
-	if d.pinDir == "" {
+	if d.pinDir == "" || d.adopted {
 		return nil
 	}
-	err := os.RemoveAll(d.pinDir)
+	err := d.clearPins()
+	if rerr := os.Remove(d.pinDir); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		err = errors.Join(err, rerr)
+	}
 	d.pinDir = ""
 	return err
 }
@@ -391,7 +372,14 @@ func (d *Dataplane) Stats() (DispatchStats, error) {
 
 // Close removes every VM and detaches the root program. It always does all
 // of it and reports what failed.
+//
+// A dataplane that adopted pinned objects and was not activated yet (its
+// start failed) leaves the pinned one running, as Release does.
 func (d *Dataplane) Close() error {
+	if d.adopted {
+		d.log.Warn("start failed while adopting the pinned dataplane: leaving it running")
+		return d.Release()
+	}
 	d.mu.Lock()
 	var errs []error
 	for _, vm := range d.vms {
@@ -403,9 +391,49 @@ func (d *Dataplane) Close() error {
 	return errors.Join(errs...)
 }
 
+// Release lets go of the dataplane and leaves it running on its pins: the
+// dispatcher, the VM programs and the taps' transmit programs keep
+// forwarding with no process holding them, until a daemon adopts them
+// (Open with the same PinDir) or removes the pins ('xdp-hostd down'). Taps
+// this process created go with it (a tap lives while its queues are open;
+// QEMU's and libvirt's taps are adopted, not created). Without pins it is
+// Close.
+func (d *Dataplane) Release() error {
+	if d.pinDir == "" {
+		return d.Close()
+	}
+	d.mu.Lock()
+	var errs []error
+	for _, vm := range d.vms {
+		if vm.tap != nil {
+			errs = append(errs, vm.tap.Close())
+		}
+		if vm.tapLink != nil {
+			errs = append(errs, vm.tapLink.Close())
+		}
+		if vm.prog != nil {
+			errs = append(errs, vm.prog.Close())
+		}
+		if vm.maps != nil {
+			errs = append(errs, vm.maps.Close())
+		}
+	}
+	d.vms = map[string]*VM{}
+	d.slots = [MaxVMs]*VM{}
+	d.mu.Unlock()
+	d.pinDir = "" // keep the pins
+	errs = append(errs, d.closeAll())
+	d.log.Info("dataplane released: it keeps forwarding on its pins")
+	return errors.Join(errs...)
+}
+
 func (d *Dataplane) closeAll() error {
 	var errs []error
 	errs = append(errs, d.unpin())
+	if d.pinLock != nil {
+		d.pinLock.Close()
+		d.pinLock = nil
+	}
 	if d.link != nil {
 		errs = append(errs, d.link.Close())
 		d.link = nil
@@ -490,13 +518,10 @@ func (d *Dataplane) uncacheMAC(mac net.HardwareAddr) error {
 	return nil
 }
 
-// attachFlood attaches the flood program (bpf/flood.c) to the uplink's tc
-// ingress: broadcast and multicast frames on shared queues reach every tap
-// VM. Without tcx (Linux < 6.6) it logs that and goes on.
-func (d *Dataplane) attachFlood() error {
-	if err := hostbpf.LoadFloodObjects(&d.flood, nil); err != nil {
-		return fmt.Errorf("load flood program: %w", err)
-	}
+// attachFloodLink attaches the flood program (bpf/flood.c) to the uplink's
+// tc ingress: broadcast and multicast frames on shared queues reach every
+// tap VM. Without tcx (Linux < 6.6) it logs that and goes on.
+func (d *Dataplane) attachFloodLink() error {
 	err := d.ns.Do(func() (err error) {
 		d.floodLink, err = link.AttachTCX(link.TCXOptions{Interface: d.index, Program: d.flood.Flood, Attach: ebpf.AttachTCXIngress})
 		return err

@@ -243,10 +243,14 @@ func (vm *VM) setupTap(spec VMSpec) (err error) {
 	if err := d.vmtx.TapCfg.Put(uint32(tapIndex), cfg); err != nil {
 		return fmt.Errorf("register tap %s: %w", spec.Tap, err)
 	}
+	if l, ok := d.adoptTxLink(tapIndex, d.vmtx.VmTx); ok {
+		vm.tapLink = l
+		return nil
+	}
 	if vm.tapLink, _, err = d.attach(d.vmtx.VmTx, tapIndex, spec.Tap, AttachAuto); err != nil {
 		return err
 	}
-	return nil
+	return d.pinTxLink(tapIndex, vm.tapLink)
 }
 
 // SetSocket makes the AF_XDP socket fd the VM's delivery target for RX
@@ -359,6 +363,7 @@ func (vm *VM) teardown() error {
 		ignoreMissing(d.dispatch.VmProgs.Delete(uint32(vm.slot)))
 	}
 	if vm.prog != nil {
+		d.unpinGuestArrays(vm.prog.KernelID)
 		errs = append(errs, vm.prog.Close())
 		vm.prog = nil
 	}
@@ -367,6 +372,7 @@ func (vm *VM) teardown() error {
 		ignoreMissing(d.vmtx.TapUplink.Delete(uint32(vm.tap.Index())))
 	}
 	if vm.tapLink != nil {
+		d.unpinTxLink(vm.tap.Index(), vm.tapLink)
 		errs = append(errs, vm.tapLink.Close())
 		vm.tapLink = nil
 	}
@@ -397,13 +403,19 @@ func (vm *VM) install(obj *guestprog.Object, what string) error {
 	if err != nil {
 		return err
 	}
+	if err := vm.d.pinGuestArrays(prog.KernelID, prog.ProgArrays()); err != nil {
+		prog.Close()
+		return err
+	}
 	if err := vm.d.dispatch.VmProgs.Put(uint32(vm.slot), prog.Entry); err != nil {
+		vm.d.unpinGuestArrays(prog.KernelID)
 		prog.Close()
 		return fmt.Errorf("put program into slot %d: %w", vm.slot, err)
 	}
 	old := vm.prog
 	vm.prog, vm.progSet = prog, time.Now()
 	if old != nil {
+		vm.d.unpinGuestArrays(old.KernelID)
 		old.Close()
 	}
 	vm.d.audit("prog_install", "vm", vm.name, "slot", vm.slot, "program", what, "entry", obj.Entry, "kernel_id", prog.KernelID)
