@@ -321,7 +321,7 @@ func addVMRoutes(mux *http.ServeMux, d *Daemon, p string) {
 			writeErr(w, err)
 			return
 		}
-		if err := vm.AddPort(req.Port, req.Ifname); err != nil {
+		if _, err := d.AddPort(vm.Name(), req.Port, req.Ifname); err != nil {
 			writeErr(w, err)
 			return
 		}
@@ -338,7 +338,7 @@ func addVMRoutes(mux *http.ServeMux, d *Daemon, p string) {
 			writeErr(w, fmt.Errorf("%w: port %q is not a number", errBadRequest, r.PathValue("port")))
 			return
 		}
-		if err := vm.RemovePort(uint32(n)); err != nil {
+		if err := d.RemovePort(vm.Name(), uint32(n)); err != nil {
 			writeErr(w, err)
 			return
 		}

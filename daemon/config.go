@@ -22,8 +22,14 @@ type Config struct {
 	// PinDir is a directory on a BPF filesystem where each uplink's link
 	// and maps are pinned (in a subdirectory named after the uplink).
 	// Empty: no pins. The BPF filesystem is mounted if missing.
-	PinDir  string         `json:"pin_dir,omitempty"`
-	Uplinks []UplinkConfig `json:"uplinks"`
+	PinDir string `json:"pin_dir,omitempty"`
+	// StateDir is where the daemon keeps its state (VMs, ports, programs
+	// and their objects, the program ID counter), so that a restart brings
+	// them back. Empty: nothing survives the daemon. With PinDir as well,
+	// stopping the daemon leaves the dataplane forwarding on its pins; the
+	// next start adopts it ('xdp-hostd down' removes it).
+	StateDir string         `json:"state_dir,omitempty"`
+	Uplinks  []UplinkConfig `json:"uplinks"`
 }
 
 // UplinkConfig is one uplink and the VMs behind it.

@@ -57,6 +57,13 @@ type Registry struct {
 	nextID uint64
 	vms    map[string]*hostnet.VM
 	byVM   map[string]*ProgramRecord
+	parsed map[string]*guestprog.Object // each VM's current guest program, for rollback
+
+	// persist, if set, makes the registry durable: putObject stores an
+	// object before it is installed; save writes the next ID and the
+	// programs after every change (the change is rolled back if it fails).
+	putObject func(obj []byte) (string, error)
+	save      func(next uint64, progs map[string]*StateProgram) error
 }
 
 // NewRegistry makes a registry over the daemon's VMs. IDs start at next.
@@ -64,7 +71,41 @@ func NewRegistry(log *slog.Logger, limits guestprog.Limits, next uint64) *Regist
 	if next == 0 {
 		next = 1
 	}
-	return &Registry{log: log, limits: limits, nextID: next, vms: map[string]*hostnet.VM{}, byVM: map[string]*ProgramRecord{}}
+	return &Registry{log: log, limits: limits, nextID: next, vms: map[string]*hostnet.VM{}, byVM: map[string]*ProgramRecord{}, parsed: map[string]*guestprog.Object{}}
+}
+
+// persistLocked saves the registry's state; the caller holds r.mu.
+func (r *Registry) persistLocked() error {
+	if r.save == nil {
+		return nil
+	}
+	progs := make(map[string]*StateProgram, len(r.byVM))
+	for name, rec := range r.byVM {
+		progs[name] = &StateProgram{ID: rec.ID, SHA256: rec.SHA256, Entry: rec.Entry, Size: rec.Size, LoadedAt: rec.LoadedAt}
+	}
+	return r.save(r.nextID, progs)
+}
+
+// rollbackLocked puts a VM's previous program back after a change that
+// could not be saved; the caller holds r.mu.
+func (r *Registry) rollbackLocked(vm *hostnet.VM, prev *ProgramRecord, prevObj *guestprog.Object) {
+	name := vm.Name()
+	var err error
+	if prev != nil && prevObj != nil {
+		var kid uint32
+		if kid, err = vm.SetProgram(prevObj, "guest"); err == nil {
+			c := *prev
+			c.KernelID = kid
+			r.byVM[name], r.parsed[name] = &c, prevObj
+		}
+	} else {
+		err = vm.ResetProgram()
+		delete(r.byVM, name)
+		delete(r.parsed, name)
+	}
+	if err != nil {
+		r.log.Error("cannot put the previous program back after a failed save", "vm", name, "err", err)
+	}
 }
 
 // AddVM makes a VM known to the registry.
@@ -83,6 +124,39 @@ func (r *Registry) RemoveVM(name string) {
 	}
 	delete(r.vms, name)
 	delete(r.byVM, name)
+	delete(r.parsed, name)
+}
+
+// restore reinstalls a program the state names, with its ID, on a VM the
+// daemon set up again at start.
+func (r *Registry) restore(vmName string, p *StateProgram, obj []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	vm, err := r.vm(vmName)
+	if err != nil {
+		return err
+	}
+	report, parsed, err := r.Verify(obj, p.Entry)
+	if err != nil {
+		return err
+	}
+	if !report.Accepted {
+		return &guestprog.RefusedError{Report: report}
+	}
+	kid, err := vm.SetProgram(parsed, "guest")
+	if err != nil {
+		return err
+	}
+	r.byVM[vmName] = &ProgramRecord{
+		ID: p.ID, SHA256: p.SHA256, KernelID: kid, VM: vmName, Uplink: vm.Uplink(), Queues: vm.Queues(),
+		Entry: parsed.Entry, Size: len(obj), LoadedAt: p.LoadedAt,
+	}
+	r.parsed[vmName] = parsed
+	if p.ID >= r.nextID {
+		r.nextID = p.ID + 1
+	}
+	r.log.Info("audit: prog_restore", "audit", "prog_restore", "vm", vmName, "id", p.ID, "sha256", p.SHA256, "kernel_id", kid)
+	return nil
 }
 
 func (r *Registry) vm(name string) (*hostnet.VM, error) {
@@ -145,7 +219,13 @@ func (r *Registry) Remove(vmName string, expect uint64) error {
 	if err := vm.ResetProgram(); err != nil {
 		return fmt.Errorf("remove program %d from VM %s: %w", expect, vmName, err)
 	}
+	prev, prevObj := r.byVM[vmName], r.parsed[vmName]
 	delete(r.byVM, vmName)
+	delete(r.parsed, vmName)
+	if err := r.persistLocked(); err != nil {
+		r.rollbackLocked(vm, prev, prevObj)
+		return fmt.Errorf("program %d not removed: %w", expect, err)
+	}
 	r.log.Info("audit: prog_remove", "audit", "prog_remove", "vm", vmName, "id", expect)
 	return nil
 }
@@ -176,6 +256,11 @@ func (r *Registry) install(vm *hostnet.VM, replaces uint64, obj []byte, entry st
 		r.log.Info("audit: prog_refused", "audit", "prog_refused", "vm", vm.Name(), "sha256", hex.EncodeToString(sum[:]), "violations", len(report.Violations))
 		return nil, &guestprog.RefusedError{Report: report}
 	}
+	if r.putObject != nil {
+		if _, err := r.putObject(obj); err != nil {
+			return nil, err
+		}
+	}
 	kid, err := vm.SetProgram(parsed, "guest")
 	if err != nil {
 		r.counters.reject("verifier")
@@ -187,8 +272,14 @@ func (r *Registry) install(vm *hostnet.VM, replaces uint64, obj []byte, entry st
 		VM: vm.Name(), Uplink: vm.Uplink(), Queues: vm.Queues(), Entry: parsed.Entry, Size: len(obj),
 		LoadedAt: time.Now().UTC(),
 	}
+	prev, prevObj := r.byVM[vm.Name()], r.parsed[vm.Name()]
 	r.nextID++
-	r.byVM[vm.Name()] = rec
+	r.byVM[vm.Name()], r.parsed[vm.Name()] = rec, parsed
+	if err := r.persistLocked(); err != nil {
+		r.nextID--
+		r.rollbackLocked(vm, prev, prevObj)
+		return nil, fmt.Errorf("program not installed: %w", err)
+	}
 	r.counters.load()
 	event := "prog_load"
 	if replaces != 0 {

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -24,11 +27,88 @@ type Daemon struct {
 	byVM     map[string]*hostnet.VM
 	ports    map[string]*vmport.Port
 	Programs *Registry
+
+	// Durable state (nil store: none). smu guards the rest; it is taken
+	// last (never held while taking mu or the registry's lock).
+	store     *Store
+	keep      bool // on stop, leave the dataplane forwarding on its pins
+	smu       sync.Mutex
+	restoring bool // Start is rebuilding from the state: write nothing yet
+	entries   map[string]*vmEntry
+	stNext    uint64
+	stProgs   map[string]*StateProgram
+}
+
+// vmEntry is how a VM was asked for, as the state records it.
+type vmEntry struct {
+	uplink string
+	origin string // "config" or "api"
+	cfg    VMConfig
+}
+
+// saveProgs is the registry's save: it records the programs and writes.
+func (d *Daemon) saveProgs(next uint64, progs map[string]*StateProgram) error {
+	d.smu.Lock()
+	defer d.smu.Unlock()
+	d.stNext, d.stProgs = next, progs
+	return d.writeLocked()
+}
+
+// saveVMs changes the VM entries with f and writes the state; if the write
+// fails the change is undone.
+func (d *Daemon) saveVMs(f func(map[string]*vmEntry)) error {
+	if d.store == nil {
+		return nil
+	}
+	d.smu.Lock()
+	defer d.smu.Unlock()
+	old := make(map[string]*vmEntry, len(d.entries))
+	for k, v := range d.entries {
+		c := *v
+		c.cfg.Ports = maps.Clone(v.cfg.Ports)
+		old[k] = &c
+	}
+	f(d.entries)
+	if err := d.writeLocked(); err != nil {
+		d.entries = old
+		return err
+	}
+	return nil
+}
+
+func (d *Daemon) snapshotLocked() *State {
+	st := &State{Version: StateVersion, NextID: d.stNext}
+	names := make([]string, 0, len(d.entries))
+	for n := range d.entries {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		e := d.entries[n]
+		sv := StateVM{Uplink: e.uplink, Origin: e.origin, Config: e.cfg}
+		if p := d.stProgs[n]; p != nil {
+			c := *p
+			sv.Program = &c
+		}
+		st.VMs = append(st.VMs, sv)
+	}
+	return st
+}
+
+func (d *Daemon) writeLocked() error {
+	if d.store == nil || d.restoring {
+		return nil
+	}
+	if err := d.store.Save(d.snapshotLocked()); err != nil {
+		d.log.Error("cannot save the daemon's state: the change is undone", "dir", d.store.Dir(), "err", err)
+		return fmt.Errorf("save state in %s: %w", d.store.Dir(), err)
+	}
+	return nil
 }
 
 // addVM sets a VM up on dp: dataplane, program registry, vhost-user port,
-// extra ports. On error nothing of it is left.
-func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig) (_ *hostnet.VM, err error) {
+// extra ports, and records it in the state. On error nothing of it is left.
+func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig, origin string) (_ *hostnet.VM, err error) {
 	if err := vc.validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
@@ -69,6 +149,18 @@ func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig) (_ *hos
 			return nil, fmt.Errorf("ports: %w", err)
 		}
 	}
+	if vm.Tap() != nil {
+		vc.Tap = vm.Tap().Name()
+	}
+	vc.Ports = map[string]string{}
+	for _, p := range ports {
+		vc.Ports[strconv.FormatUint(uint64(p.n), 10)] = p.ifname
+	}
+	if err := d.saveVMs(func(m map[string]*vmEntry) {
+		m[vc.Name] = &vmEntry{uplink: vm.Uplink(), origin: origin, cfg: vc}
+	}); err != nil {
+		return nil, err
+	}
 	d.byVM[vc.Name] = vm
 	d.Programs.AddVM(vm)
 	return vm, nil
@@ -78,7 +170,7 @@ func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig) (_ *hos
 func (d *Daemon) AddVM(uplink string, vc VMConfig) (*hostnet.VM, error) {
 	for _, dp := range d.dps {
 		if name, _, _ := dp.Uplink(); name == uplink {
-			return d.addVM(dp, d.netns[dp], vc)
+			return d.addVM(dp, d.netns[dp], vc, "api")
 		}
 	}
 	return nil, fmt.Errorf("%w: no uplink %q in this daemon (see 'xdp-hostd status')", ErrNoSuchVM, uplink)
@@ -105,22 +197,99 @@ func (d *Daemon) RemoveVM(name string) error {
 		}
 	}
 	delete(d.byVM, name)
+	if err := d.saveVMs(func(m map[string]*vmEntry) { delete(m, name) }); err != nil {
+		errs = append(errs, err)
+	}
+	d.smu.Lock()
+	delete(d.stProgs, name)
+	d.smu.Unlock()
 	return errors.Join(errs...)
 }
 
+// AddPort adds a port to a VM's port table and records it.
+func (d *Daemon) AddPort(vmName string, n uint32, ifname string) (*hostnet.VM, error) {
+	vm, ok := d.VM(vmName)
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrNoSuchVM, vmName)
+	}
+	if err := vm.AddPort(n, ifname); err != nil {
+		return nil, err
+	}
+	err := d.saveVMs(func(m map[string]*vmEntry) {
+		if e := m[vmName]; e != nil {
+			if e.cfg.Ports == nil {
+				e.cfg.Ports = map[string]string{}
+			}
+			e.cfg.Ports[strconv.FormatUint(uint64(n), 10)] = ifname
+		}
+	})
+	if err != nil {
+		vm.RemovePort(n)
+		return nil, fmt.Errorf("port %d not added: %w", n, err)
+	}
+	return vm, nil
+}
+
+// RemovePort removes a port from a VM's port table and records it.
+func (d *Daemon) RemovePort(vmName string, n uint32) error {
+	vm, ok := d.VM(vmName)
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrNoSuchVM, vmName)
+	}
+	var ifname string
+	for _, p := range vm.Ports() {
+		if p.Number == n {
+			ifname = p.Ifname
+		}
+	}
+	if err := vm.RemovePort(n); err != nil {
+		return err
+	}
+	err := d.saveVMs(func(m map[string]*vmEntry) {
+		if e := m[vmName]; e != nil {
+			delete(e.cfg.Ports, strconv.FormatUint(uint64(n), 10))
+		}
+	})
+	if err != nil {
+		if aerr := vm.AddPort(n, ifname); aerr != nil {
+			d.log.Error("cannot put a port back after a failed save", "vm", vmName, "port", n, "err", aerr)
+		}
+		return fmt.Errorf("port %d not removed: %w", n, err)
+	}
+	return nil
+}
+
 // Start takes over every uplink of the configuration and sets up its VMs and
-// ports. On error, everything it did is undone before it returns.
+// ports. With a state directory, it restores the VMs, ports and programs
+// the state holds (and adopts a dataplane left running on its pins, which
+// keeps forwarding until the rebuilt one replaces it). On error, everything
+// it did is undone before it returns (an adopted dataplane keeps running).
 func Start(cfg *Config, log *slog.Logger) (_ *Daemon, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
 	d := &Daemon{log: log, byVM: map[string]*hostnet.VM{}, ports: map[string]*vmport.Port{},
-		netns: map[*hostnet.Dataplane]string{}, Programs: NewRegistry(log, guestprog.Limits{}, 1)}
+		netns: map[*hostnet.Dataplane]string{}, Programs: NewRegistry(log, guestprog.Limits{}, 1),
+		entries: map[string]*vmEntry{}, stProgs: map[string]*StateProgram{}}
 	defer func() {
 		if err != nil {
 			d.Close()
 		}
 	}()
+	st := &State{NextID: 1}
+	if cfg.StateDir != "" {
+		if d.store, err = OpenStore(cfg.StateDir); err != nil {
+			return nil, err
+		}
+		if st, err = d.store.Load(); err != nil {
+			return nil, err
+		}
+		d.keep = cfg.PinDir != ""
+		d.Programs = NewRegistry(log, guestprog.Limits{}, st.NextID)
+		d.stNext = st.NextID
+		// Restoring writes nothing until the whole state is back.
+		d.restoring = true
+	}
 	for i, u := range cfg.Uplinks {
 		mode := hostnet.AttachAuto
 		if u.XDPMode != "" {
@@ -132,13 +301,84 @@ func Start(cfg *Config, log *slog.Logger) (_ *Daemon, err error) {
 		}
 		d.dps = append(d.dps, dp)
 		d.netns[dp] = u.NetNS
-		for j, vc := range u.VMs {
-			if _, err := d.addVM(dp, u.NetNS, vc); err != nil {
-				return nil, fmt.Errorf("uplinks[%d].vms[%d]: %w", i, j, err)
+		if err := d.restoreUplink(dp, i, u, st); err != nil {
+			return nil, err
+		}
+		if err := dp.Activate(); err != nil {
+			return nil, fmt.Errorf("uplinks[%d] (%s): %w", i, u.Name, err)
+		}
+	}
+	if d.store != nil {
+		d.smu.Lock()
+		d.restoring = false
+		d.smu.Unlock()
+		d.Programs.mu.Lock()
+		d.Programs.putObject = d.store.PutObject
+		d.Programs.save = d.saveProgs
+		err := d.Programs.persistLocked()
+		d.Programs.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		d.smu.Lock()
+		d.store.PruneObjects(d.snapshotLocked())
+		d.smu.Unlock()
+		for _, sv := range st.VMs {
+			if !slices.ContainsFunc(cfg.Uplinks, func(u UplinkConfig) bool { return u.Name == sv.Uplink }) {
+				d.log.Warn("dropping a VM whose uplink is no longer in the configuration", "audit", "vm_drop", "vm", sv.Config.Name, "uplink", sv.Uplink)
 			}
 		}
 	}
 	return d, nil
+}
+
+// restoreUplink sets up an uplink's VMs: those of the configuration (with
+// the ports the state recorded for them, if any) and those added through
+// the API that the state holds, then their programs.
+func (d *Daemon) restoreUplink(dp *hostnet.Dataplane, i int, u UplinkConfig, st *State) error {
+	type want struct {
+		vc     VMConfig
+		origin string
+		prog   *StateProgram
+		at     string
+	}
+	var wants []want
+	for j, vc := range u.VMs {
+		w := want{vc: vc, origin: "config", at: fmt.Sprintf("uplinks[%d].vms[%d]", i, j)}
+		if sv := st.vm(vc.Name); sv != nil && sv.Uplink == u.Name {
+			w.vc.Ports, w.prog = sv.Config.Ports, sv.Program
+			if vc.Tap == "" && sv.Config.Tap != "" && vc.Delivery != "vhost-user" {
+				w.vc.Tap = sv.Config.Tap
+			}
+		}
+		wants = append(wants, w)
+	}
+	for _, sv := range st.VMs {
+		if sv.Uplink != u.Name || sv.Origin != "api" || slices.ContainsFunc(u.VMs, func(vc VMConfig) bool { return vc.Name == sv.Config.Name }) {
+			continue
+		}
+		wants = append(wants, want{vc: sv.Config, origin: "api", prog: sv.Program})
+	}
+	for _, w := range wants {
+		if _, err := d.addVM(dp, u.NetNS, w.vc, w.origin); err != nil {
+			if w.origin == "config" {
+				return fmt.Errorf("%s: %w", w.at, err)
+			}
+			d.log.Error("cannot restore a VM from the state: dropping it", "audit", "vm_drop", "vm", w.vc.Name, "uplink", u.Name, "err", err)
+			continue
+		}
+		if w.prog == nil {
+			continue
+		}
+		obj, err := d.store.Object(w.prog.SHA256)
+		if err == nil {
+			err = d.Programs.restore(w.vc.Name, w.prog, obj)
+		}
+		if err != nil {
+			d.log.Error("cannot restore a VM's program from the state: it runs the built-in one", "audit", "prog_drop", "vm", w.vc.Name, "id", w.prog.ID, "err", err)
+		}
+	}
+	return nil
 }
 
 // Dataplanes are the running uplinks.
@@ -154,9 +394,14 @@ func (d *Daemon) Close() error {
 	d.ports = map[string]*vmport.Port{}
 	d.mu.Unlock()
 	for i := len(d.dps) - 1; i >= 0; i-- {
-		errs = append(errs, d.dps[i].Close())
+		if d.keep {
+			errs = append(errs, d.dps[i].Release())
+		} else {
+			errs = append(errs, d.dps[i].Close())
+		}
 	}
 	d.dps = nil
+	errs = append(errs, d.store.Close())
 	return errors.Join(errs...)
 }
 

@@ -5,16 +5,21 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"net"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/xdp-hostd/xdp-hostd/daemon"
 )
 
-// runDown removes what a daemon that did not stop cleanly (SIGKILL, a
-// crash) left behind: the pins of the configuration's uplinks (unpinning the
-// link detaches the dispatcher, and with it every VM program it held) and
-// the API socket. A daemon that stops normally removes them itself.
+// runDown removes everything a daemon made that outlives it: the pins of the
+// configuration's uplinks (unpinning the link detaches the dispatcher, and
+// with it every VM program it held and the taps' transmit programs), the
+// VMs, ports and programs of its state (the program ID counter stays, so
+// IDs are never reused), and stale sockets (API, vhost-user). A daemon that
+// runs with state_dir and pin_dir leaves its dataplane forwarding when it
+// stops; one without them removes everything itself.
 func runDown(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "down", "down --config FILE [--socket PATH]")
 	path := fs.String("config", "", "the configuration the daemon ran with")
@@ -38,11 +43,47 @@ func runDown(ctx context.Context, e *env, args []string) error {
 		}
 		fmt.Fprintf(e.stdout, "removed stale API socket %s\n", *socket)
 	}
+	var errs []error
+	sockets := map[string]bool{}
+	for _, u := range cfg.Uplinks {
+		for _, vm := range u.VMs {
+			if vm.VhostUserSocket != "" {
+				sockets[vm.VhostUserSocket] = true
+			}
+		}
+	}
+	if cfg.StateDir != "" {
+		store, err := daemon.OpenStore(cfg.StateDir)
+		if err != nil {
+			return err
+		}
+		st, err := store.Load()
+		if err == nil {
+			for _, vm := range st.VMs {
+				if vm.Config.VhostUserSocket != "" {
+					sockets[vm.Config.VhostUserSocket] = true
+				}
+			}
+			cleared := &daemon.State{NextID: st.NextID}
+			if err = store.Save(cleared); err == nil {
+				store.PruneObjects(cleared)
+				fmt.Fprintf(e.stdout, "cleared state in %s (%d VMs; program IDs go on from %d)\n", cfg.StateDir, len(st.VMs), st.NextID)
+			}
+		}
+		store.Close()
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for s := range sockets {
+		if removeStaleSocket(s) {
+			fmt.Fprintf(e.stdout, "removed stale vhost-user socket %s\n", s)
+		}
+	}
 	if cfg.PinDir == "" {
 		fmt.Fprintln(e.stdout, "the configuration pins nothing (no pin_dir)")
-		return nil
+		return errors.Join(errs...)
 	}
-	var errs []error
 	for _, u := range cfg.Uplinks {
 		dir := filepath.Join(cfg.PinDir, strings.ReplaceAll(u.Name, ".", "_"))
 		if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
@@ -55,4 +96,17 @@ func runDown(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stdout, "removed pins %s (the dispatcher on %s is detached)\n", dir, u.Name)
 	}
 	return errors.Join(errs...)
+}
+
+// removeStaleSocket removes a unix socket nobody listens on.
+func removeStaleSocket(path string) bool {
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return false
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return false
+	}
+	return os.Remove(path) == nil
 }
