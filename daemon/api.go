@@ -46,8 +46,10 @@ type UplinkStatus struct {
 
 // VMStatus is one VM in Status.
 type VMStatus struct {
-	Name     string `json:"name"`
-	Uplink   string `json:"uplink"`
+	Name   string `json:"name"`
+	Uplink string `json:"uplink"`
+	// Slot is the VM's index in the dispatcher's maps (vm_progs).
+	Slot     int    `json:"slot"`
 	MAC      string `json:"mac"`
 	Queues   []int  `json:"queues"`
 	Delivery string `json:"delivery"`
@@ -219,7 +221,7 @@ func newHandler(d *Daemon) http.Handler {
 }
 
 func (d *Daemon) vmStatus(vm *hostnet.VM) VMStatus {
-	vs := VMStatus{Name: vm.Name(), Uplink: vm.Uplink(), MAC: vm.MAC().String(), Queues: vm.Queues(), Delivery: "tap", Ports: vm.Ports()}
+	vs := VMStatus{Name: vm.Name(), Uplink: vm.Uplink(), Slot: vm.Slot(), MAC: vm.MAC().String(), Queues: vm.Queues(), Delivery: "tap", Ports: vm.Ports()}
 	if vm.Delivery() == guestprog.DeliverXSK {
 		vs.Delivery = "vhost-user"
 		d.mu.Lock()
