@@ -55,11 +55,13 @@ type VMStatus struct {
 	Delivery string `json:"delivery"`
 	Tap      string `json:"tap,omitempty"`
 	// VhostUserSocket is where the VM's vhost-user device is served.
-	VhostUserSocket string           `json:"vhost_user_socket,omitempty"`
-	Program         uint64           `json:"program_id"` // 0: the built-in program
-	Ports           []hostnet.Port   `json:"ports"`
-	Verdicts        hostnet.Verdicts `json:"verdicts"`
-	TX              hostnet.TXStats  `json:"tx"`
+	VhostUserSocket string `json:"vhost_user_socket,omitempty"`
+	// AgentSocket is where the VM's guest agent channel is served.
+	AgentSocket string           `json:"agent_socket,omitempty"`
+	Program     uint64           `json:"program_id"` // 0: the built-in program
+	Ports       []hostnet.Port   `json:"ports"`
+	Verdicts    hostnet.Verdicts `json:"verdicts"`
+	TX          hostnet.TXStats  `json:"tx"`
 }
 
 // API serves the daemon's local API on a unix socket.
@@ -139,20 +141,10 @@ func newHandler(d *Daemon) http.Handler {
 	mux.HandleFunc("GET "+p+"/caps", func(w http.ResponseWriter, r *http.Request) {
 		c := guestprog.Caps(d.Programs.limits)
 		if name := r.URL.Query().Get("vm"); name != "" {
-			vm, ok := d.VM(name)
-			if !ok {
-				writeErr(w, fmt.Errorf("%w: %q", ErrNoSuchVM, name))
+			var err error
+			if c, err = d.vmCaps(name); err != nil {
+				writeErr(w, err)
 				return
-			}
-			c.VM = name
-			c.DeliveryModes = []string{"copy"}
-			for _, port := range vm.Ports() {
-				c.Ports = append(c.Ports, port.Number)
-			}
-			for _, dp := range d.Dataplanes() {
-				if up, _, _ := dp.Uplink(); up == vm.Uplink() {
-					c.UplinkFeatures = dp.Inventory().XDP
-				}
 			}
 		}
 		writeJSON(w, http.StatusOK, c)
@@ -233,12 +225,37 @@ func (d *Daemon) vmStatus(vm *hostnet.VM) VMStatus {
 	if vm.Tap() != nil {
 		vs.Tap = vm.Tap().Name()
 	}
+	d.mu.Lock()
+	if a := d.agents[vm.Name()]; a != nil {
+		vs.AgentSocket = a.path
+	}
+	d.mu.Unlock()
 	vs.Program, _ = d.Programs.Current(vm.Name())
 	vs.Verdicts, _ = vm.Verdicts()
 	if vm.Tap() != nil {
 		vs.TX, _ = vm.TXStats()
 	}
 	return vs
+}
+
+// vmCaps is what a VM's program may use, with the VM's own details.
+func (d *Daemon) vmCaps(name string) (guestprog.Capabilities, error) {
+	c := guestprog.Caps(d.Programs.limits)
+	vm, ok := d.VM(name)
+	if !ok {
+		return c, fmt.Errorf("%w: %q", ErrNoSuchVM, name)
+	}
+	c.VM = name
+	c.DeliveryModes = []string{"copy"}
+	for _, port := range vm.Ports() {
+		c.Ports = append(c.Ports, port.Number)
+	}
+	for _, dp := range d.Dataplanes() {
+		if up, _, _ := dp.Uplink(); up == vm.Uplink() {
+			c.UplinkFeatures = dp.Inventory().XDP
+		}
+	}
+	return c, nil
 }
 
 // AddVMRequest is the body of POST /v1/vms.

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
@@ -59,6 +60,14 @@ type VMConfig struct {
 	// (QEMU: -chardev socket,id=c0,path=SOCKET -netdev
 	// vhost-user,id=n0,chardev=c0,queues=N). One queue pair per dedicated queue.
 	VhostUserSocket string `json:"vhost_user_socket,omitempty"`
+	// AgentSocket, if set, is where the daemon serves the VM's guest agent
+	// channel: QEMU connects a virtio-serial port named
+	// org.xdp-hostd.agent.0 to it (-chardev
+	// socket,id=xha,path=SOCKET,reconnect=1 -device
+	// virtserialport,chardev=xha,name=org.xdp-hostd.agent.0; see
+	// 'xdp-hostd qemu-args'). The agent in the VM then manages that VM's
+	// program, and only that VM's.
+	AgentSocket string `json:"agent_socket,omitempty"`
 	// BusyPollMicros, for vhost-user VMs: spin this long for more frames
 	// before sleeping (lower latency, a CPU burnt). 0: event-driven only.
 	BusyPollMicros int `json:"busy_poll_us,omitempty"`
@@ -166,6 +175,9 @@ func (vm *VMConfig) validate() error {
 	}
 	if _, err := vm.ports(); err != nil {
 		return fmt.Errorf("ports: %w", err)
+	}
+	if vm.AgentSocket != "" && !filepath.IsAbs(vm.AgentSocket) {
+		return fmt.Errorf("agent_socket: %q: give an absolute path (such as /run/xdp-hostd/%s.agent.sock)", vm.AgentSocket, vm.Name)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -23,9 +24,10 @@ type Daemon struct {
 	log      *slog.Logger
 	dps      []*hostnet.Dataplane
 	netns    map[*hostnet.Dataplane]string
-	mu       sync.Mutex // byVM, ports
+	mu       sync.Mutex // byVM, ports, agents
 	byVM     map[string]*hostnet.VM
 	ports    map[string]*vmport.Port
+	agents   map[string]*agentServer
 	Programs *Registry
 
 	// Durable state (nil store: none). smu guards the rest; it is taken
@@ -128,6 +130,10 @@ func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig, origin 
 				p.Close()
 				delete(d.ports, vc.Name)
 			}
+			if a := d.agents[vc.Name]; a != nil {
+				a.Close()
+				delete(d.agents, vc.Name)
+			}
 			dp.RemoveVM(vc.Name)
 		}
 	}()
@@ -138,6 +144,21 @@ func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig, origin 
 			return nil, err
 		}
 		d.ports[vc.Name] = port
+	}
+	if vc.AgentSocket != "" {
+		for other, a := range d.agents {
+			if filepath.Clean(a.path) == filepath.Clean(vc.AgentSocket) {
+				return nil, fmt.Errorf("%w: agent_socket: %s is VM %s's agent channel; every VM needs its own", ErrConfig, vc.AgentSocket, other)
+			}
+		}
+		if filepath.Clean(vc.AgentSocket) == filepath.Clean(vc.VhostUserSocket) {
+			return nil, fmt.Errorf("%w: agent_socket: the same path as vhost_user_socket; give each its own", ErrConfig)
+		}
+		a, err := d.serveAgent(vc.Name, vc.AgentSocket)
+		if err != nil {
+			return nil, err
+		}
+		d.agents[vc.Name] = a
 	}
 	ports, err := vc.ports()
 	if err != nil {
@@ -189,6 +210,10 @@ func (d *Daemon) RemoveVM(name string) error {
 	if p := d.ports[name]; p != nil {
 		errs = append(errs, p.Close())
 		delete(d.ports, name)
+	}
+	if a := d.agents[name]; a != nil {
+		errs = append(errs, a.Close())
+		delete(d.agents, name)
 	}
 	d.Programs.RemoveVM(name)
 	for _, dp := range d.dps {
@@ -268,7 +293,7 @@ func Start(cfg *Config, log *slog.Logger) (_ *Daemon, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	d := &Daemon{log: log, byVM: map[string]*hostnet.VM{}, ports: map[string]*vmport.Port{},
+	d := &Daemon{log: log, byVM: map[string]*hostnet.VM{}, ports: map[string]*vmport.Port{}, agents: map[string]*agentServer{},
 		netns: map[*hostnet.Dataplane]string{}, Programs: NewRegistry(log, guestprog.Limits{}, 1),
 		entries: map[string]*vmEntry{}, stProgs: map[string]*StateProgram{}}
 	defer func() {
@@ -388,6 +413,10 @@ func (d *Daemon) Dataplanes() []*hostnet.Dataplane { return d.dps }
 func (d *Daemon) Close() error {
 	var errs []error
 	d.mu.Lock()
+	for _, a := range d.agents {
+		errs = append(errs, a.Close())
+	}
+	d.agents = map[string]*agentServer{}
 	for _, p := range d.ports {
 		errs = append(errs, p.Close())
 	}

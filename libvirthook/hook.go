@@ -24,6 +24,17 @@
 //	  <target dev='web1-tap' managed='no'/>
 //	</interface>
 //
+// The guest agent's channel, if the domain has one, is a virtio channel named
+// org.xdp-hostd.agent.0 that QEMU connects to a socket the daemon serves; it
+// goes to the domain's first xdp-hostd interface's VM:
+//
+//	<channel type='unix'>
+//	  <source mode='connect' path='/run/xdp-hostd/web1.agent.sock'>
+//	    <reconnect enabled='yes' timeout='1'/>
+//	  </source>
+//	  <target type='virtio' name='org.xdp-hostd.agent.0'/>
+//	</channel>
+//
 // Domains without the metadata are not xdp-hostd's: the hook exits at once
 // without contacting the daemon.
 package libvirthook
@@ -40,6 +51,7 @@ import (
 
 	"libvirt.org/go/libvirtxml"
 
+	"github.com/xdp-hostd/xdp-hostd/agentproto"
 	"github.com/xdp-hostd/xdp-hostd/daemon"
 )
 
@@ -139,6 +151,20 @@ func Parse(r io.Reader) (string, []VM, error) {
 			return dom.Name, nil, fmt.Errorf("%w: interface %s: xdp-hostd serves type='vhostuser' and type='ethernet' interfaces", ErrDomain, mac)
 		}
 		vms = append(vms, VM{Uplink: m.Uplink, Config: vc})
+	}
+	if dom.Devices != nil {
+		for _, ch := range dom.Devices.Channels {
+			if ch.Target == nil || ch.Target.VirtIO == nil || ch.Target.VirtIO.Name != agentproto.PortName {
+				continue
+			}
+			if ch.Source == nil || ch.Source.UNIX == nil || ch.Source.UNIX.Path == "" {
+				return dom.Name, nil, fmt.Errorf("%w: channel %s: give it type='unix' with a source path (xdp-hostd serves the socket)", ErrDomain, agentproto.PortName)
+			}
+			if ch.Source.UNIX.Mode == "bind" {
+				return dom.Name, nil, fmt.Errorf("%w: channel %s: use <source mode='connect'> (xdp-hostd serves the socket; QEMU connects)", ErrDomain, agentproto.PortName)
+			}
+			vms[0].Config.AgentSocket = ch.Source.UNIX.Path
+		}
 	}
 	return dom.Name, vms, nil
 }

@@ -74,6 +74,32 @@ func TestParse(t *testing.T) {
 		t.Errorf("two interfaces: %+v %v", vms, err)
 	}
 
+	// The guest agent's channel goes to the first VM; QEMU must connect.
+	reconnectSecs := uint(1)
+	agentDom := func(mode string) string {
+		dom := libvirtxml.Domain{Type: "kvm", Name: "app", Metadata: &libvirtxml.DomainMetadata{XML: meta(`<xh:interface mac="52:54:00:00:00:05" uplink="eth1" queues="4"/>`)},
+			Devices: &libvirtxml.DomainDeviceList{
+				Interfaces: []libvirtxml.DomainInterface{vhostUser("52:54:00:00:00:05", "/run/x/app.sock", "client")},
+				Channels: []libvirtxml.DomainChannel{
+					{Source: &libvirtxml.DomainChardevSource{UNIX: &libvirtxml.DomainChardevSourceUNIX{Path: "/run/x/qga.sock", Mode: "bind"}},
+						Target: &libvirtxml.DomainChannelTarget{VirtIO: &libvirtxml.DomainChannelTargetVirtIO{Name: "org.qemu.guest_agent.0"}}},
+					{Source: &libvirtxml.DomainChardevSource{UNIX: &libvirtxml.DomainChardevSourceUNIX{Path: "/run/x/app.agent.sock", Mode: mode,
+						Reconnect: &libvirtxml.DomainChardevSourceReconnect{Enabled: "yes", Timeout: &reconnectSecs}}},
+						Target: &libvirtxml.DomainChannelTarget{VirtIO: &libvirtxml.DomainChannelTargetVirtIO{Name: "org.xdp-hostd.agent.0"}}},
+				}}}
+		s, err := dom.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	if _, vms, err := Parse(strings.NewReader(agentDom("connect"))); err != nil || len(vms) != 1 || vms[0].Config.AgentSocket != "/run/x/app.agent.sock" {
+		t.Errorf("agent channel: %+v %v", vms, err)
+	}
+	if _, _, err := Parse(strings.NewReader(agentDom("bind"))); err == nil || !strings.Contains(err.Error(), "mode='connect'") {
+		t.Errorf("agent channel QEMU would serve: %v", err)
+	}
+
 	// Unrelated domains: nothing to do.
 	for _, doc := range []string{
 		domainXML(t, "other", "", bridge("52:54:00:00:00:04")),

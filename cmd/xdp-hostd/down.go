@@ -47,8 +47,10 @@ func runDown(ctx context.Context, e *env, args []string) error {
 	sockets := map[string]bool{}
 	for _, u := range cfg.Uplinks {
 		for _, vm := range u.VMs {
-			if vm.VhostUserSocket != "" {
-				sockets[vm.VhostUserSocket] = true
+			for _, p := range []string{vm.VhostUserSocket, vm.AgentSocket} {
+				if p != "" {
+					sockets[p] = true
+				}
 			}
 		}
 	}
@@ -60,8 +62,10 @@ func runDown(ctx context.Context, e *env, args []string) error {
 		st, err := store.Load()
 		if err == nil {
 			for _, vm := range st.VMs {
-				if vm.Config.VhostUserSocket != "" {
-					sockets[vm.Config.VhostUserSocket] = true
+				for _, p := range []string{vm.Config.VhostUserSocket, vm.Config.AgentSocket} {
+					if p != "" {
+						sockets[p] = true
+					}
 				}
 			}
 			cleared := &daemon.State{NextID: st.NextID}
@@ -77,7 +81,7 @@ func runDown(ctx context.Context, e *env, args []string) error {
 	}
 	for s := range sockets {
 		if removeStaleSocket(s) {
-			fmt.Fprintf(e.stdout, "removed stale vhost-user socket %s\n", s)
+			fmt.Fprintf(e.stdout, "removed stale socket %s\n", s)
 		}
 	}
 	if cfg.PinDir == "" {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/xdp-hostd/xdp-hostd/agentproto"
 	"github.com/xdp-hostd/xdp-hostd/client"
 	"github.com/xdp-hostd/xdp-hostd/daemon"
 	"github.com/xdp-hostd/xdp-hostd/libvirthook"
@@ -75,6 +76,13 @@ func runQEMUArgs(ctx context.Context, e *env, args []string) error {
 		a = append(a, "-device", dev)
 	default:
 		a = []string{"-netdev", "tap,id=xhnet0,ifname=" + vm.Tap + ",script=no,downscript=no", "-device", "virtio-net-pci,netdev=xhnet0,mac=" + vm.MAC}
+	}
+	if vm.AgentSocket != "" {
+		// The guest agent's channel: QEMU connects, and reconnects when
+		// the daemon restarts.
+		a = append(a, "-device", "virtio-serial-pci,id=xhser0",
+			"-chardev", "socket,id=xhagent,path="+vm.AgentSocket+",reconnect=1",
+			"-device", "virtserialport,bus=xhser0.0,chardev=xhagent,name="+agentproto.PortName)
 	}
 	fmt.Fprintln(e.stdout, strings.Join(a, " "))
 	return nil

@@ -17,7 +17,7 @@ import (
 
 const vmUsage = `usage: xdp-hostd vm COMMAND
   add --uplink IF --name NAME --mac MAC [--queues 1,2] [--delivery tap|vhost-user]
-      [--tap NAME] [--tap-queues N] [--vhost-user-socket PATH]
+      [--tap NAME] [--tap-queues N] [--vhost-user-socket PATH] [--agent-socket PATH]
   rm NAME
   list [--json]
   show [--json] NAME
@@ -52,6 +52,7 @@ func runVM(ctx context.Context, e *env, args []string) error {
 		fs.StringVar(&vc.Tap, "tap", "", "the VM's tap (adopted if it exists)")
 		fs.IntVar(&vc.TapQueues, "tap-queues", 0, "queues of a tap the daemon creates")
 		fs.StringVar(&vc.VhostUserSocket, "vhost-user-socket", "", "where to serve the VM's vhost-user device")
+		fs.StringVar(&vc.AgentSocket, "agent-socket", "", "where to serve the VM's guest agent channel (QEMU's virtio-serial chardev)")
 	}
 	if err := fs.Parse(args); err != nil {
 		return flagErr(err)

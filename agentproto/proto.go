@@ -1,0 +1,246 @@
+// Package agentproto is the protocol between xdp-hostd and the guest agent,
+// the program in a VM that manages that VM's XDP program. It is the
+// reference for anyone writing an agent of their own.
+//
+// # Channel
+//
+// The agent speaks on a virtio-serial port named PortName
+// (org.xdp-hostd.agent.0; in the guest /dev/virtio-ports/org.xdp-hostd.agent.0
+// or the /dev/vportNpM whose /sys/class/virtio-ports/*/name says so). On the
+// host, QEMU connects that port to a unix socket the daemon serves, one per
+// VM. The daemon knows the VM by the socket; nothing the guest sends names
+// a VM, so a guest can act on its own VM only.
+//
+// # Frames
+//
+// The channel is a byte stream of frames. A frame is a 16-byte header,
+// big-endian, then Length bytes of payload:
+//
+//	offset size field
+//	0      4    magic    0x58484147 ("XHAG")
+//	4      1    version  1
+//	5      1    type     see below
+//	6      2    reserved 0
+//	8      4    seq      request number, echoed in the response
+//	12     4    length   payload bytes, at most MaxPayload (2 MiB)
+//
+// Requests (agent to daemon) are Caps (1), Status (2), Submit (3), Replace
+// (4) and Remove (5); responses (daemon to agent) are OK (0x81) and Error
+// (0x82). Payloads are JSON: SubmitRequest, ReplaceRequest, RemoveRequest
+// (Caps and Status have an empty payload or {}); an OK response carries the
+// result, an Error response an Error. Program objects travel in the JSON as
+// base64 (encoding/json's []byte).
+//
+// One request is outstanding at a time. A frame the daemon cannot read (bad
+// magic, version, reserved bits or type, a length over the limit) gets an
+// Error response with seq 0 and the daemon closes the connection, since the
+// stream cannot be resynchronised; QEMU reconnects the socket, and the
+// agent's next request starts afresh. A well-framed request whose JSON does
+// not decode gets an Error and the connection stays. Submit, Replace and
+// Remove are rate-limited per VM (code "rate_limited").
+package agentproto
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// PortName is the name of the virtio-serial port the agent speaks on.
+const PortName = "org.xdp-hostd.agent.0"
+
+// Magic and Version of the frame header.
+const (
+	Magic   = 0x58484147
+	Version = 1
+)
+
+// HeaderLen is the size of a frame header.
+const HeaderLen = 16
+
+// MaxPayload is the largest payload either side accepts: a program object
+// of up to MaxObject bytes, base64-encoded in JSON.
+const MaxPayload = 2 << 20
+
+// MaxObject is the largest program object an agent may submit.
+const MaxObject = 1 << 20
+
+// Type is a frame's type.
+type Type uint8
+
+// Frame types.
+const (
+	TypeCaps    Type = 1
+	TypeStatus  Type = 2
+	TypeSubmit  Type = 3
+	TypeReplace Type = 4
+	TypeRemove  Type = 5
+	TypeOK      Type = 0x81
+	TypeError   Type = 0x82
+)
+
+func (t Type) String() string {
+	switch t {
+	case TypeCaps:
+		return "caps"
+	case TypeStatus:
+		return "status"
+	case TypeSubmit:
+		return "submit"
+	case TypeReplace:
+		return "replace"
+	case TypeRemove:
+		return "remove"
+	case TypeOK:
+		return "ok"
+	case TypeError:
+		return "error"
+	}
+	return fmt.Sprintf("type(%#x)", uint8(t))
+}
+
+func (t Type) valid() bool {
+	return (t >= TypeCaps && t <= TypeRemove) || t == TypeOK || t == TypeError
+}
+
+// Frame is one message.
+type Frame struct {
+	Type    Type
+	Seq     uint32
+	Payload []byte
+}
+
+// FrameError says why bytes are not a frame. After one, the stream cannot
+// be trusted: the reader closes it.
+type FrameError struct {
+	Reason string
+}
+
+func (e *FrameError) Error() string { return "malformed frame: " + e.Reason }
+
+// Errors a FrameError can match with errors.Is.
+var (
+	ErrBadMagic = errors.New("bad magic")
+	ErrVersion  = errors.New("unsupported version")
+	ErrReserved = errors.New("reserved bits set")
+	ErrType     = errors.New("unknown frame type")
+	ErrTooLarge = errors.New("payload too large")
+)
+
+type frameErr struct {
+	FrameError
+	kind error
+}
+
+func (e *frameErr) Unwrap() []error { return []error{&e.FrameError, e.kind} }
+func (e *frameErr) Error() string   { return e.FrameError.Error() }
+
+func newFrameErr(kind error, format string, a ...any) error {
+	return &frameErr{FrameError{fmt.Sprintf(format, a...)}, kind}
+}
+
+// ReadFrame reads one frame whose payload is at most max bytes (MaxPayload
+// if max <= 0). A length over max is refused before anything is allocated
+// for it. io.EOF means the stream ended between frames.
+func ReadFrame(r io.Reader, max int) (Frame, error) {
+	if max <= 0 {
+		max = MaxPayload
+	}
+	var h [HeaderLen]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return Frame{}, newFrameErr(io.ErrUnexpectedEOF, "the stream ended inside a header")
+		}
+		return Frame{}, err
+	}
+	if m := binary.BigEndian.Uint32(h[0:]); m != Magic {
+		return Frame{}, newFrameErr(ErrBadMagic, "magic %#08x, want %#08x (\"XHAG\")", m, Magic)
+	}
+	if h[4] != Version {
+		return Frame{}, newFrameErr(ErrVersion, "version %d; this side speaks version %d", h[4], Version)
+	}
+	t := Type(h[5])
+	if !t.valid() {
+		return Frame{}, newFrameErr(ErrType, "frame type %#x", h[5])
+	}
+	if res := binary.BigEndian.Uint16(h[6:]); res != 0 {
+		return Frame{}, newFrameErr(ErrReserved, "reserved field %#x, want 0", res)
+	}
+	f := Frame{Type: t, Seq: binary.BigEndian.Uint32(h[8:])}
+	n := binary.BigEndian.Uint32(h[12:])
+	if uint64(n) > uint64(max) {
+		return f, newFrameErr(ErrTooLarge, "payload of %d bytes; the limit is %d", n, max)
+	}
+	f.Payload = make([]byte, n)
+	if _, err := io.ReadFull(r, f.Payload); err != nil {
+		return f, newFrameErr(io.ErrUnexpectedEOF, "the stream ended inside a %d-byte payload: %v", n, err)
+	}
+	return f, nil
+}
+
+// AppendFrame appends f's encoding to b.
+func AppendFrame(b []byte, f Frame) []byte {
+	b = binary.BigEndian.AppendUint32(b, Magic)
+	b = append(b, Version, byte(f.Type), 0, 0)
+	b = binary.BigEndian.AppendUint32(b, f.Seq)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(f.Payload)))
+	return append(b, f.Payload...)
+}
+
+// WriteFrame writes f with one Write.
+func WriteFrame(w io.Writer, f Frame) error {
+	if len(f.Payload) > MaxPayload {
+		return fmt.Errorf("write %s frame: payload of %d bytes; the limit is %d", f.Type, len(f.Payload), MaxPayload)
+	}
+	_, err := w.Write(AppendFrame(make([]byte, 0, HeaderLen+len(f.Payload)), f))
+	return err
+}
+
+// SubmitRequest loads a program on the agent's VM, which must run the
+// built-in one.
+type SubmitRequest struct {
+	// Name is for people (audit logs); it defaults to the file's name.
+	Name string `json:"name,omitempty"`
+	// Entry is the XDP program's function in the object; empty: the only
+	// one.
+	Entry  string `json:"entry,omitempty"`
+	Object []byte `json:"object"`
+}
+
+// ReplaceRequest swaps the VM's program for another if Expect is the ID
+// of the one it runs.
+type ReplaceRequest struct {
+	Expect uint64 `json:"expect"`
+	Name   string `json:"name,omitempty"`
+	Entry  string `json:"entry,omitempty"`
+	Object []byte `json:"object"`
+}
+
+// RemoveRequest puts the built-in program back if Expect is the ID of the
+// one the VM runs.
+type RemoveRequest struct {
+	Expect uint64 `json:"expect"`
+}
+
+// Error codes.
+const (
+	CodeMalformed   = "malformed"    // the request could not be read
+	CodeTooLarge    = "too_large"    // over a size limit
+	CodeUnsupported = "unsupported"  // a frame type or version this side does not serve
+	CodeRefused     = "refused"      // the program breaks the host's policy (Detail lists how)
+	CodeVerifier    = "verifier"     // the kernel's verifier refused it (Detail is its log)
+	CodeConflict    = "conflict"     // Expect is not the current program; nothing changed
+	CodeNotFound    = "not_found"    // no such program
+	CodeRateLimited = "rate_limited" // too many changes: wait and retry
+	CodeInternal    = "internal"     // the daemon failed
+)
+
+// Error is the payload of an Error response.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Detail  string `json:"detail,omitempty"`
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
