@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xdp-hostd/xdp-hostd/agentproto"
 	"github.com/xdp-hostd/xdp-hostd/vmtests/image"
 	"github.com/xdp-hostd/xdp-hostd/vmtests/vmproto"
 )
@@ -54,7 +55,14 @@ type config struct {
 	qemuArgs    []string
 	image       *image.Image
 	accel       string
+	hostdAgent  string
 }
+
+// WithXDPHostdAgent gives the VM xdp-hostd's guest agent channel: a
+// virtio-serial port named org.xdp-hostd.agent.0 that QEMU connects to the
+// daemon's socket at path (reconnecting when the daemon closes it). The
+// image has the agent at /bin/xdp-hostd-agent.
+func WithXDPHostdAgent(path string) Option { return func(c *config) { c.hostdAgent = path } }
 
 // WithName sets the VM's name, the prefix of its console lines (default:
 // the test's name).
@@ -320,6 +328,11 @@ func (vm *VM) qemuArgs(cfg config, img *image.Image, agentSock string) ([]string
 			"-netdev", fmt.Sprintf("vhost-user,id=n%d,chardev=vu%d,queues=%d", i, i, nic.Queues),
 			"-device", dev)
 		vm.NICs = append(vm.NICs, nic)
+	}
+	if cfg.hostdAgent != "" {
+		args = append(args,
+			"-chardev", "socket,id=xhagent,reconnect=1,path="+cfg.hostdAgent,
+			"-device", "virtserialport,bus=vser0.0,chardev=xhagent,name="+agentproto.PortName)
 	}
 	return append(args, cfg.qemuArgs...), nil
 }

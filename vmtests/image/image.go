@@ -119,6 +119,12 @@ func Build(ctx context.Context, cfg Config) (*Image, error) {
 		return nil, err
 	}
 	guestSum := sha256.Sum256(guest)
+	// xdp-hostd's guest agent, as a VM owner would install it.
+	agent, err := buildStatic(ctx, "github.com/xdp-hostd/xdp-hostd/cmd/xdp-hostd-agent")
+	if err != nil {
+		return nil, err
+	}
+	guestSum = sha256.Sum256(append(guestSum[:], agent...))
 
 	kpkg, err := resolve(ctx, cfg.KernelPackage, true)
 	if err != nil {
@@ -181,6 +187,7 @@ func Build(ctx context.Context, cfg Config) (*Image, error) {
 	w.file("bin/busybox", 0o755, busybox)
 	w.symlink("bin/sh", "busybox")
 	w.file("bin/guest", 0o755, guest)
+	w.file("bin/xdp-hostd-agent", 0o755, agent)
 	w.file("etc/hostname", 0o644, []byte("vmtest\n"))
 	for _, m := range mods {
 		b, err := os.ReadFile(m.Path)
@@ -232,6 +239,11 @@ func guestProgram(ctx context.Context, cfg Config) ([]byte, error) {
 	if cfg.GuestBinary != "" {
 		return os.ReadFile(cfg.GuestBinary)
 	}
+	return buildStatic(ctx, "github.com/xdp-hostd/xdp-hostd/vmtests/guest")
+}
+
+// buildStatic builds a static linux/amd64 binary of a package of the module.
+func buildStatic(ctx context.Context, pkg string) ([]byte, error) {
 	if _, err := exec.LookPath("go"); err != nil {
 		return nil, fmt.Errorf("%w: building the guest program needs the go command: %v", ErrUnavailable, err)
 	}
@@ -240,13 +252,13 @@ func guestProgram(ctx context.Context, cfg Config) ([]byte, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
-	out := filepath.Join(tmp, "guest")
+	out := filepath.Join(tmp, "bin")
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w",
-		"-o", out, "github.com/xdp-hostd/xdp-hostd/vmtests/guest")
+		"-o", out, pkg)
 	cmd.Dir = sourceDir()
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("build guest program (in %s): %v\n%s", cmd.Dir, err, b)
+		return nil, fmt.Errorf("build %s (in %s): %v\n%s", pkg, cmd.Dir, err, b)
 	}
 	return os.ReadFile(out)
 }
