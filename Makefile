@@ -46,6 +46,8 @@ fuzz:
 	$(GO) test ./traffic -run '^$$' -fuzz '^FuzzParseMarker$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./vhost -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./vhost -run '^$$' -fuzz '^FuzzPopAvail$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./agentproto -run '^$$' -fuzz '^FuzzServe$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./agentproto -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime $(FUZZTIME)
 
 demo: build
 	./bin/xdp-hostd demo

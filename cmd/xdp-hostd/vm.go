@@ -20,6 +20,9 @@ const vmUsage = `usage: xdp-hostd vm COMMAND
       [--tap NAME] [--tap-queues N] [--vhost-user-socket PATH] [--agent-socket PATH]
   rm NAME
   list [--json]
+  attach --qmp PATH [--id ID] [--json] NAME   hot-plug the VM's vhost-user NIC into its running QEMU
+  detach --qmp PATH [--id ID] [--json] NAME   unplug it
+  check --qmp PATH [--json] NAME              QEMU's status and NICs; fails if none has the VM's MAC
   show [--json] NAME
 all take --socket PATH (default ` + daemon.DefaultSocket + `)`
 
@@ -38,6 +41,10 @@ func runVM(ctx context.Context, e *env, args []string) error {
 		return nil
 	}
 	sub, args := args[0], args[1:]
+	switch sub {
+	case "attach", "detach", "check":
+		return runVMQMP(ctx, e, sub, args)
+	}
 	fs := newFlags(e, "vm "+sub, "vm "+sub+" (see xdp-hostd vm -h)")
 	socket := fs.String("socket", daemon.DefaultSocket, "the daemon's API socket")
 	asJSON := fs.Bool("json", false, "print JSON")

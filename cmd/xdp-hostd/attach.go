@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/xdp-hostd/xdp-hostd/client"
+	"github.com/xdp-hostd/xdp-hostd/daemon"
+	"github.com/xdp-hostd/xdp-hostd/qmp"
+)
+
+// QMPReport is what vm attach, detach and check print with --json.
+type QMPReport struct {
+	VM         string   `json:"vm"`
+	Action     string   `json:"action"`
+	Status     string   `json:"qemu_status"`
+	MAC        string   `json:"registered_mac"`
+	MACMatches bool     `json:"mac_matches"`
+	NICs       []string `json:"nics"`
+	Device     string   `json:"device,omitempty"`
+}
+
+// runVMQMP is vm attach|detach|check: the running QEMU of a registered VM,
+// through its QMP socket.
+func runVMQMP(ctx context.Context, e *env, sub string, args []string) error {
+	fs := newFlags(e, "vm "+sub, "vm "+sub+" --qmp PATH [--id ID] [--json] VM")
+	socket := fs.String("socket", daemon.DefaultSocket, "the daemon's API socket")
+	qmpPath := fs.String("qmp", "", "the VM's QMP socket (QEMU: -qmp unix:PATH,server=on,wait=off)")
+	id := fs.String("id", "xhnet0", "the QEMU device id of the NIC (its chardev is ID-chr, its netdev ID-net)")
+	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait for QEMU")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return flagErr(err)
+	}
+	if fs.NArg() != 1 || *qmpPath == "" {
+		return fmt.Errorf("%w: vm %s needs --qmp PATH and one VM name", errUsage, sub)
+	}
+	name := fs.Arg(0)
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	vm, err := client.New(*socket).VM(ctx, name)
+	if err != nil {
+		return err
+	}
+	mac, err := net.ParseMAC(vm.MAC)
+	if err != nil {
+		return fmt.Errorf("VM %s has MAC %q: %w", name, vm.MAC, err)
+	}
+	if _, err := os.Stat(*qmpPath); err != nil {
+		return fmt.Errorf("QMP socket %s: %w (start QEMU with -qmp unix:%s,server=on,wait=off)", *qmpPath, err, *qmpPath)
+	}
+	q, err := qmp.Dial(*qmpPath, *timeout)
+	if err != nil {
+		return fmt.Errorf("VM %s: %w (is QEMU running, and no other client on its QMP socket?)", name, err)
+	}
+	defer q.Close()
+	rep := QMPReport{VM: name, Action: sub, MAC: vm.MAC}
+	switch sub {
+	case "attach":
+		if vm.Delivery != "vhost-user" {
+			return fmt.Errorf("VM %s is delivered through tap %s, not vhost-user: give QEMU the tap (xdp-hostd qemu-args %s); only vhost-user NICs are hot-plugged", name, vm.Tap, name)
+		}
+		err := q.AttachVhostUser(ctx, qmp.AttachOptions{ID: *id, Socket: vm.VhostUserSocket, MAC: mac, Queues: len(vm.Queues)})
+		if err != nil {
+			return fmt.Errorf("VM %s: hot-plug its vhost-user NIC: %w", name, err)
+		}
+		rep.Device = *id
+	case "detach":
+		if err := q.DetachVhostUser(ctx, *id); err != nil {
+			return fmt.Errorf("VM %s: unplug NIC %s: %w", name, *id, err)
+		}
+		rep.Device = *id
+	}
+	if rep.Status, err = q.Status(ctx); err != nil {
+		return fmt.Errorf("VM %s: QEMU status: %w", name, err)
+	}
+	nics, err := q.NICs(ctx)
+	if err != nil {
+		return fmt.Errorf("VM %s: QEMU's NICs: %w", name, err)
+	}
+	for _, n := range nics {
+		rep.NICs = append(rep.NICs, n.String())
+	}
+	macErr := q.CheckMAC(ctx, mac)
+	rep.MACMatches = macErr == nil
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+	} else {
+		switch sub {
+		case "attach":
+			fmt.Fprintf(e.stdout, "VM %s: vhost-user NIC %s (MAC %s, socket %s) plugged into QEMU\n", name, *id, vm.MAC, vm.VhostUserSocket)
+		case "detach":
+			fmt.Fprintf(e.stdout, "VM %s: NIC %s unplugged from QEMU\n", name, *id)
+		}
+		fmt.Fprintf(e.stdout, "QEMU status: %s\nNICs: %s\n", rep.Status, strings.Join(rep.NICs, "; "))
+	}
+	if macErr != nil && sub != "detach" {
+		return fmt.Errorf("VM %s is registered with MAC %s, but its QEMU has no NIC with it: %w", name, vm.MAC, macErr)
+	}
+	return nil
+}

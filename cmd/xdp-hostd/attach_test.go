@@ -1,0 +1,97 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/xdp-hostd/xdp-hostd/hostnet/testnet"
+	"github.com/xdp-hostd/xdp-hostd/vmtests"
+)
+
+// startQEMUWithQMP starts a QEMU (TCG, no guest) with shared memory and a
+// QMP socket, and an optional virtio-net NIC of its own with mac.
+func startQEMUWithQMP(t *testing.T, mac string) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts QEMU: skipped in -short mode")
+	}
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Skip("needs qemu-system-x86_64: apt-get install qemu-system-x86")
+	}
+	path := filepath.Join(t.TempDir(), "qmp.sock")
+	args := []string{"-nodefaults", "-no-user-config", "-display", "none", "-machine", "pc", "-accel", "tcg", "-m", "128",
+		"-object", "memory-backend-memfd,id=mem,size=128M,share=on", "-numa", "node,memdev=mem",
+		"-qmp", "unix:" + path + ",server=on,wait=off"}
+	if mac != "" {
+		args = append(args, "-netdev", "user,id=other", "-device", "virtio-net-pci,netdev=other,id=other0,mac="+mac)
+	}
+	cmd := exec.Command(qemu, args...)
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(path); err == nil {
+			return path
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("QEMU made no QMP socket:\n%s", out.String())
+		}
+	}
+}
+
+// vm attach, check and detach against a real QEMU with a booted guest: the VM's vhost-user NIC is
+// hot-plugged with the registered MAC and socket, checked, and unplugged; a
+// tap VM is refused; a QEMU whose NIC has another MAC fails the check.
+func TestVMAttachCheckDetach(t *testing.T) {
+	testnet.RequireRoot(t)
+	topo := testnet.Topology(t, 4)
+	vsock := filepath.Join(t.TempDir(), "vm1.sock")
+	s, _ := startDaemon(t, fmt.Sprintf(`{"uplinks": [{"name": %q, "netns": %q, "vms": [
+		{"name": "vm1", "mac": "52:54:00:00:cc:01", "queues": [1], "delivery": "vhost-user", "vhost_user_socket": %q},
+		{"name": "vm2", "mac": "52:54:00:00:cc:02", "queues": [2]}]}]}`, topo.Uplink, topo.HostNS, vsock))
+	// A booted guest: unplugging needs one that answers ACPI hot-unplug.
+	vmtests.SkipWithoutQEMU(t)
+	q := filepath.Join(t.TempDir(), "qmp.sock")
+	vmtests.StartT(t, vmtests.WithName("attach"), vmtests.WithSharedMemory(true), vmtests.WithQEMUArgs("-qmp", "unix:"+q+",server=on,wait=off"))
+
+	code, out, errs := cli(t, "vm", "attach", s, "--qmp", q, "--json", "vm1")
+	var rep QMPReport
+	if code != 0 || json.Unmarshal([]byte(out), &rep) != nil || !rep.MACMatches || len(rep.NICs) != 1 || !strings.Contains(rep.NICs[0], "52:54:00:00:cc:01") {
+		t.Fatalf("attach: exit %d\n%s%s", code, out, errs)
+	}
+	if code, out, errs := cli(t, "vm", "check", s, "--qmp", q, "vm1"); code != 0 || !strings.Contains(out, "QEMU status:") {
+		t.Errorf("check: exit %d\n%s%s", code, out, errs)
+	}
+	if code, _, errs := cli(t, "vm", "attach", s, "--qmp", q, "vm2"); code != 1 || !strings.Contains(errs, "not vhost-user") {
+		t.Errorf("attach a tap VM: exit %d\n%s", code, errs)
+	}
+	if code, out, errs := cli(t, "vm", "detach", s, "--qmp", q, "--json", "vm1"); code != 0 || json.Unmarshal([]byte(out), &rep) != nil || len(rep.NICs) != 0 {
+		t.Errorf("detach: exit %d\n%s%s", code, out, errs)
+	}
+	if code, _, errs := cli(t, "vm", "check", s, "--qmp", q, "vm1"); code != 1 || !strings.Contains(errs, "registered with MAC 52:54:00:00:cc:01") {
+		t.Errorf("check after detach: exit %d\n%s", code, errs)
+	}
+
+	other := startQEMUWithQMP(t, "52:54:00:00:dd:09")
+	if code, _, errs := cli(t, "vm", "check", s, "--qmp", other, "vm1"); code != 1 || !strings.Contains(errs, "52:54:00:00:cc:01") || !strings.Contains(errs, "52:54:00:00:dd:09") {
+		t.Errorf("check with another MAC: exit %d\n%s", code, errs)
+	}
+	if code, _, errs := cli(t, "vm", "check", s, "--qmp", filepath.Join(t.TempDir(), "none"), "vm1"); code != 1 || !strings.Contains(errs, "server=on,wait=off") {
+		t.Errorf("no QMP socket: exit %d\n%s", code, errs)
+	}
+}
