@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	hostbpf "github.com/xdp-hostd/xdp-hostd/bpf"
 	"github.com/xdp-hostd/xdp-hostd/agentproto"
+	hostbpf "github.com/xdp-hostd/xdp-hostd/bpf"
 	"github.com/xdp-hostd/xdp-hostd/hostnet/testnet"
 )
 

@@ -47,6 +47,7 @@ type UplinkStatus struct {
 // VMStatus is one VM in Status.
 type VMStatus struct {
 	Name   string `json:"name"`
+	UUID   string `json:"uuid,omitempty"`
 	Uplink string `json:"uplink"`
 	// Slot is the VM's index in the dispatcher's maps (vm_progs).
 	Slot     int    `json:"slot"`
@@ -230,6 +231,11 @@ func (d *Daemon) vmStatus(vm *hostnet.VM) VMStatus {
 		vs.AgentSocket = a.path
 	}
 	d.mu.Unlock()
+	d.smu.Lock()
+	if e := d.entries[vm.Name()]; e != nil {
+		vs.UUID = e.cfg.UUID
+	}
+	d.smu.Unlock()
 	vs.Program, _ = d.Programs.Current(vm.Name())
 	vs.Verdicts, _ = vm.Verdicts()
 	if vm.Tap() != nil {

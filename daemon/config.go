@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
@@ -49,7 +50,10 @@ type UplinkConfig struct {
 
 // VMConfig is one VM.
 type VMConfig struct {
-	Name   string `json:"name"`
+	Name string `json:"name"`
+	// UUID is the VM's UUID (libvirt's domain UUID), for people and tools
+	// that know VMs by it; optional.
+	UUID   string `json:"uuid,omitempty"`
 	MAC    string `json:"mac"`
 	Queues []int  `json:"queues,omitempty"`
 	// Delivery is "tap" (default: copy into a tap) or "vhost-user" (the
@@ -79,6 +83,8 @@ type VMConfig struct {
 	// interface name. Port 0 is always the uplink.
 	Ports map[string]string `json:"ports,omitempty"`
 }
+
+var uuidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 
 // ErrConfig is wrapped by every configuration error.
 var ErrConfig = errors.New("configuration error")
@@ -175,6 +181,9 @@ func (vm *VMConfig) validate() error {
 	}
 	if _, err := vm.ports(); err != nil {
 		return fmt.Errorf("ports: %w", err)
+	}
+	if vm.UUID != "" && !uuidRE.MatchString(vm.UUID) {
+		return fmt.Errorf("uuid: %q is not a UUID (write it as 4b5a9c1e-0f3d-4c5e-9a7b-1d2e3f405162)", vm.UUID)
 	}
 	if vm.AgentSocket != "" && !filepath.IsAbs(vm.AgentSocket) {
 		return fmt.Errorf("agent_socket: %q: give an absolute path (such as /run/xdp-hostd/%s.agent.sock)", vm.AgentSocket, vm.Name)

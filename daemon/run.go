@@ -59,9 +59,6 @@ func (d *Daemon) saveProgs(next uint64, progs map[string]*StateProgram) error {
 // saveVMs changes the VM entries with f and writes the state; if the write
 // fails the change is undone.
 func (d *Daemon) saveVMs(f func(map[string]*vmEntry)) error {
-	if d.store == nil {
-		return nil
-	}
 	d.smu.Lock()
 	defer d.smu.Unlock()
 	old := make(map[string]*vmEntry, len(d.entries))

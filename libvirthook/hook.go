@@ -115,7 +115,7 @@ func Parse(r io.Reader) (string, []VM, error) {
 		if m.Uplink == "" {
 			return dom.Name, nil, fmt.Errorf("%w: xdp-hostd interface %s: uplink= is required", ErrDomain, mac)
 		}
-		vc := daemon.VMConfig{Name: dom.Name, MAC: mac.String()}
+		vc := daemon.VMConfig{Name: dom.Name, UUID: dom.UUID, MAC: mac.String()}
 		if len(md.Interfaces) > 1 {
 			vc.Name = fmt.Sprintf("%s-%d", dom.Name, i)
 		}

@@ -77,7 +77,7 @@ func TestParse(t *testing.T) {
 	// The guest agent's channel goes to the first VM; QEMU must connect.
 	reconnectSecs := uint(1)
 	agentDom := func(mode string) string {
-		dom := libvirtxml.Domain{Type: "kvm", Name: "app", Metadata: &libvirtxml.DomainMetadata{XML: meta(`<xh:interface mac="52:54:00:00:00:05" uplink="eth1" queues="4"/>`)},
+		dom := libvirtxml.Domain{Type: "kvm", Name: "app", UUID: "4b5a9c1e-0f3d-4c5e-9a7b-1d2e3f405162", Metadata: &libvirtxml.DomainMetadata{XML: meta(`<xh:interface mac="52:54:00:00:00:05" uplink="eth1" queues="4"/>`)},
 			Devices: &libvirtxml.DomainDeviceList{
 				Interfaces: []libvirtxml.DomainInterface{vhostUser("52:54:00:00:00:05", "/run/x/app.sock", "client")},
 				Channels: []libvirtxml.DomainChannel{
@@ -93,7 +93,7 @@ func TestParse(t *testing.T) {
 		}
 		return s
 	}
-	if _, vms, err := Parse(strings.NewReader(agentDom("connect"))); err != nil || len(vms) != 1 || vms[0].Config.AgentSocket != "/run/x/app.agent.sock" {
+	if _, vms, err := Parse(strings.NewReader(agentDom("connect"))); err != nil || len(vms) != 1 || vms[0].Config.AgentSocket != "/run/x/app.agent.sock" || vms[0].Config.UUID != "4b5a9c1e-0f3d-4c5e-9a7b-1d2e3f405162" {
 		t.Errorf("agent channel: %+v %v", vms, err)
 	}
 	if _, _, err := Parse(strings.NewReader(agentDom("bind"))); err == nil || !strings.Contains(err.Error(), "mode='connect'") {

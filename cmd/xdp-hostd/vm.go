@@ -16,7 +16,7 @@ import (
 )
 
 const vmUsage = `usage: xdp-hostd vm COMMAND
-  add --uplink IF --name NAME --mac MAC [--queues 1,2] [--delivery tap|vhost-user]
+  add --uplink IF --name NAME --mac MAC [--uuid UUID] [--queues 1,2] [--delivery tap|vhost-user]
       [--tap NAME] [--tap-queues N] [--vhost-user-socket PATH] [--agent-socket PATH]
   rm NAME
   list [--json]
@@ -54,6 +54,7 @@ func runVM(ctx context.Context, e *env, args []string) error {
 		fs.StringVar(&uplink, "uplink", "", "the uplink the VM's traffic arrives on")
 		fs.StringVar(&vc.Name, "name", "", "the VM's name")
 		fs.StringVar(&vc.MAC, "mac", "", "the VM's MAC address")
+		fs.StringVar(&vc.UUID, "uuid", "", "the VM's UUID (optional)")
 		fs.StringVar(&queues, "queues", "", "dedicated uplink RX queues, comma-separated")
 		fs.StringVar(&vc.Delivery, "delivery", "tap", "tap or vhost-user")
 		fs.StringVar(&vc.Tap, "tap", "", "the VM's tap (adopted if it exists)")
