@@ -1,43 +1,81 @@
 // Package agentproto is the protocol between xdp-hostd and the guest agent,
-// the program in a VM that manages that VM's XDP program. It is the
-// reference for anyone writing an agent of their own.
+// the program in a VM that manages that VM's XDP program. This comment is
+// the reference for anyone writing an agent of their own.
 //
 // # Channel
 //
 // The agent speaks on a virtio-serial port named PortName
-// (org.xdp-hostd.agent.0; in the guest /dev/virtio-ports/org.xdp-hostd.agent.0
-// or the /dev/vportNpM whose /sys/class/virtio-ports/*/name says so). On the
-// host, QEMU connects that port to a unix socket the daemon serves, one per
-// VM. The daemon knows the VM by the socket; nothing the guest sends names
-// a VM, so a guest can act on its own VM only.
+// (org.xdp-hostd.agent.0; in the guest /dev/virtio-ports/org.xdp-hostd.agent.0,
+// or the /dev/vportNpM whose /sys/class/virtio-ports/vportNpM/name says so).
+// On the host, QEMU connects that port to a unix socket the daemon serves,
+// one per VM. The daemon knows the VM by the socket; nothing the guest sends
+// names a VM, so a guest can act on its own VM only.
 //
 // # Frames
 //
-// The channel is a byte stream of frames. A frame is a 16-byte header,
-// big-endian, then Length bytes of payload:
+// The channel is a byte stream carrying frames in both directions. A frame
+// is a 16-byte header, all integers big-endian, then Length bytes of
+// payload:
 //
 //	offset size field
-//	0      4    magic    0x58484147 ("XHAG")
+//	0      4    magic    0x58484147 (the bytes "XHAG")
 //	4      1    version  1
 //	5      1    type     see below
 //	6      2    reserved 0
-//	8      4    seq      request number, echoed in the response
-//	12     4    length   payload bytes, at most MaxPayload (2 MiB)
+//	8      4    seq      chosen by the agent per request, echoed in the response
+//	12     4    length   payload bytes, 0 to MaxPayload (2 MiB = 2097152)
 //
-// Requests (agent to daemon) are Caps (1), Status (2), Submit (3), Replace
-// (4) and Remove (5); responses (daemon to agent) are OK (0x81) and Error
-// (0x82). Payloads are JSON: SubmitRequest, ReplaceRequest, RemoveRequest
-// (Caps and Status have an empty payload or {}); an OK response carries the
-// result, an Error response an Error. Program objects travel in the JSON as
-// base64 (encoding/json's []byte).
+// For example the header of a Status request with seq 7 and an empty
+// payload is 58 48 41 47 01 02 00 00 00 00 00 07 00 00 00 00.
 //
-// One request is outstanding at a time. A frame the daemon cannot read (bad
-// magic, version, reserved bits or type, a length over the limit) gets an
-// Error response with seq 0 and the daemon closes the connection, since the
+// Types: requests (agent to daemon) are Caps 0x01, Status 0x02, Submit
+// 0x03, Replace 0x04 and Remove 0x05; responses (daemon to agent) are OK
+// 0x81 and Error 0x82. Every request gets exactly one response with the
+// same seq. The agent sends one request at a time and waits for its
+// response; an agent should skip a response whose seq is not the one it
+// waits for (left over from an earlier, interrupted agent).
+//
+// # Payloads
+//
+// Payloads are UTF-8 JSON objects. Requests with fields the daemon does
+// not know are refused (code "malformed"), so that a newer agent's option
+// is never silently ignored. Byte strings are base64 (standard alphabet,
+// with padding) as JSON strings.
+//
+//	Caps     empty or {}
+//	Status   empty or {}
+//	Submit   {"name": "filter", "entry": "xdp_main", "object": "f0VMRgIB..."}
+//	Replace  {"expect": 7, "name": "filter", "entry": "xdp_main", "object": "f0VMRgIB..."}
+//	Remove   {"expect": 7}
+//	OK       the result, any JSON value (its fields depend on the request
+//	         and the daemon's version: see SubmitRequest and the daemon)
+//	Error    {"code": "conflict", "message": "...", "detail": "..."}
+//
+// name is for people (audit logs) and optional; entry is the XDP function
+// in the object, optional if there is only one; object is the ELF object
+// file, at most MaxObject (1 MiB) before base64. Submit loads a program on
+// a VM that runs none of its own; Replace and Remove act only if expect
+// is the ID of the VM's current program (from Status or the Submit result),
+// else they fail with "conflict" and change nothing. The daemon answers
+// "malformed" to an empty object or an expect of 0, "too_large" to an
+// object over MaxObject. The codes of Error are the Code constants; detail
+// is optional, several lines (a verifier log, the policy violations).
+//
+// # Errors in the stream
+//
+// A frame the daemon cannot read (bad magic, version, reserved field or
+// type, a length over the limit, a stream ending inside a frame) gets an
+// Error response and the daemon then closes the connection, since the
 // stream cannot be resynchronised; QEMU reconnects the socket, and the
-// agent's next request starts afresh. A well-framed request whose JSON does
-// not decode gets an Error and the connection stays. Submit, Replace and
-// Remove are rate-limited per VM (code "rate_limited").
+// agent's next request starts afresh. That response has the request's seq
+// if the header was a readable version 1 header (an unknown type, reserved
+// bits, an oversized length, a payload cut short) and seq 0 otherwise; an
+// agent should take a seq 0 Error as the answer to its request. The codes
+// are "too_large" for the length, "unsupported" for the version and the
+// type, "malformed" otherwise. A well-framed request whose JSON does not decode, or that is
+// a response type, gets an Error ("malformed", "unsupported") and the
+// connection stays. Submit, Replace and Remove are rate-limited per VM
+// (code "rate_limited"; the message says when to retry).
 package agentproto
 
 import (
@@ -142,7 +180,14 @@ func newFrameErr(kind error, format string, a ...any) error {
 
 // ReadFrame reads one frame whose payload is at most max bytes (MaxPayload
 // if max <= 0). A length over max is refused before anything is allocated
-// for it. io.EOF means the stream ended between frames.
+// for it: ReadFrame never allocates more than max bytes, whatever the
+// header says. io.EOF means the stream ended cleanly between frames; any
+// other failure to parse is a *FrameError, which errors.Is matches against
+// ErrBadMagic, ErrVersion, ErrType, ErrReserved, ErrTooLarge or
+// io.ErrUnexpectedEOF (the stream ended inside a frame). Errors of the
+// underlying reader are returned as they are. With an error about a header
+// that was readable as version 1 (unknown type, reserved bits, length),
+// the returned Frame carries its Type and Seq.
 func ReadFrame(r io.Reader, max int) (Frame, error) {
 	if max <= 0 {
 		max = MaxPayload
@@ -152,7 +197,7 @@ func ReadFrame(r io.Reader, max int) (Frame, error) {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
 			return Frame{}, newFrameErr(io.ErrUnexpectedEOF, "the stream ended inside a header")
 		}
-		return Frame{}, err
+		return Frame{}, err // io.EOF between frames, or the reader's own error
 	}
 	if m := binary.BigEndian.Uint32(h[0:]); m != Magic {
 		return Frame{}, newFrameErr(ErrBadMagic, "magic %#08x, want %#08x (\"XHAG\")", m, Magic)
@@ -160,21 +205,28 @@ func ReadFrame(r io.Reader, max int) (Frame, error) {
 	if h[4] != Version {
 		return Frame{}, newFrameErr(ErrVersion, "version %d; this side speaks version %d", h[4], Version)
 	}
+	// From here the header is a version 1 header: its seq is known, and a
+	// Frame carrying it is returned with the error so that the reply can
+	// echo it.
 	t := Type(h[5])
+	f := Frame{Type: t, Seq: binary.BigEndian.Uint32(h[8:])}
 	if !t.valid() {
-		return Frame{}, newFrameErr(ErrType, "frame type %#x", h[5])
+		return f, newFrameErr(ErrType, "frame type %#x", h[5])
 	}
 	if res := binary.BigEndian.Uint16(h[6:]); res != 0 {
-		return Frame{}, newFrameErr(ErrReserved, "reserved field %#x, want 0", res)
+		return f, newFrameErr(ErrReserved, "reserved field %#x, want 0", res)
 	}
-	f := Frame{Type: t, Seq: binary.BigEndian.Uint32(h[8:])}
 	n := binary.BigEndian.Uint32(h[12:])
 	if uint64(n) > uint64(max) {
 		return f, newFrameErr(ErrTooLarge, "payload of %d bytes; the limit is %d", n, max)
 	}
 	f.Payload = make([]byte, n)
 	if _, err := io.ReadFull(r, f.Payload); err != nil {
-		return f, newFrameErr(io.ErrUnexpectedEOF, "the stream ended inside a %d-byte payload: %v", n, err)
+		f.Payload = nil
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return f, newFrameErr(io.ErrUnexpectedEOF, "the stream ended inside a %d-byte payload", n)
+		}
+		return f, fmt.Errorf("read %d-byte payload of a %s frame: %w", n, t, err)
 	}
 	return f, nil
 }

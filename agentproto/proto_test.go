@@ -6,9 +6,12 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -30,6 +33,9 @@ func (h *fakeHandler) Status(context.Context) (any, error) {
 	return map[string]any{"program": h.cur}, nil
 }
 func (h *fakeHandler) Submit(_ context.Context, r SubmitRequest) (any, error) {
+	if r.Name == "panic" {
+		panic("submit")
+	}
 	if h.cur != 0 {
 		return nil, &Error{Code: CodeConflict, Message: "the VM runs a program"}
 	}
@@ -115,36 +121,66 @@ func TestFramingErrors(t *testing.T) {
 		b    []byte
 		code string
 		says string
+		seq  uint32
+		kind error
 	}{
-		{"magic", append([]byte("GET / HTTP/1.1\r\n"), good...), CodeMalformed, "magic"},
-		{"version", func() []byte { b := bytes.Clone(good); b[4] = 9; return b }(), CodeUnsupported, "version 9"},
-		{"type", func() []byte { b := bytes.Clone(good); b[5] = 0x42; return b }(), CodeMalformed, "type"},
-		{"reserved", func() []byte { b := bytes.Clone(good); b[7] = 1; return b }(), CodeMalformed, "reserved"},
-		{"length", func() []byte { b := bytes.Clone(good); binary.BigEndian.PutUint32(b[12:], 0xffffffff); return b }(), CodeTooLarge, "limit"},
+		{"magic", append([]byte("GET / HTTP/1.1\r\n"), good...), CodeMalformed, "magic", 0, ErrBadMagic},
+		{"version", func() []byte { b := bytes.Clone(good); b[4] = 9; return b }(), CodeUnsupported, "version 9", 0, ErrVersion},
+		{"type", func() []byte { b := bytes.Clone(good); b[5] = 0x42; return b }(), CodeUnsupported, "type", 1, ErrType},
+		{"reserved", func() []byte { b := bytes.Clone(good); b[7] = 1; return b }(), CodeMalformed, "reserved", 1, ErrReserved},
+		{"length", func() []byte { b := bytes.Clone(good); binary.BigEndian.PutUint32(b[12:], 0xffffffff); return b }(), CodeTooLarge, "limit", 1, ErrTooLarge},
+		{"truncated header", good[:9], CodeMalformed, "header", 0, io.ErrUnexpectedEOF},
+		{"truncated payload", frame(TypeSubmit, 1, "{}")[:17], CodeMalformed, "payload", 1, io.ErrUnexpectedEOF},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := &fakeHandler{panic: true} // a request that got through would panic
-			conn, done := serve(t, h, ServeOptions{})
-			go conn.Write(tc.b)
-			f, err := ReadFrame(conn, 0)
-			if err != nil || f.Type != TypeError {
-				t.Fatalf("reply %+v %v", f, err)
+			// The input is followed by a good request, which must not be
+			// answered: Serve stops at the first framing error.
+			c := &rwc{Reader: io.MultiReader(bytes.NewReader(tc.b), bytes.NewReader(good))}
+			if tc.kind == io.ErrUnexpectedEOF {
+				c.Reader = bytes.NewReader(tc.b)
+			}
+			err := Serve(context.Background(), c, h, ServeOptions{})
+			var fe *FrameError
+			if !errors.As(err, &fe) || !errors.Is(err, tc.kind) {
+				t.Errorf("Serve returned %v, want a FrameError matching %v", err, tc.kind)
+			}
+			out := bytes.NewReader(c.out.Bytes())
+			f, err := ReadFrame(out, 0)
+			if err != nil || f.Type != TypeError || f.Seq != tc.seq {
+				t.Fatalf("reply %+v %v, want an Error with seq %d", f, err, tc.seq)
 			}
 			var e Error
-			json.Unmarshal(f.Payload, &e)
+			if err := json.Unmarshal(f.Payload, &e); err != nil {
+				t.Fatal(err)
+			}
 			if e.Code != tc.code || !strings.Contains(e.Message, tc.says) {
 				t.Errorf("error %+v, want code %s saying %q", e, tc.code, tc.says)
 			}
-			select {
-			case err := <-done:
-				var fe *FrameError
-				if !errors.As(err, &fe) {
-					t.Errorf("Serve returned %v, want a FrameError", err)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("Serve did not return after a framing error")
+			if out.Len() != 0 {
+				t.Errorf("%d more bytes after the error reply", out.Len())
 			}
 		})
+	}
+}
+
+// Over a real connection, Serve closes the channel after a framing error.
+func TestFramingErrorOverPipe(t *testing.T) {
+	conn, done := serve(t, &fakeHandler{}, ServeOptions{})
+	go conn.Write([]byte("SSH-2.0-OpenSSH_9.6\r\n"))
+	if f, err := ReadFrame(conn, 0); err != nil || f.Type != TypeError {
+		t.Fatalf("reply %+v %v", f, err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrBadMagic) {
+			t.Errorf("Serve returned %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return after a framing error")
+	}
+	if _, err := ReadFrame(conn, 0); err == nil {
+		t.Error("the channel stayed open")
 	}
 }
 
@@ -163,20 +199,30 @@ func TestBadJSONKeepsServing(t *testing.T) {
 	}
 }
 
-// A lying length allocates nothing: the reader refuses it from the header.
+// A lying length allocates nothing: the reader refuses it from the header,
+// without reading on into the endless stream behind it.
 func TestHugeLengthAllocatesNothing(t *testing.T) {
-	b := frame(TypeSubmit, 1, "")
-	binary.BigEndian.PutUint32(b[12:], MaxPayload+1)
-	r := io.MultiReader(bytes.NewReader(b), zeros{})
-	allocs := testing.AllocsPerRun(10, func() {
-		r := io.MultiReader(bytes.NewReader(b), zeros{})
-		ReadFrame(r, 0)
-	})
-	if _, err := ReadFrame(r, 0); !errors.Is(err, ErrTooLarge) {
-		t.Errorf("err %v", err)
+	for _, n := range []uint32{MaxPayload + 1, 1 << 30, 0xffffffff} {
+		b := frame(TypeSubmit, 1, "")
+		binary.BigEndian.PutUint32(b[12:], n)
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for range 10 {
+			_, err := ReadFrame(io.MultiReader(bytes.NewReader(b), zeros{}), 0)
+			if !errors.Is(err, ErrTooLarge) {
+				t.Fatalf("length %d: %v", n, err)
+			}
+		}
+		runtime.ReadMemStats(&after)
+		if d := after.TotalAlloc - before.TotalAlloc; d > 64<<10 {
+			t.Errorf("length %d: %d bytes allocated to refuse 10 frames", n, d)
+		}
 	}
-	if allocs > 10 {
-		t.Errorf("%v allocations to refuse an oversized frame", allocs)
+	// With a smaller limit, a length between it and MaxPayload is refused too.
+	b := frame(TypeSubmit, 1, "")
+	binary.BigEndian.PutUint32(b[12:], 4097)
+	if _, err := ReadFrame(io.MultiReader(bytes.NewReader(b), zeros{}), 4096); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("over a limit of 4096: %v", err)
 	}
 }
 
@@ -244,6 +290,149 @@ func TestClientSkipsStaleReplies(t *testing.T) {
 	}
 }
 
+func TestServeReturnsOnCancel(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, a, &fakeHandler{}, ServeOptions{}) }()
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Serve returned %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return on cancel")
+	}
+	b.SetDeadline(time.Now().Add(time.Second))
+	if _, err := b.Write([]byte("x")); err == nil {
+		t.Error("conn still open after cancel")
+	}
+}
+
+type badResult struct{}
+
+func (badResult) MarshalJSON() ([]byte, error) { panic("marshal") }
+
+type resultHandler struct {
+	fakeHandler
+	out any
+	err error
+}
+
+func (h *resultHandler) Status(context.Context) (any, error) { return h.out, h.err }
+
+// Results that cannot be encoded, and errors without a code, still get a
+// well-formed reply.
+func TestOddResults(t *testing.T) {
+	for _, tc := range []struct {
+		out  any
+		err  error
+		code string
+	}{
+		{badResult{}, nil, CodeInternal},
+		{make(chan int), nil, CodeInternal},
+		{strings.Repeat("a", MaxPayload), nil, CodeTooLarge},
+		{nil, (*Error)(nil), CodeInternal},
+		{nil, &Error{Message: "no code"}, CodeInternal},
+		{nil, fmt.Errorf("wrapped: %w", &Error{Code: CodeNotFound, Message: "gone"}), CodeNotFound},
+	} {
+		conn, _ := serve(t, &resultHandler{out: tc.out, err: tc.err}, ServeOptions{})
+		if _, err := NewClient(conn).Status(context.Background()); !IsCode(err, tc.code) {
+			t.Errorf("%T %v: %v, want %s", tc.out, tc.err, err, tc.code)
+		}
+	}
+}
+
+func TestClientHonoursContext(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go io.Copy(io.Discard, a) // a daemon that never answers
+	c := NewClient(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := c.Caps(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("deadline: %v", err)
+	}
+	ctx, cancel = context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	if _, err := c.Caps(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancel: %v", err)
+	}
+	if _, err := c.Caps(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled before: %v", err)
+	}
+}
+
+func TestClientGivesUpOnEndlessStaleReplies(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go func() {
+		f, err := ReadFrame(a, 0)
+		if err != nil {
+			return
+		}
+		for i := range uint32(100) {
+			if _, err := a.Write(frame(TypeOK, f.Seq+1+i, "{}")); err != nil {
+				return
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := NewClient(b).Status(ctx); err == nil || !strings.Contains(err.Error(), "other requests") {
+		t.Errorf("%v", err)
+	}
+}
+
+func TestTokenBucket(t *testing.T) {
+	now := time.Unix(1000, 0)
+	var mu sync.Mutex
+	tb := NewTokenBucket(3, 10*time.Second)
+	tb.SetClock(func() time.Time { mu.Lock(); defer mu.Unlock(); return now })
+	var wg sync.WaitGroup
+	var allowed sync.Map
+	for i := range 20 {
+		wg.Go(func() {
+			if ok, _ := tb.Allow(); ok {
+				allowed.Store(i, true)
+			}
+		})
+	}
+	wg.Wait()
+	n := 0
+	allowed.Range(func(any, any) bool { n++; return true })
+	if n != 3 {
+		t.Errorf("%d allowed of a burst of 3", n)
+	}
+	if ok, wait := tb.Allow(); ok || wait != 10*time.Second {
+		t.Errorf("empty: %v %v", ok, wait)
+	}
+	mu.Lock()
+	now = now.Add(4 * time.Second)
+	mu.Unlock()
+	if ok, wait := tb.Allow(); ok || wait != 6*time.Second {
+		t.Errorf("after 4s: %v %v", ok, wait)
+	}
+	mu.Lock()
+	now = now.Add(time.Hour)
+	mu.Unlock()
+	for i := range 4 {
+		if ok, _ := tb.Allow(); ok != (i < 3) {
+			t.Errorf("after an hour, change %d: %v", i, ok)
+		}
+	}
+	unlimited := NewTokenBucket(1, 0)
+	for range 100 {
+		if ok, _ := unlimited.Allow(); !ok {
+			t.Fatal("every <= 0 should not limit")
+		}
+	}
+}
+
 func seeds(f *testing.F) {
 	obj, _ := json.Marshal(SubmitRequest{Name: "p", Object: []byte("\x7fELF")})
 	rep, _ := json.Marshal(ReplaceRequest{Expect: 1, Object: []byte("\x7fELF")})
@@ -255,6 +444,10 @@ func seeds(f *testing.F) {
 		frame(TypeRemove, 5, `{"expect":1}`),
 		append(frame(TypeCaps, 1, ""), frame(TypeSubmit, 2, "{")...),
 		frame(TypeOK, 1, "{}"),
+		frame(TypeError, 1, `{"code":"internal","message":"x"}`),
+		append(frame(TypeStatus, 1, ""), 0x58, 0x48, 0x41, 0x47, 1, 0x42, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0),
+		frame(TypeRemove, 6, `{"expect":1,"bogus":true}`),
+		frame(TypeSubmit, 7, `{"name":"panic","object":"eA=="}`),
 		[]byte("XHAG"),
 	} {
 		f.Add(b)

@@ -39,9 +39,11 @@ type ServeOptions struct {
 }
 
 // Serve answers the requests on conn, one at a time, until the peer closes
-// it, a frame cannot be read (answered with an Error first), or ctx ends. It
-// closes conn when ctx ends; otherwise the caller does. It never panics on
-// anything the peer sends or the handler does.
+// it (Serve returns nil), a frame cannot be read (answered with an Error
+// first; Serve returns the *FrameError), a reply cannot be written, or ctx
+// ends (Serve closes conn and returns ctx.Err()). Otherwise the caller
+// closes conn. It never panics on anything the peer sends or the handler
+// does: a handler panic is answered as CodeInternal.
 func Serve(ctx context.Context, conn io.ReadWriteCloser, h Handler, opt ServeOptions) error {
 	if opt.Log == nil {
 		opt.Log = slog.New(slog.DiscardHandler)
@@ -63,62 +65,73 @@ func Serve(ctx context.Context, conn io.ReadWriteCloser, h Handler, opt ServeOpt
 				switch {
 				case errors.Is(err, ErrTooLarge):
 					code = CodeTooLarge
-				case errors.Is(err, ErrVersion):
+				case errors.Is(err, ErrVersion), errors.Is(err, ErrType):
 					code = CodeUnsupported
 				}
 				opt.Log.Warn("guest agent sent an unreadable frame: closing the channel", "err", err)
-				reply(conn, Frame{Type: TypeError, Seq: 0}, &Error{Code: code, Message: fe.Reason + "; the channel is closed (QEMU reconnects it)"})
+				// Best effort: the peer may be gone (a truncated frame).
+				writeReply(conn, f.Seq, TypeError, mustJSON(&Error{Code: code, Message: fe.Reason + "; the channel is closed (QEMU reconnects it)"}))
 			}
 			return err
 		}
-		out, rerr := handle(ctx, f, h, opt)
-		resp := Frame{Type: TypeOK, Seq: f.Seq}
-		if rerr != nil {
-			resp.Type = TypeError
-		}
-		if err := reply(conn, resp, out, rerr); err != nil {
-			return fmt.Errorf("answer %s request: %w", f.Type, err)
+		t, payload := handle(ctx, f, h, opt)
+		if err := writeReply(conn, f.Seq, t, payload); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("answer %s request %d: %w", f.Type, f.Seq, err)
 		}
 	}
 }
 
-// reply encodes the result or the error into f's payload and writes it.
-func reply(w io.Writer, f Frame, out any, errs ...error) error {
-	var payload any = out
-	if f.Type == TypeError {
-		var e *Error
-		if len(errs) > 0 && errs[0] != nil {
-			if !errors.As(errs[0], &e) {
-				e = &Error{Code: CodeInternal, Message: errs[0].Error()}
-			}
-		} else if ae, ok := out.(*Error); ok {
-			e = ae
-		} else {
-			e = &Error{Code: CodeInternal, Message: "unknown error"}
-		}
-		payload = e
-	}
-	b, err := json.Marshal(payload)
+func writeReply(w io.Writer, seq uint32, t Type, payload []byte) error {
+	return WriteFrame(w, Frame{Type: t, Seq: seq, Payload: payload})
+}
+
+// mustJSON encodes an *Error, which cannot fail.
+func mustJSON(e *Error) []byte {
+	b, _ := json.Marshal(e)
+	return b
+}
+
+// encode makes the reply to a request from the handler's result: an OK
+// frame with the result as JSON, or an Error frame.
+func encode(out any, err error) (Type, []byte) {
 	if err != nil {
-		f.Type = TypeError
-		b, _ = json.Marshal(&Error{Code: CodeInternal, Message: "encode result: " + err.Error()})
+		var e *Error
+		if !errors.As(err, &e) || e == nil {
+			e = &Error{Code: CodeInternal, Message: err.Error()}
+		} else if e.Code == "" {
+			c := *e
+			c.Code = CodeInternal
+			e = &c
+		}
+		return TypeError, mustJSON(e)
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		return TypeError, mustJSON(&Error{Code: CodeInternal, Message: "encode the result: " + err.Error()})
 	}
 	if len(b) > MaxPayload {
-		f.Type = TypeError
-		b, _ = json.Marshal(&Error{Code: CodeTooLarge, Message: fmt.Sprintf("the result has %d bytes; the limit is %d", len(b), MaxPayload)})
+		return TypeError, mustJSON(&Error{Code: CodeTooLarge, Message: fmt.Sprintf("the result has %d bytes; the limit is %d", len(b), MaxPayload)})
 	}
-	f.Payload = b
-	return WriteFrame(w, f)
+	return TypeOK, b
 }
 
-// handle runs one request; a handler panic becomes an internal error.
-func handle(ctx context.Context, f Frame, h Handler, opt ServeOptions) (out any, err error) {
+// handle runs one request and encodes its reply; a panic in the handler
+// (or in encoding its result) becomes an internal error.
+func handle(ctx context.Context, f Frame, h Handler, opt ServeOptions) (t Type, payload []byte) {
 	defer func() {
 		if p := recover(); p != nil {
-			opt.Log.Error("guest agent request handler panicked", "type", f.Type.String(), "panic", p)
-			out, err = nil, &Error{Code: CodeInternal, Message: "the daemon failed on this request"}
+			opt.Log.Error("guest agent request handler panicked", "type", f.Type.String(), "seq", f.Seq, "panic", p)
+			t, payload = TypeError, mustJSON(&Error{Code: CodeInternal, Message: "the daemon failed on this " + f.Type.String() + " request"})
 		}
 	}()
+	return encode(dispatch(ctx, f, h, opt))
+}
+
+// dispatch decodes, checks and rate-limits one request and runs its handler.
+func dispatch(ctx context.Context, f Frame, h Handler, opt ServeOptions) (any, error) {
 	decode := func(v any) error {
 		p := bytes.TrimSpace(f.Payload)
 		if len(p) == 0 {
@@ -209,7 +222,8 @@ func checkObject(obj []byte) error {
 	return nil
 }
 
-// TokenBucket is a Limiter: Burst changes at once, then one per Every.
+// TokenBucket is a Limiter: Burst changes at once, then one per Every. It
+// is safe for concurrent use.
 type TokenBucket struct {
 	mu     sync.Mutex
 	burst  float64
@@ -219,8 +233,10 @@ type TokenBucket struct {
 	now    func() time.Time
 }
 
-// NewTokenBucket makes a full bucket.
+// NewTokenBucket makes a full bucket of burst tokens (at least 1) that
+// gains one every interval. An every <= 0 means no limit.
 func NewTokenBucket(burst int, every time.Duration) *TokenBucket {
+	burst = max(burst, 1)
 	return &TokenBucket{burst: float64(burst), every: every, tokens: float64(burst), now: time.Now}
 }
 
@@ -233,13 +249,18 @@ func (b *TokenBucket) SetClock(now func() time.Time) {
 
 // Allow implements Limiter.
 func (b *TokenBucket) Allow() (bool, time.Duration) {
+	if b.every <= 0 {
+		return true, 0
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.now()
-	if !b.last.IsZero() && b.every > 0 {
+	if !b.last.IsZero() && now.After(b.last) {
 		b.tokens = min(b.burst, b.tokens+float64(now.Sub(b.last))/float64(b.every))
 	}
-	b.last = now
+	if b.last.IsZero() || now.After(b.last) {
+		b.last = now // a clock that steps back earns nothing
+	}
 	if b.tokens >= 1 {
 		b.tokens--
 		return true, 0

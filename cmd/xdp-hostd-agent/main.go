@@ -7,15 +7,28 @@
 //	xdp-hostd-agent submit [--name N] [--entry F] FILE   load a program
 //	xdp-hostd-agent replace --expect ID [...] FILE       swap the program ID for FILE
 //	xdp-hostd-agent rm --expect ID                       back to the built-in program
+//
+// Global options (before or after the command): --port PATH (default: the
+// udev link /dev/virtio-ports/org.xdp-hostd.agent.0, else the /dev/vportNpM
+// that /sys/class/virtio-ports names so), --timeout D (default 30s, 0: no
+// limit), --json (print the daemon's answer as indented JSON). The program
+// name defaults to the file's base name without its extension; objects
+// over 1 MiB are refused before anything is sent.
+//
+// Exit status: 0 done; 1 the daemon refused (printed as
+// "xdp-hostd-agent: CODE: MESSAGE", then the detail) or the channel failed;
+// 2 usage.
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -39,36 +52,43 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, openPort))
 }
 
-// dialer opens the channel to the daemon.
+// dialer opens the channel to the daemon: the port at path, or if path is
+// empty the agent's port found by its name.
 type dialer func(path string) (io.ReadWriteCloser, error)
 
 func run(args []string, stdout, stderr io.Writer, dial dialer) int {
-	fs := flag.NewFlagSet("xdp-hostd-agent", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	port := fs.String("port", "", "the virtio-serial port (default: the one named "+agentproto.PortName+")")
-	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait for the daemon")
-	asJSON := fs.Bool("json", false, "print the daemon's answer as JSON")
+	global := flag.NewFlagSet("xdp-hostd-agent", flag.ContinueOnError)
+	global.SetOutput(io.Discard)
+	port := global.String("port", "", "the virtio-serial port (default: the one named "+agentproto.PortName+")")
+	timeout := global.Duration("timeout", 30*time.Second, "how long to wait for the daemon (0: no limit)")
+	asJSON := global.Bool("json", false, "print the daemon's answer as JSON")
 	usageErr := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "xdp-hostd-agent: "+format+"\n%s\n", append(a, usage)...)
 		return 2
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := global.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(stdout, usage)
 			return 0
 		}
 		return usageErr("%v", err)
 	}
-	if fs.NArg() == 0 {
+	if global.NArg() == 0 {
 		return usageErr("name a command")
 	}
-	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	cmd, rest := global.Arg(0), global.Args()[1:]
 	sub := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	sub.SetOutput(io.Discard)
+	// The global options may also follow the command.
+	global.VisitAll(func(f *flag.Flag) { sub.Var(f.Value, f.Name, f.Usage) })
 	name := sub.String("name", "", "a name for the program (default: the file's)")
 	entry := sub.String("entry", "", "the XDP function (default: the only one)")
 	expect := sub.Uint64("expect", 0, "the ID of the program the VM runs now")
 	if err := sub.Parse(rest); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(stdout, usage)
+			return 0
+		}
 		return usageErr("%s: %v", cmd, err)
 	}
 	var obj []byte
@@ -90,11 +110,11 @@ func run(args []string, stdout, stderr io.Writer, dial dialer) int {
 			fmt.Fprintf(stderr, "xdp-hostd-agent: %v\n", err)
 			return 1
 		}
-		if fi.Size() > agentproto.MaxObject {
-			fmt.Fprintf(stderr, "xdp-hostd-agent: %s has %d bytes; the host takes objects up to %d bytes\n", path, fi.Size(), agentproto.MaxObject)
+		if fi.Mode().IsRegular() && fi.Size() > agentproto.MaxObject {
+			fmt.Fprintf(stderr, "xdp-hostd-agent: %s has %d bytes; the host takes objects up to %d bytes (1 MiB)\n", path, fi.Size(), agentproto.MaxObject)
 			return 1
 		}
-		if obj, err = os.ReadFile(path); err != nil {
+		if obj, err = readObject(path); err != nil {
 			fmt.Fprintf(stderr, "xdp-hostd-agent: %v\n", err)
 			return 1
 		}
@@ -109,22 +129,23 @@ func run(args []string, stdout, stderr io.Writer, dial dialer) int {
 		return usageErr("unknown command %q", cmd)
 	}
 
-	path := *port
-	if path == "" {
-		var err error
-		if path, err = findPort(); err != nil {
-			fmt.Fprintf(stderr, "xdp-hostd-agent: %v\n", err)
+	ch, err := dial(*port)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) && errors.Is(err, fs.ErrNotExist) {
+			fmt.Fprintf(stderr, "xdp-hostd-agent: %s does not exist: %s\n", pe.Path, noPortHint)
 			return 1
 		}
-	}
-	ch, err := dial(path)
-	if err != nil {
-		fmt.Fprintf(stderr, "xdp-hostd-agent: open %s: %v\n", path, err)
+		fmt.Fprintf(stderr, "xdp-hostd-agent: %v\n", err)
 		return 1
 	}
 	defer ch.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
-	defer cancel()
+	ctx := context.Background()
+	if *timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *timeout)
+		defer cancel()
+	}
 	c := agentproto.NewClient(ch)
 	var res json.RawMessage
 	switch cmd {
@@ -152,13 +173,17 @@ func run(args []string, stdout, stderr io.Writer, dial dialer) int {
 		return 1
 	}
 	if *asJSON {
-		if len(res) == 0 {
+		// Indent the daemon's bytes as they are: no reordering, no
+		// rounding of large numbers.
+		var b bytes.Buffer
+		if len(bytes.TrimSpace(res)) == 0 {
 			res = json.RawMessage("null")
 		}
-		var v any
-		json.Unmarshal(res, &v)
-		b, _ := json.MarshalIndent(v, "", "  ")
-		fmt.Fprintln(stdout, string(b))
+		if err := json.Indent(&b, res, "", "  "); err != nil {
+			fmt.Fprintf(stderr, "xdp-hostd-agent: the daemon's answer is not JSON: %v\n", err)
+			return 1
+		}
+		fmt.Fprintln(stdout, b.String())
 		return 0
 	}
 	switch cmd {
@@ -168,12 +193,28 @@ func run(args []string, stdout, stderr io.Writer, dial dialer) int {
 			Entry string `json:"entry"`
 		}
 		json.Unmarshal(res, &rec)
-		fmt.Fprintf(stdout, "program %d (%s, entry %s) runs on this VM\n", rec.ID, *name, rec.Entry)
+		what := *name
+		if rec.Entry != "" {
+			what += ", entry " + rec.Entry
+		}
+		if rec.ID == 0 {
+			fmt.Fprintf(stdout, "program (%s) loaded on this VM\n", what)
+		} else {
+			fmt.Fprintf(stdout, "program %d (%s) loaded on this VM\n", rec.ID, what)
+		}
+		if cmd == "replace" {
+			fmt.Fprintf(stdout, "it replaced program %d\n", *expect)
+		}
 	case "rm":
 		fmt.Fprintf(stdout, "program %d removed; this VM runs the built-in program\n", *expect)
 	default:
+		dec := json.NewDecoder(bytes.NewReader(res))
+		dec.UseNumber()
 		var v any
-		json.Unmarshal(res, &v)
+		if err := dec.Decode(&v); err != nil {
+			fmt.Fprintf(stderr, "xdp-hostd-agent: the daemon's answer is not JSON: %v\n", err)
+			return 1
+		}
 		render(stdout, "", v)
 	}
 	return 0
@@ -237,9 +278,6 @@ func isEmpty(v any) bool {
 }
 
 func scalar(v any) any {
-	if f, ok := v.(float64); ok && f == float64(int64(f)) {
-		return int64(f)
-	}
 	if v == nil {
 		return "-"
 	}
@@ -274,14 +312,47 @@ func findPort() (string, error) {
 		}
 		return "", fmt.Errorf("the port %s is %s, but %s cannot be opened", agentproto.PortName, filepath.Base(filepath.Dir(n)), dev)
 	}
-	return "", fmt.Errorf("this VM has no virtio-serial port named %s: its host must give it one (xdp-hostd qemu-args prints QEMU's arguments; with libvirt, a <channel type='unix'> with <target type='virtio' name='%s'/>)", agentproto.PortName, agentproto.PortName)
+	return "", fmt.Errorf("this VM has no virtio-serial port named %s: %s", agentproto.PortName, noPortHint)
 }
 
-// openPort opens a virtio-serial port non-blocking, so that deadlines work.
-func openPort(path string) (io.ReadWriteCloser, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+// noPortHint says what a VM without the agent's port is missing.
+var noPortHint = "the VM needs a virtserialport named " + agentproto.PortName +
+	" connected to xdp-hostd's agent socket (see `xdp-hostd qemu-args`; with libvirt, a <channel type='unix'> with <target type='virtio' name='" +
+	agentproto.PortName + "'/>)"
+
+// readObject reads a program object, refusing one over MaxObject without
+// reading more than one byte past it.
+func readObject(path string) ([]byte, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, agentproto.MaxObject+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(b) > agentproto.MaxObject {
+		return nil, fmt.Errorf("%s has more than %d bytes; the host takes objects up to %d bytes (1 MiB)", path, agentproto.MaxObject, agentproto.MaxObject)
+	}
+	if len(b) == 0 {
+		return nil, fmt.Errorf("%s is empty; give the compiled XDP object (clang -target bpf -c)", path)
+	}
+	return b, nil
+}
+
+// openPort opens a virtio-serial port (the agent's if path is empty)
+// non-blocking, so that the runtime poller serves it and deadlines work.
+func openPort(path string) (io.ReadWriteCloser, error) {
+	if path == "" {
+		var err error
+		if path, err = findPort(); err != nil {
+			return nil, err
+		}
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err // a *fs.PathError naming the port
 	}
 	return f, nil
 }
