@@ -315,8 +315,23 @@ func (c *cursor) scatter(segs [][]byte, src []byte) int {
 // tried. Every frame not placed is counted in the queue's Drops. The error
 // is ErrNotReady when the queue is not running, or wraps ErrQueueBroken.
 func (d *NetDevice) Deliver(pair int, frames [][]byte) (delivered int, err error) {
+	placed, consumed, err := d.Offer(pair, frames)
+	if rest := len(frames) - consumed; rest > 0 && pair >= 0 && pair < d.pairs {
+		d.queues[2*pair].stats.drops.Add(uint64(rest))
+	}
+	return placed, err
+}
+
+// Offer is Deliver for a caller that keeps the frames the guest has no
+// buffers for yet and offers them again later (vmport holds them in the
+// AF_XDP socket's ring). It returns how many frames it placed and how many
+// from the front it consumed: placed, or dropped on their own because no
+// guest buffer can hold them (those are counted in Drops). frames[consumed:]
+// are untouched and not counted. With an error nothing more can be placed:
+// ErrNotReady when the queue is not running, or one wrapping ErrQueueBroken.
+func (d *NetDevice) Offer(pair int, frames [][]byte) (placed, consumed int, err error) {
 	if pair < 0 || pair >= d.pairs {
-		return 0, fmt.Errorf("vhost: deliver: queue pair %d out of range [0, %d)", pair, d.pairs)
+		return 0, 0, fmt.Errorf("vhost: deliver: queue pair %d out of range [0, %d)", pair, d.pairs)
 	}
 	d.mu.RLock()
 	defer d.mu.RUnlock()
@@ -325,19 +340,19 @@ func (d *NetDevice) Deliver(pair int, frames [][]byte) (delivered int, err error
 	defer q.mu.Unlock()
 	vq := q.vq
 	if vq == nil || !q.enabled {
-		q.stats.drops.Add(uint64(len(frames)))
-		return 0, ErrNotReady
+		return 0, 0, ErrNotReady
 	}
 	mrg := d.features&FeatureNetMrgRxbuf != 0
 	var bytes uint64
 	for _, f := range frames {
-		placed, ferr := d.place(q, vq, f, mrg)
-		if ferr != nil || placed < 0 {
+		n, ferr := d.place(q, vq, f, mrg)
+		if ferr != nil || n < 0 {
 			err = ferr
 			break
 		}
-		if placed > 0 {
-			delivered++
+		consumed++
+		if n > 0 {
+			placed++
 			bytes += uint64(len(f))
 		}
 	}
@@ -345,10 +360,10 @@ func (d *NetDevice) Deliver(pair int, frames [][]byte) (delivered int, err error
 		q.signal()
 	}
 	q.checkBroken()
-	q.stats.packets.Add(uint64(delivered))
+	q.stats.packets.Add(uint64(placed))
 	q.stats.bytes.Add(bytes)
-	q.stats.drops.Add(uint64(len(frames) - delivered))
-	return delivered, err
+	q.stats.drops.Add(uint64(consumed - placed))
+	return placed, consumed, err
 }
 
 // place puts one frame into the guest: 1 when placed, 0 when dropped on its

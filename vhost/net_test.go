@@ -126,6 +126,44 @@ func TestDeviceRXNotMergeable(t *testing.T) {
 	}
 }
 
+// Offer tells a caller that keeps frames which ones it may let go: the
+// placed ones and those no guest buffer can hold, never the ones still
+// waiting for buffers, and those are not counted as drops.
+func TestDeviceRXOffer(t *testing.T) {
+	ts := startServer(t, NetConfig{})
+	f := dial(t, ts.path)
+	f.setup(setupOpts{features: FeatureVersion1 | FeatureRingEventIdx | FeatureProtocolFeatures})
+	frames := [][]byte{make([]byte, MaxFrameSize+1), frame(400, 1), frame(1500, 2), frame(400, 3)}
+	f.postRX(0, 1, 512)
+	f.postRX(0, 1, 512)
+	// The oversized frame is consumed (dropped), the first 400 placed, the
+	// 1500 dropped (it fits no 512-byte buffer without MRG_RXBUF), the
+	// second 400 placed.
+	placed, consumed, err := ts.dev.Offer(0, frames)
+	if placed != 2 || consumed != 4 || err != nil {
+		t.Fatalf("Offer = %d placed, %d consumed, %v; want 2, 4, nil", placed, consumed, err)
+	}
+	// Out of buffers: nothing consumed, nothing counted.
+	before := ts.dev.Stats()[0]
+	placed, consumed, err = ts.dev.Offer(0, frames[1:])
+	if placed != 0 || consumed != 0 || err != nil {
+		t.Fatalf("Offer without buffers = %d, %d, %v; want 0, 0, nil", placed, consumed, err)
+	}
+	if st := ts.dev.Stats()[0]; st.Drops != before.Drops || st.Drops != 2 || st.Packets != 2 {
+		t.Errorf("stats %+v, before the second offer %+v", st, before)
+	}
+	if got := f.receive(0); len(got) != 2 || !bytes.Equal(got[1], frame(400, 3)) {
+		t.Fatalf("received %d frames", len(got))
+	}
+	// The previous Deliver keeps its contract: frames not placed are drops.
+	if n, _ := ts.dev.Deliver(0, frames[1:2]); n != 0 {
+		t.Fatal("delivered without buffers")
+	}
+	if st := ts.dev.Stats()[0]; st.Drops != 3 {
+		t.Errorf("Deliver without buffers: drops %d, want 3", st.Drops)
+	}
+}
+
 func TestDeviceRXLegacyHeader(t *testing.T) {
 	ts := startServer(t, NetConfig{})
 	f := dial(t, ts.path)

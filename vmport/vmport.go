@@ -210,6 +210,7 @@ func (p *Port) receive(ctx context.Context, qu *queue) {
 	defer account()
 	pending := 0 // qu.descs[:pending] / qu.rx[:pending] wait for the guest
 	var stalled, lastWork time.Time
+	shedding := false // the guest stopped taking frames: drop until it takes one
 	for batches := 0; ctx.Err() == nil; batches++ {
 		if batches%256 == 0 {
 			account()
@@ -243,20 +244,27 @@ func (p *Port) receive(ctx context.Context, qu *queue) {
 		}
 		// The frames stay in the UMEM until Release, so Deliver copies
 		// them without holding the socket.
-		delivered, _ := p.dev.Deliver(qu.idx, qu.rx[:pending])
-		drop := 0
+		delivered, consumed, derr := p.dev.Offer(qu.idx, qu.rx[:pending])
+		drop := consumed - delivered // too large for any guest buffer
 		switch {
 		case delivered > 0:
-			stalled = time.Time{}
+			stalled, shedding = time.Time{}, false
+		case consumed > 0:
+			// Progress without a delivery: keep holding the rest.
+		case derr != nil || shedding:
+			// No front-end (or a broken ring), or a guest that already
+			// overstayed holdLimit: drop at once, so the socket's ring
+			// is drained at line rate and a guest that comes back gets
+			// fresh frames, not seconds-old ones.
+			drop, consumed = pending, pending
 		case stalled.IsZero():
 			stalled = time.Now()
 		case time.Since(stalled) > holdLimit:
-			drop, stalled = pending, time.Time{}
+			drop, consumed, stalled, shedding = pending, pending, time.Time{}, true
 		}
-		done := delivered + drop
 		p.stats.rxDelivered.Add(uint64(delivered))
 		p.stats.rxDropped.Add(uint64(drop))
-		if done > 0 {
+		if done := consumed; done > 0 {
 			qu.mu.Lock()
 			if err := qu.sock.Release(qu.descs[:done]); err != nil {
 				p.log.Warn("AF_XDP release", "queue", qu.rxq, "err", err)
