@@ -57,6 +57,9 @@ type VMStatus struct {
 	Tap      string `json:"tap,omitempty"`
 	// VhostUserSocket is where the VM's vhost-user device is served.
 	VhostUserSocket string `json:"vhost_user_socket,omitempty"`
+	// FrontEndConnected says whether a front-end (the VM's QEMU, or DPDK)
+	// is connected to VhostUserSocket now; a socket serves one at a time.
+	FrontEndConnected bool `json:"front_end_connected,omitempty"`
 	// AgentSocket is where the VM's guest agent channel is served.
 	AgentSocket string           `json:"agent_socket,omitempty"`
 	Program     uint64           `json:"program_id"` // 0: the built-in program
@@ -220,6 +223,7 @@ func (d *Daemon) vmStatus(vm *hostnet.VM) VMStatus {
 		d.mu.Lock()
 		if p := d.ports[vm.Name()]; p != nil {
 			vs.VhostUserSocket = p.Socket()
+			vs.FrontEndConnected = p.FrontEndConnected()
 		}
 		d.mu.Unlock()
 	}

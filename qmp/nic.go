@@ -130,6 +130,130 @@ type AttachOptions struct {
 	// Reconnect is the client-mode reconnect interval in seconds (0
 	// means 1; negative means never reconnect).
 	Reconnect int
+	// Bus is the PCI bus to plug the NIC into (device_add bus=). Empty:
+	// the root bus on the pc machine, the first free hot-pluggable PCIe
+	// root port on q35 (see HotplugBus).
+	Bus string
+}
+
+// ErrNoHotplugBus is wrapped by HotplugBus's error when a q35 machine has
+// no free PCIe port that accepts hot-plug.
+var ErrNoHotplugBus = errors.New("no free hot-pluggable PCIe root port")
+
+// hotplugPorts are the QEMU device types of PCIe ports a device can be
+// hot-plugged into (each takes one device).
+var hotplugPorts = map[string]bool{"pcie-root-port": true, "ioh3420": true, "xio3130-downstream": true}
+
+// HotplugBus returns the bus a hot-plugged PCI device should go to: "" (the
+// root bus) on machines whose root bus takes hot-plug (pc), and on q35,
+// whose root complex does not, the id of the first PCIe port (by id) that
+// has no device behind it and hot-plug on. libvirt gives q35 domains such
+// ports (<controller type='pci' model='pcie-root-port'/>); without one the
+// error says how to add one.
+//
+// Ports and what sits behind them are read from QOM (a port's bus lists
+// its devices as child[N] links), not from query-pci, which files a
+// device hot-plugged before the guest numbered the buses under the wrong
+// bridge.
+func (c *Client) HotplugBus(ctx context.Context) (string, error) {
+	var machine string
+	if err := c.Run(ctx, "qom-get", map[string]any{"path": "/machine", "property": "type"}, &machine); err != nil {
+		return "", fmt.Errorf("machine type: %w", err)
+	}
+	if !strings.Contains(machine, "q35") {
+		return "", nil
+	}
+	type prop struct {
+		Name string `json:"name"`
+		Type string `json:"type"`
+	}
+	list := func(path string) ([]prop, error) {
+		var props []prop
+		err := c.Run(ctx, "qom-list", map[string]any{"path": path}, &props)
+		return props, err
+	}
+	periph, err := list("/machine/peripheral")
+	if err != nil {
+		return "", fmt.Errorf("listing devices: %w", err)
+	}
+	var ports []string
+	for _, p := range periph {
+		if t, ok := strings.CutPrefix(p.Type, "child<"); ok && hotplugPorts[strings.TrimSuffix(t, ">")] {
+			ports = append(ports, p.Name)
+		}
+	}
+	sort.Strings(ports)
+	var busy []string
+	for _, id := range ports {
+		path := "/machine/peripheral/" + id
+		var hotplug bool
+		if err := c.Run(ctx, "qom-get", map[string]any{"path": path, "property": "hotplug"}, &hotplug); err == nil && !hotplug {
+			busy = append(busy, id+" (hotplug=off)")
+			continue
+		}
+		props, err := list(path)
+		if err != nil {
+			return "", fmt.Errorf("PCIe port %s: %w", id, err)
+		}
+		bus := ""
+		for _, p := range props {
+			if p.Type == "child<PCIE>" || p.Type == "child<PCI>" {
+				bus = path + "/" + p.Name
+				break
+			}
+		}
+		if bus == "" {
+			continue
+		}
+		children, err := list(bus)
+		if err != nil {
+			return "", fmt.Errorf("PCIe port %s: %w", id, err)
+		}
+		taken := false
+		for _, p := range children {
+			taken = taken || strings.HasPrefix(p.Name, "child[")
+		}
+		if !taken {
+			return id, nil
+		}
+		busy = append(busy, id)
+	}
+	have := "it has none"
+	if len(busy) > 0 {
+		have = "all are taken: " + strings.Join(busy, ", ")
+	}
+	return "", fmt.Errorf("%w on this %s machine (%s); its root complex takes no hot-plug. Give the VM a spare port: QEMU -device pcie-root-port,id=xhport0,chassis=N,slot=N; libvirt <controller type='pci' model='pcie-root-port'/>; or name a bus with --bus", ErrNoHotplugBus, machine, have)
+}
+
+// ErrNotShared is wrapped by CheckSharedMemory's error when guest memory is
+// private to QEMU.
+var ErrNotShared = errors.New("guest memory is not shared")
+
+// CheckSharedMemory verifies that every memory backend of the VM is shared
+// (share=on): a vhost-user back-end maps guest memory from the fds QEMU
+// sends, and private memory has none, so the NIC could never move a frame.
+func (c *Client) CheckSharedMemory(ctx context.Context) error {
+	var mems []struct {
+		ID    string `json:"id"`
+		Share bool   `json:"share"`
+	}
+	if err := c.Run(ctx, "query-memdev", nil, &mems); err != nil {
+		return fmt.Errorf("listing memory backends: %w", err)
+	}
+	var private []string
+	for _, m := range mems {
+		if !m.Share {
+			private = append(private, m.ID)
+		}
+	}
+	if len(mems) == 0 || len(private) > 0 {
+		what := "it has no memory backend"
+		if len(private) > 0 {
+			what = "backend " + strings.Join(private, ", ") + " has share=off"
+		}
+		return fmt.Errorf("%w (%s), and a vhost-user NIC needs it: start QEMU with -object memory-backend-memfd,id=mem,size=SIZE,share=on -machine memory-backend=mem; libvirt <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>", ErrNotShared, what)
+	}
+	return nil
 }
 
 var idRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9._-]*$`)
@@ -176,6 +300,16 @@ func (c *Client) AttachVhostUser(ctx context.Context, o AttachOptions) (err erro
 		conn.Close()
 	} else if _, serr := os.Stat(o.Socket); serr == nil {
 		return fmt.Errorf("qmp: attach %s: server mode but %s already exists", o.ID, o.Socket)
+	}
+	if err := c.CheckSharedMemory(ctx); err != nil {
+		return fmt.Errorf("qmp: attach %s: %w", o.ID, err)
+	}
+	bus := o.Bus
+	if bus == "" {
+		var err error
+		if bus, err = c.HotplugBus(ctx); err != nil {
+			return fmt.Errorf("qmp: attach %s: %w", o.ID, err)
+		}
 	}
 
 	chr, nd := chardevID(o.ID), netdevID(o.ID)
@@ -241,6 +375,9 @@ func (c *Client) AttachVhostUser(ctx context.Context, o AttachOptions) (err erro
 	}
 	if o.Queues > 1 {
 		dev["mq"] = true
+	}
+	if bus != "" {
+		dev["bus"] = bus
 	}
 	if err := c.Run(ctx, "device_add", dev, nil); err != nil {
 		return fmt.Errorf("attach %s: adding device: %w", o.ID, err)

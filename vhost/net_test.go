@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"io"
+	"net"
 	"runtime"
 	"testing"
 	"time"
@@ -379,6 +381,48 @@ func TestServerReconnectNoLeaks(t *testing.T) {
 			t.Fatalf("Deliver after disconnect = %d, %v", n, err)
 		}
 	}
+}
+
+// A second front-end on a socket that serves one is closed (after the
+// grace a reconnecting front-end gets), not left unanswered in the listen
+// backlog, which would hang a QEMU in netdev_add; the first keeps working,
+// and once it leaves the next one is served.
+func TestServerSecondFrontEnd(t *testing.T) {
+	ts := startServer(t, NetConfig{})
+	f := dial(t, ts.path)
+	f.setup(setupOpts{})
+	if !ts.srv.Connected() {
+		t.Fatal("Connected() false with a front-end set up")
+	}
+	second, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: ts.path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	start := time.Now()
+	second.SetReadDeadline(start.Add(secondFrontEndGrace + 5*time.Second))
+	if n, err := second.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("second front-end: read %d, %v; want EOF (closed by the server)", n, err)
+	}
+	if d := time.Since(start); d < secondFrontEndGrace/2 {
+		t.Errorf("second front-end closed after %v, before the grace of %v", d, secondFrontEndGrace)
+	}
+	f.postRX(0, 1, 2048)
+	if n, _ := ts.dev.Deliver(0, [][]byte{frame(64, 1)}); n != 1 {
+		t.Fatal("the first front-end stopped working")
+	}
+	// The first leaves; a front-end that connects at once is served.
+	f.close()
+	f.g.release()
+	f2 := dial(t, ts.path)
+	f2.setup(setupOpts{})
+	f2.postRX(0, 1, 2048)
+	if n, _ := ts.dev.Deliver(0, [][]byte{frame(64, 2)}); n != 1 {
+		t.Fatal("the next front-end is not served")
+	}
+	f2.close()
+	f2.g.release()
+	waitFor(t, "disconnect seen", func() bool { return !ts.srv.Connected() })
 }
 
 func TestServerMalformed(t *testing.T) {

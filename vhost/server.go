@@ -57,24 +57,67 @@ func NewServer(path string, dev *NetDevice, log *slog.Logger) (*Server, error) {
 // Path returns the socket path.
 func (s *Server) Path() string { return s.path }
 
+// secondFrontEndGrace is how long a front-end that connects while another
+// is served waits for that one to go away (a front-end that reconnects
+// often connects again before the old connection is torn down) before it
+// is refused.
+const secondFrontEndGrace = 2 * time.Second
+
 // Serve accepts front-ends one after the other until ctx is done or Close
 // is called; then it returns nil. Errors of a connection are logged and end
 // only that connection.
+//
+// A front-end that connects while another is served is closed after
+// secondFrontEndGrace, with a warning, rather than left unanswered in the
+// listen backlog: QEMU runs the vhost-user handshake of netdev_add in its
+// main loop, and a handshake nobody answers would freeze that QEMU.
 func (s *Server) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { s.Close() })
 	defer stop()
+	conns := make(chan *net.UnixConn)
+	acceptErr := make(chan error, 1)
+	done := make(chan struct{})
+	var acceptor sync.WaitGroup
+	acceptor.Add(1)
+	go func() {
+		defer acceptor.Done()
+		for {
+			c, err := s.ln.AcceptUnix()
+			if err != nil {
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					continue
+				}
+				acceptErr <- err
+				return
+			}
+			t := time.NewTimer(secondFrontEndGrace)
+			select {
+			case conns <- c:
+			case <-t.C:
+				s.log.Warn("vhost: refused a front-end: another one is connected to this socket; only one QEMU (or DPDK) may use a VM's vhost-user socket")
+				c.Close()
+			case <-done:
+				c.Close()
+			}
+			t.Stop()
+		}
+	}()
+	defer func() {
+		close(done)
+		s.Close()
+		acceptor.Wait()
+	}()
 	for {
-		c, err := s.ln.AcceptUnix()
-		if err != nil {
+		var c *net.UnixConn
+		select {
+		case c = <-conns:
+		case err := <-acceptErr:
 			s.mu.Lock()
 			closed := s.closed
 			s.mu.Unlock()
 			if closed {
 				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
 			}
 			return fmt.Errorf("vhost: accept: %w", err)
 		}
@@ -94,6 +137,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.mu.Unlock()
 		c.Close()
 	}
+}
+
+// Connected reports whether a front-end is connected now.
+func (s *Server) Connected() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conn != nil
 }
 
 // Close stops listening and ends the current connection. Serve returns

@@ -323,6 +323,10 @@ func (p *Port) Stats() Stats {
 // Socket is the vhost-user socket's path.
 func (p *Port) Socket() string { return p.cfg.Socket }
 
+// FrontEndConnected reports whether a front-end (QEMU, DPDK) is connected
+// to the port's vhost-user socket now.
+func (p *Port) FrontEndConnected() bool { return p.srv != nil && p.srv.Connected() }
+
 // Device is the port's virtio-net device (for its queue counters).
 func (p *Port) Device() *vhost.NetDevice { return p.dev }
 

@@ -18,6 +18,20 @@ import (
 // startQEMUWithQMP starts a QEMU (TCG, no guest) with shared memory and a
 // QMP socket, and an optional virtio-net NIC of its own with mac.
 func startQEMUWithQMP(t *testing.T, mac string) string {
+	return startQEMU(t, qemuOpts{mac: mac})
+}
+
+// qemuOpts shape the guest-less QEMU of startQEMU.
+type qemuOpts struct {
+	mac     string   // a user-mode NIC other0 with this MAC
+	machine string   // default pc
+	private bool     // plain -m memory (share=off) instead of a shared memfd
+	extra   []string // more arguments (-device pcie-root-port,...)
+}
+
+// startQEMU starts a QEMU with no guest OS (TCG) and a QMP socket, and
+// returns the socket's path; the QEMU is killed when the test ends.
+func startQEMU(t *testing.T, o qemuOpts) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("starts QEMU: skipped in -short mode")
@@ -26,13 +40,19 @@ func startQEMUWithQMP(t *testing.T, mac string) string {
 	if err != nil {
 		t.Skip("needs qemu-system-x86_64: apt-get install qemu-system-x86")
 	}
-	path := filepath.Join(t.TempDir(), "qmp.sock")
-	args := []string{"-nodefaults", "-no-user-config", "-display", "none", "-machine", "pc", "-accel", "tcg", "-m", "128",
-		"-object", "memory-backend-memfd,id=mem,size=128M,share=on", "-numa", "node,memdev=mem",
-		"-qmp", "unix:" + path + ",server=on,wait=off"}
-	if mac != "" {
-		args = append(args, "-netdev", "user,id=other", "-device", "virtio-net-pci,netdev=other,id=other0,mac="+mac)
+	if o.machine == "" {
+		o.machine = "pc"
 	}
+	path := filepath.Join(t.TempDir(), "qmp.sock")
+	args := []string{"-nodefaults", "-no-user-config", "-display", "none", "-machine", o.machine, "-accel", "tcg", "-m", "128"}
+	if !o.private {
+		args = append(args, "-object", "memory-backend-memfd,id=mem,size=128M,share=on", "-numa", "node,memdev=mem")
+	}
+	args = append(args, "-qmp", "unix:"+path+",server=on,wait=off")
+	if o.mac != "" {
+		args = append(args, "-netdev", "user,id=other", "-device", "virtio-net-pci,netdev=other,id=other0,mac="+o.mac)
+	}
+	args = append(args, o.extra...)
 	cmd := exec.Command(qemu, args...)
 	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out

@@ -44,10 +44,10 @@ var commands []command
 func init() {
 	commands = []command{
 		{"run", "run --config FILE: run the dataplane for the uplinks and VMs the file declares, until SIGINT/SIGTERM", runRun},
-		{"down", "down --config FILE: remove what a daemon that was killed left behind (pins, API socket)", runDown},
+		{"down", "down --config FILE: remove everything the daemon created (pins, saved state, stale sockets); run it with the daemon stopped", runDown},
 		{"demo", "demo [--json] [--packets N]: run two VMs on an embedded namespace topology and report what each got", runDemo},
 		{"bench", "bench dispatch|vhost: benchmark the dispatch and tap path against a bridge, or vhost-user delivery against DPDK testpmd", runBench},
-		{"vm", "vm add|rm|list|show: manage the running daemon's VMs", runVM},
+		{"vm", "vm add|rm|list|show|attach|detach|check: manage the running daemon's VMs; hot-plug a VM's vhost-user NIC into its QEMU over QMP", runVM},
 		{"port", "port add|rm|list: manage a VM's port table", runPort},
 		{"prog", "prog verify|load|replace|rm|list|show: check and manage guest XDP programs", runProg},
 		{"caps", "caps [--vm VM]: the capability document guest programs are written against", runCaps},

@@ -276,13 +276,13 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	for _, u := range st.Uplinks {
 		fmt.Fprintf(e.stdout, "uplink %s: %d RX queues, XDP %s mode, features %s; to host %d packets\n", u.Inventory.Name, u.Inventory.RxQueues, u.XDPMode, u.Inventory.XDP, u.Stats.Host.Packets)
 		tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "  VM\tMAC\tQUEUES\tDELIVERY\tTAP\tPROGRAM\tPORTS\tPASS\tDROP\tTX\tREDIRECT\tABORTED\tSENT\tSPOOFED")
+		fmt.Fprintln(tw, "  VM\tMAC\tQUEUES\tDELIVERY\tDEVICE\tPROGRAM\tPORTS\tPASS\tDROP\tTX\tREDIRECT\tABORTED\tSENT\tSPOOFED")
 		for _, v := range u.VMs {
 			prog := "built-in"
 			if v.Program != 0 {
 				prog = strconv.FormatUint(v.Program, 10)
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%v\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", v.Name, v.MAC, v.Queues, v.Delivery, v.Tap, prog, len(v.Ports),
+			fmt.Fprintf(tw, "  %s\t%s\t%v\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", v.Name, v.MAC, v.Queues, v.Delivery, deviceColumn(v), prog, len(v.Ports),
 				v.Verdicts.Pass.Packets, v.Verdicts.Drop.Packets, v.Verdicts.TX.Packets, v.Verdicts.Redirect.Packets, v.Verdicts.Aborted.Packets+v.Verdicts.Invalid.Packets,
 				v.TX.Sent.Packets, v.TX.Spoofed.Packets)
 		}

@@ -20,7 +20,9 @@ const vmUsage = `usage: xdp-hostd vm COMMAND
       [--tap NAME] [--tap-queues N] [--vhost-user-socket PATH] [--agent-socket PATH]
   rm NAME
   list [--json]
-  attach --qmp PATH [--id ID] [--json] NAME   hot-plug the VM's vhost-user NIC into its running QEMU
+  attach --qmp PATH [--id ID] [--bus BUS] [--json] NAME
+                                              hot-plug the VM's vhost-user NIC into its running QEMU
+                                              (pc: root bus; q35: a free pcie-root-port, or --bus)
   detach --qmp PATH [--id ID] [--json] NAME   unplug it
   check --qmp PATH [--json] NAME              QEMU's status and NICs; fails if none has the VM's MAC
   show [--json] NAME
@@ -128,15 +130,29 @@ func printVMs(w io.Writer, asJSON bool, vms []daemon.VMStatus) error {
 		return enc.Encode(vms)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "VM\tUPLINK\tMAC\tQUEUES\tDELIVERY\tTAP\tPROGRAM\tPORTS\tPASS\tDROP")
+	fmt.Fprintln(tw, "VM\tUPLINK\tMAC\tQUEUES\tDELIVERY\tDEVICE\tPROGRAM\tPORTS\tPASS\tDROP")
 	for _, v := range vms {
 		prog := "built-in"
 		if v.Program != 0 {
 			prog = strconv.FormatUint(v.Program, 10)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\t%s\t%d\t%d\t%d\n", v.Name, v.Uplink, v.MAC, v.Queues, v.Delivery, v.Tap, prog, len(v.Ports), v.Verdicts.Pass.Packets, v.Verdicts.Drop.Packets)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\t%s\t%d\t%d\t%d\n", v.Name, v.Uplink, v.MAC, v.Queues, v.Delivery, deviceColumn(v), prog, len(v.Ports), v.Verdicts.Pass.Packets, v.Verdicts.Drop.Packets)
 	}
 	return tw.Flush()
+}
+
+// deviceColumn is what a table shows of where a VM's frames go: its tap, or
+// whether a front-end is on its vhost-user socket.
+func deviceColumn(v daemon.VMStatus) string {
+	switch {
+	case v.Tap != "":
+		return v.Tap
+	case v.Delivery == "vhost-user" && v.FrontEndConnected:
+		return "front-end connected"
+	case v.Delivery == "vhost-user":
+		return "no front-end"
+	}
+	return "-"
 }
 
 func runPort(ctx context.Context, e *env, args []string) error {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xdp-hostd/xdp-hostd/daemon"
 	"github.com/xdp-hostd/xdp-hostd/hostnet/testnet"
 	"github.com/xdp-hostd/xdp-hostd/qmp"
 )
@@ -73,6 +74,35 @@ func TestVMQMPWithoutGuest(t *testing.T) {
 	}
 	c.Close()
 
+	// Attaching again is a no-op; under another id it is refused, naming
+	// the NIC that has the MAC already.
+	if code, out, errs := cli(t, "vm", "attach", s, "--qmp", q, "--id", "qmpnic7", "qmpvu"); code != 0 || !strings.Contains(errs, "already plugged") {
+		t.Errorf("attach again: exit %d\n%s%s", code, out, errs)
+	}
+	if code, _, errs := cli(t, "vm", "attach", s, "--qmp", q, "--id", "qmpnic8", "qmpvu"); code != 1 || !strings.Contains(errs, "--id qmpnic7") {
+		t.Errorf("attach under another id: exit %d\n%s", code, errs)
+	}
+	// The daemon reports the front-end, and a second QEMU is refused
+	// rather than left frozen in netdev_add.
+	if !vmFrontEnd(t, s, "qmpvu", true) {
+		t.Error("vm show: front_end_connected is not true after attach")
+	}
+	q2 := startQEMUWithQMP(t, "52:54:00:00:ee:09")
+	start := time.Now()
+	if code, _, errs := cli(t, "vm", "attach", s, "--qmp", q2, "qmpvu"); code != 1 || !strings.Contains(errs, "already connected") {
+		t.Errorf("attach to a second QEMU: exit %d\n%s", code, errs)
+	}
+	if code, out, errs := cli(t, "vm", "check", s, "--qmp", q2, "--timeout", "5s", "qmpvu"); code != 1 || !strings.Contains(errs, "other0") {
+		t.Errorf("the second QEMU after the refused attach: exit %d\n%s%s", code, out, errs)
+	}
+	// Detach never unplugs a NIC that is not the VM's.
+	if code, _, errs := cli(t, "vm", "detach", s, "--qmp", q2, "--id", "other0", "qmpvu"); code != 1 || !strings.Contains(errs, "not unplugging") {
+		t.Errorf("detach another NIC: exit %d\n%s", code, errs)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("the refusals took %v", d)
+	}
+
 	// A tap VM has no vhost-user socket to attach.
 	if code, _, errs := cli(t, "vm", "attach", s, "--qmp", q, "qmptap"); code != 1 || !strings.Contains(errs, "not vhost-user") || !strings.Contains(errs, "qemu-args qmptap") {
 		t.Errorf("attach a tap VM: exit %d\n%s", code, errs)
@@ -90,7 +120,7 @@ func TestVMQMPWithoutGuest(t *testing.T) {
 	}
 
 	// No guest to release the device: a bounded, explained failure.
-	start := time.Now()
+	start = time.Now()
 	code, _, errs = cli(t, "vm", "detach", s, "--qmp", q, "--id", "qmpnic7", "--timeout", "3s", "qmpvu")
 	if d := time.Since(start); d > 15*time.Second {
 		t.Errorf("detach with --timeout 3s took %v", d)
@@ -100,5 +130,140 @@ func TestVMQMPWithoutGuest(t *testing.T) {
 	}
 	if code, out, errs := cli(t, "vm", "check", s, "--qmp", q, "qmpvu"); code != 0 || !strings.Contains(out, "qmpnic7") {
 		t.Errorf("check after the refused unplug: exit %d\n%s%s", code, out, errs)
+	}
+}
+
+// vmFrontEnd waits (bounded) until the daemon reports vm's vhost-user
+// front-end as connected (want true) or gone (want false).
+func vmFrontEnd(t *testing.T, socketFlag, vm string, want bool) bool {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		code, out, errs := cli(t, "vm", "show", socketFlag, "--json", vm)
+		if code != 0 {
+			t.Fatalf("vm show %s: exit %d\n%s", vm, code, errs)
+		}
+		var vs []daemon.VMStatus
+		if err := json.Unmarshal([]byte(out), &vs); err != nil || len(vs) != 1 {
+			t.Fatalf("vm show %s: %v\n%s", vm, err, out)
+		}
+		if vs[0].FrontEndConnected == want {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
+
+// vm attach on the machines libvirt makes: q35, whose root complex takes
+// no hot-plug (the NIC goes to a free PCIe root port, skipping taken ones
+// and ones with hotplug=off), a q35 without a free port (refused with the
+// fix, nothing left in QEMU), --bus naming a port that refuses (rolled
+// back), and private guest memory (refused: vhost-user needs share=on).
+func TestVMAttachQ35AndMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts QEMU: skipped in -short mode")
+	}
+	testnet.RequireRoot(t)
+	topo := testnet.Topology(t, 4)
+	dir := t.TempDir()
+	s, _ := startDaemon(t, fmt.Sprintf(`{"uplinks": [{"name": %q, "netns": %q, "vms": [
+		{"name": "q35a", "mac": "52:54:00:00:ef:01", "queues": [1], "delivery": "vhost-user", "vhost_user_socket": %q},
+		{"name": "q35b", "mac": "52:54:00:00:ef:02", "queues": [2], "delivery": "vhost-user", "vhost_user_socket": %q}]}]}`,
+		topo.Uplink, topo.HostNS, filepath.Join(dir, "a.sock"), filepath.Join(dir, "b.sock")))
+	ports := []string{
+		"-device", "pcie-root-port,id=rp1,chassis=1,slot=1,hotplug=off",
+		"-device", "pcie-root-port,id=rp2,chassis=2,slot=2",
+		"-device", "pcie-root-port,id=rp3,chassis=3,slot=3",
+	}
+	// other0 takes rp2, so rp3 is the first free port that takes hot-plug.
+	qa := startQEMU(t, qemuOpts{machine: "q35", extra: append(ports, "-netdev", "user,id=o", "-device", "virtio-net-pci,netdev=o,id=other0,bus=rp2")})
+	if code, out, errs := cli(t, "vm", "attach", s, "--qmp", qa, "q35a"); code != 0 || !strings.Contains(out, "xhnet0") {
+		t.Fatalf("attach on q35: exit %d\n%s%s", code, out, errs)
+	}
+	if bus := pciParent(t, qa, "xhnet0"); bus != "rp3" {
+		t.Errorf("NIC plugged behind %q, want rp3; other0 behind %q", bus, pciParent(t, qa, "other0"))
+	}
+	// The port taken by that hot-plug counts as taken: a second NIC finds
+	// none left.
+	code, _, errs := cli(t, "vm", "attach", s, "--qmp", qa, "--id", "xhnet1", "q35b")
+	if code != 1 || !strings.Contains(errs, "all are taken: rp1 (hotplug=off), rp2, rp3") {
+		t.Errorf("second attach on the q35 with no port left: exit %d\n%s", code, errs)
+	}
+
+	qb := startQEMU(t, qemuOpts{machine: "q35", extra: ports[:2]})
+	code, _, errs = cli(t, "vm", "attach", s, "--qmp", qb, "q35b")
+	if code != 1 || !strings.Contains(errs, "no free hot-pluggable PCIe root port") || !strings.Contains(errs, "rp1 (hotplug=off)") || !strings.Contains(errs, "pcie-root-port") {
+		t.Errorf("attach on a q35 without a free port: exit %d\n%s", code, errs)
+	}
+	// --bus naming the port that refuses hot-plug: QEMU's error, and the
+	// chardev and netdev added before are removed again.
+	code, _, errs = cli(t, "vm", "attach", s, "--qmp", qb, "--bus", "rp1", "q35b")
+	if code != 1 || !strings.Contains(errs, "does not support hotplugging") || strings.Contains(errs, "rollback failed") {
+		t.Errorf("attach --bus rp1: exit %d\n%s", code, errs)
+	}
+	assertNoAttachLeft(t, qb)
+	if !vmFrontEnd(t, s, "q35b", false) {
+		t.Error("the rolled-back attach left a front-end connected")
+	}
+
+	qc := startQEMU(t, qemuOpts{private: true})
+	code, _, errs = cli(t, "vm", "attach", s, "--qmp", qc, "q35b")
+	if code != 1 || !strings.Contains(errs, "not shared") || !strings.Contains(errs, "pc.ram") || !strings.Contains(errs, "share=on") {
+		t.Errorf("attach with private memory: exit %d\n%s", code, errs)
+	}
+	assertNoAttachLeft(t, qc)
+}
+
+// pciParent returns the id of the device whose bus the device id sits on
+// ("" on the root bus), from its QOM parent_bus link.
+func pciParent(t *testing.T, qmpPath, id string) string {
+	t.Helper()
+	c, err := qmp.Dial(qmpPath, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var bus string
+	if err := c.Run(ctx, "qom-get", map[string]any{"path": "/machine/peripheral/" + id, "property": "parent_bus"}, &bus); err != nil {
+		t.Fatal(err)
+	}
+	// /machine/peripheral/PORT/BUS for a bus behind a port with an id.
+	if rest, ok := strings.CutPrefix(bus, "/machine/peripheral/"); ok {
+		return strings.Split(rest, "/")[0]
+	}
+	return ""
+}
+
+// assertNoAttachLeft checks that QEMU holds no chardev, netdev or device
+// of the default NIC id xhnet0.
+func assertNoAttachLeft(t *testing.T, qmpPath string) {
+	t.Helper()
+	c, err := qmp.Dial(qmpPath, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var chardevs []struct {
+		Label string `json:"label"`
+	}
+	if err := c.Run(ctx, "query-chardev", nil, &chardevs); err != nil {
+		t.Fatal(err)
+	}
+	for _, ch := range chardevs {
+		if strings.HasPrefix(ch.Label, "xhnet0") {
+			t.Errorf("chardev %s left in QEMU", ch.Label)
+		}
+	}
+	var info string
+	if err := c.Run(ctx, "human-monitor-command", map[string]any{"command-line": "info network"}, &info); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(info, "xhnet0") {
+		t.Errorf("netdev or NIC left in QEMU:\n%s", info)
 	}
 }
