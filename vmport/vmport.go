@@ -320,6 +320,29 @@ func (p *Port) Stats() Stats {
 	return st
 }
 
+// SocketStats are the counters of the AF_XDP socket on one of the VM's
+// uplink RX queues.
+type SocketStats struct {
+	RXQueue int // the uplink RX queue the socket is bound to
+	zerocopy.Stats
+}
+
+// SocketStats reads the counters of each of the port's AF_XDP sockets (one
+// getsockopt each; for scrapes, not per packet).
+func (p *Port) SocketStats() ([]SocketStats, error) {
+	out := make([]SocketStats, 0, len(p.queues))
+	for _, qu := range p.queues {
+		qu.mu.Lock()
+		st, err := qu.sock.Stats()
+		qu.mu.Unlock()
+		if err != nil {
+			return out, err
+		}
+		out = append(out, SocketStats{RXQueue: qu.rxq, Stats: st})
+	}
+	return out, nil
+}
+
 // Socket is the vhost-user socket's path.
 func (p *Port) Socket() string { return p.cfg.Socket }
 

@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -357,7 +359,8 @@ func TestRunVhostUserVM(t *testing.T) {
 	vsock := filepath.Join(dir, "vm1.sock")
 	cfg := fmt.Sprintf(`{"uplinks": [{"name": %q, "netns": %q, "vms": [{"name": "vm1", "mac": "02:00:00:00:00:01", "queues": [2], "delivery": "vhost-user", "vhost_user_socket": %q}]}]}`,
 		topo.Uplink, topo.HostNS, vsock)
-	d := runDaemonBinary(t, cfg)
+	metrics := freeLoopbackAddr(t)
+	d := runDaemonBinary(t, cfg, "--metrics", metrics)
 	defer d.cmd.Process.Kill()
 	pmd, err := testpmd.Start(testpmd.Options{Vdevs: []string{"net_virtio_user0,path=" + vsock + ",queues=1,mac=02:00:00:00:00:01"}, Mode: "rxonly", Prefix: "xhclivu"})
 	if errors.Is(err, testpmd.ErrMissing) {
@@ -384,6 +387,36 @@ func TestRunVhostUserVM(t *testing.T) {
 	}
 	if rx != 1000 {
 		t.Errorf("testpmd received %d of 1000 frames", rx)
+	}
+	// The metrics show the frames at each stage: the VM program's verdict,
+	// the AF_XDP socket on queue 2, the port and the guest's RX virtqueue.
+	body := scrape(t, metrics)
+	vm := `uplink="` + topo.Uplink + `",vm="vm1"`
+	for _, want := range []string{
+		`xdp_hostd_vm_verdict_packets_total{uplink="` + topo.Uplink + `",verdict="pass",vm="vm1"} 1000`,
+		`xdp_hostd_xsk_rx_frames_total{rx_queue="2",` + vm + `} 1000`,
+		`xdp_hostd_xsk_rx_ring_full_total{rx_queue="2",` + vm + `} 0`,
+		`xdp_hostd_vhost_frames_total{outcome="rx_delivered",` + vm + `} 1000`,
+		`xdp_hostd_vhost_queue_packets_total{dir="rx",uplink="` + topo.Uplink + `",virtqueue="0",vm="vm1"} 1000`,
+		`xdp_hostd_vhost_front_end_connected{socket="` + vsock + `",` + vm + `} 1`,
+		`# TYPE xdp_hostd_vhost_rx_cpu_seconds_total counter`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s\n%s", want, body)
+		}
+	}
+	// Each family is one group: its HELP once, its samples together.
+	seen := map[string]bool{}
+	last := ""
+	for _, line := range strings.Split(body, "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name := strings.FieldsFunc(line, func(r rune) bool { return r == '{' || r == ' ' })[0]
+		if name != last && seen[name] {
+			t.Errorf("metric %s is not in one group", name)
+		}
+		seen[name], last = true, name
 	}
 	if err := d.stop(t); err != nil {
 		t.Errorf("exit: %v\n%s", err, d.stderr.String())
@@ -453,4 +486,31 @@ func TestKilledDaemonAndDown(t *testing.T) {
 	if _, err := os.Stat(sock); err == nil {
 		t.Error("the stale API socket is still there")
 	}
+}
+
+// freeLoopbackAddr returns a 127.0.0.1 address with a port free right now.
+func freeLoopbackAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// scrape fetches the daemon's Prometheus metrics.
+func scrape(t *testing.T, addr string) string {
+	t.Helper()
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

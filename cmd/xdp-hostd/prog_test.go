@@ -196,13 +196,13 @@ type daemonProc struct {
 
 // runDaemonBinary starts `xdp-hostd run` with the configuration text cfg
 // and waits (at most 20 s) until it is ready. The caller stops it.
-func runDaemonBinary(t *testing.T, cfg string) *daemonProc {
+func runDaemonBinary(t *testing.T, cfg string, extra ...string) *daemonProc {
 	t.Helper()
 	dir := t.TempDir()
 	p := &daemonProc{socket: filepath.Join(dir, "api.sock"), stderr: &syncBuffer{}}
 	cfgPath := filepath.Join(dir, "config.json")
 	os.WriteFile(cfgPath, []byte(cfg), 0o644)
-	p.cmd = exec.Command(binary, "run", "--config", cfgPath, "--socket", p.socket)
+	p.cmd = exec.Command(binary, append([]string{"run", "--config", cfgPath, "--socket", p.socket}, extra...)...)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
