@@ -93,7 +93,7 @@ func (r *Registry) rollbackLocked(vm *hostnet.VM, prev *ProgramRecord, prevObj *
 	var err error
 	if prev != nil && prevObj != nil {
 		var kid uint32
-		if kid, err = vm.SetProgram(prevObj, "guest"); err == nil {
+		if kid, err = vm.SetGuestProgram(prevObj, "guest", prev.ID); err == nil {
 			c := *prev
 			c.KernelID = kid
 			r.byVM[name], r.parsed[name] = &c, prevObj
@@ -143,7 +143,9 @@ func (r *Registry) restore(vmName string, p *StateProgram, obj []byte) error {
 	if !report.Accepted {
 		return &guestprog.RefusedError{Report: report}
 	}
-	kid, err := vm.SetProgram(parsed, "guest")
+	// With pins, the program gets back the maps the previous daemon
+	// pinned under its ID: what it stored survives the restart.
+	kid, err := vm.SetGuestProgram(parsed, "guest", p.ID)
 	if err != nil {
 		return err
 	}
@@ -261,7 +263,7 @@ func (r *Registry) install(vm *hostnet.VM, replaces uint64, obj []byte, entry st
 			return nil, err
 		}
 	}
-	kid, err := vm.SetProgram(parsed, "guest")
+	kid, err := vm.SetGuestProgram(parsed, "guest", r.nextID)
 	if err != nil {
 		r.counters.reject("verifier")
 		r.log.Info("audit: prog_refused", "audit", "prog_refused", "vm", vm.Name(), "sha256", hex.EncodeToString(sum[:]), "reason", "kernel verifier")

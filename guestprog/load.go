@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // Program is a VM program loaded into the kernel: the framed entry and the
@@ -21,14 +22,48 @@ type Program struct {
 // loads everything into the kernel. The kernel verifier's complaint, if any,
 // comes back in the error.
 func Load(o *Object, maps *HostMaps) (_ *Program, err error) {
+	p, _, err := LoadKeeping(o, maps, nil)
+	return p, err
+}
+
+// LoadKeeping is Load with some of the guest's maps given rather than
+// created: keep holds maps by name from an earlier load of the same object
+// (see StateMaps), so that what the program had stored survives. A kept
+// map that the object does not declare, or declares differently (type,
+// key, value, size, flags), is not used: the program gets a fresh one,
+// and its name is in skipped with the reason.
+func LoadKeeping(o *Object, maps *HostMaps, keep map[string]*ebpf.Map) (_ *Program, skipped map[string]error, err error) {
 	spec, err := o.Framed(maps.Delivery)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	repl := map[string]*ebpf.Map{
 		mapCounters: maps.Counters,
 		mapTap:      maps.Tap,
 		mapXSKs:     maps.XSKs,
+	}
+	for name, m := range keep {
+		ms, ok := spec.Maps[name]
+		switch {
+		case !ok:
+			err = errors.New("the program declares no such map")
+		case !isStateMap(name, ms.Type):
+			err = errors.New("not a map whose contents are kept")
+		default:
+			ms = ms.Copy()
+			if (strings.HasPrefix(name, ".data") || strings.HasPrefix(name, ".bss")) && m.Flags()&unix.BPF_F_MMAPABLE != 0 {
+				ms.Flags |= unix.BPF_F_MMAPABLE // what the loader adds where the kernel can
+			}
+			err = ms.Compatible(m)
+		}
+		if err != nil {
+			if skipped == nil {
+				skipped = map[string]error{}
+			}
+			skipped[name] = err
+			continue
+		}
+		repl[name] = m
 	}
 	if _, ok := spec.Maps[PortTableMap]; ok {
 		repl[PortTableMap] = maps.PortTable
@@ -37,15 +72,46 @@ func Load(o *Object, maps *HostMaps) (_ *Program, err error) {
 	if err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
-			return nil, &VerifierError{Program: o.Entry, Log: trimLog(verr.Log), err: err}
+			return nil, skipped, &VerifierError{Program: o.Entry, Log: trimLog(verr.Log), err: err}
 		}
-		return nil, fmt.Errorf("load program %q: %w", o.Entry, err)
+		return nil, skipped, fmt.Errorf("load program %q: %w", o.Entry, err)
 	}
 	p := &Program{Entry: coll.Programs[o.Entry], coll: coll}
 	if info, err := p.Entry.Info(); err == nil {
 		p.KernelID, _ = info.ID()
 	}
-	return p, nil
+	return p, skipped, nil
+}
+
+// isStateMap reports whether a guest map holds state worth keeping across
+// a reload of the same program: its own data maps and global variables,
+// not program arrays (they hold the old load's programs), read-only data
+// or the host's maps.
+func isStateMap(name string, typ ebpf.MapType) bool {
+	switch {
+	case strings.HasPrefix(name, ReservedPrefix), name == PortTableMap:
+		return false
+	case typ == ebpf.ProgramArray:
+		return false
+	case strings.HasPrefix(name, ".rodata"), name == ".kconfig":
+		return false
+	}
+	return true
+}
+
+// StateMaps are the guest's maps whose contents LoadKeeping can hand to a
+// later load of the same object (data maps, .data and .bss), by name.
+func (p *Program) StateMaps() map[string]*ebpf.Map {
+	out := map[string]*ebpf.Map{}
+	if p == nil || p.coll == nil {
+		return out
+	}
+	for name, m := range p.coll.Maps {
+		if isStateMap(name, m.Type()) {
+			out[name] = m
+		}
+	}
+	return out
 }
 
 // Map returns one of the guest's own maps by name (the host's and the port

@@ -95,7 +95,7 @@ func TestPolicyInstructionLimit(t *testing.T) {
 
 // Every shipped guest program passes the policy.
 func TestPolicyAcceptsShippedGuests(t *testing.T) {
-	for _, name := range []string{"pass", "tx", "port", "tailcall"} {
+	for _, name := range []string{"pass", "tx", "port", "tailcall", "counter"} {
 		r, obj, err := Check(guest(t, name), "", Limits{})
 		if err != nil || !r.Accepted || obj == nil {
 			t.Errorf("%s: %v %+v", name, err, r)

@@ -26,8 +26,11 @@ import (
 //	                  program array when no file or pin refers to it), and
 //	                  dispatch_stats
 //	tx-<IFINDEX>      the XDP link of the transmit program on a tap VM's tap
-//	guest-<ID>/       the program arrays of the VM program with kernel ID
-//	                  <ID> (a guest that tail-calls keeps working)
+//	guest-<ID>[-p<N>]/ the maps of the VM program with kernel ID <ID> (and
+//	                  daemon program ID N): its program arrays (a guest that
+//	                  tail-calls keeps working) and its data maps, .data and
+//	                  .bss, which a daemon restoring program N loads it with
+//	                  (what the program stored survives a restart)
 //
 // A daemon that starts and finds a live link pin adopts it: it builds a
 // complete new dispatcher (maps filled from its state), then swaps it in
@@ -297,36 +300,91 @@ func (d *Dataplane) unpinTxLink(tapIndex int, l link.Link) {
 	d.claim("tx-"+strconv.Itoa(tapIndex), false)
 }
 
-// pinGuestArrays pins the program arrays of a VM program, so that a guest
-// that tail-calls keeps working while no daemon runs.
-func (d *Dataplane) pinGuestArrays(kernelID ebpf.ProgramID, arrays map[string]*ebpf.Map) error {
-	if d.pinDir == "" || len(arrays) == 0 {
-		return nil
-	}
+// guestPinName is the pin directory of a VM program: by its kernel ID, and
+// with the daemon's program ID (key) when it has one, which is how a later
+// daemon finds the maps of the program it restores.
+func guestPinName(kernelID ebpf.ProgramID, key uint64) string {
 	name := "guest-" + strconv.FormatUint(uint64(kernelID), 10)
+	if key != 0 {
+		name += "-p" + strconv.FormatUint(key, 10)
+	}
+	return name
+}
+
+// pinGuestMaps pins a VM program's program arrays (a guest that tail-calls
+// keeps working while no daemon runs) and its state maps (a daemon that
+// restores the program gets them back). It returns the directory's name,
+// "" when nothing was pinned.
+func (d *Dataplane) pinGuestMaps(kernelID ebpf.ProgramID, key uint64, maps map[string]*ebpf.Map) (string, error) {
+	if d.pinDir == "" || len(maps) == 0 {
+		return "", nil
+	}
+	name := guestPinName(kernelID, key)
 	dir := filepath.Join(d.pinDir, name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create %s: %w", dir, err)
+		return "", fmt.Errorf("create %s: %w", dir, err)
 	}
-	for n, m := range arrays {
-		if err := m.Pin(filepath.Join(dir, n)); err != nil {
+	for n, m := range maps {
+		if err := m.Pin(filepath.Join(dir, mapPinName(n))); err != nil {
 			os.RemoveAll(dir)
-			return fmt.Errorf("pin program array %s in %s: %w", n, dir, err)
+			return "", fmt.Errorf("pin map %s in %s: %w", n, dir, err)
 		}
 	}
 	d.claim(name, true)
-	return nil
+	return name, nil
 }
 
-func (d *Dataplane) unpinGuestArrays(kernelID ebpf.ProgramID) {
-	if d.pinDir == "" {
+// mapPinName is the pin name of a guest map: bpffs refuses dots, which the
+// maps of data sections (".bss", ".data.x") have, so they become '-', which
+// no C identifier (the name of any other map) has.
+func mapPinName(name string) string { return strings.ReplaceAll(name, ".", "-") }
+
+func mapNameOfPin(pin string) string { return strings.ReplaceAll(pin, "-", ".") }
+
+// unpinGuest removes a VM program's pin directory (name from pinGuestMaps).
+func (d *Dataplane) unpinGuest(name string) {
+	if d.pinDir == "" || name == "" {
 		return
 	}
-	name := "guest-" + strconv.FormatUint(uint64(kernelID), 10)
 	d.pinMu.Lock()
 	defer d.pinMu.Unlock()
 	if d.claimed[name] {
 		os.RemoveAll(filepath.Join(d.pinDir, name))
 		delete(d.claimed, name)
 	}
+}
+
+// pinnedStateMaps opens the maps a previous daemon pinned for the program
+// with the daemon's ID key (nil when there are none). The caller closes
+// them.
+func (d *Dataplane) pinnedStateMaps(key uint64) map[string]*ebpf.Map {
+	if d.pinDir == "" || key == 0 {
+		return nil
+	}
+	suffix := "-p" + strconv.FormatUint(key, 10)
+	ents, err := os.ReadDir(d.pinDir)
+	if err != nil {
+		return nil
+	}
+	for _, e := range ents {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), "guest-") || !strings.HasSuffix(e.Name(), suffix) {
+			continue
+		}
+		dir := filepath.Join(d.pinDir, e.Name())
+		files, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		out := map[string]*ebpf.Map{}
+		for _, f := range files {
+			m, err := ebpf.LoadPinnedMap(filepath.Join(dir, f.Name()), nil)
+			if err != nil {
+				d.log.Warn("a pinned map of a restored program cannot be opened; the program gets a fresh one", "pin", filepath.Join(dir, f.Name()), "err", err)
+				continue
+			}
+			out[mapNameOfPin(f.Name())] = m
+		}
+		return out
+	}
+	return nil
 }

@@ -95,6 +95,7 @@ type VM struct {
 	mu      sync.Mutex // serializes program changes and port changes
 	prog    *guestprog.Program
 	progSet time.Time
+	progPin string // pin directory of prog's maps ("" when none)
 	ports   map[uint32]Port
 }
 
@@ -187,7 +188,7 @@ func (d *Dataplane) AddVM(spec VMSpec) (_ *VM, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := vm.install(obj, "built-in"); err != nil {
+	if err := vm.install(obj, "built-in", 0); err != nil {
 		return nil, fmt.Errorf("VM %s: %w", spec.Name, err)
 	}
 
@@ -363,9 +364,9 @@ func (vm *VM) teardown() error {
 		ignoreMissing(d.dispatch.VmProgs.Delete(uint32(vm.slot)))
 	}
 	if vm.prog != nil {
-		d.unpinGuestArrays(vm.prog.KernelID)
+		d.unpinGuest(vm.progPin)
 		errs = append(errs, vm.prog.Close())
-		vm.prog = nil
+		vm.prog, vm.progPin = nil, ""
 	}
 	if vm.tap != nil {
 		ignoreMissing(d.vmtx.TapCfg.Delete(uint32(vm.tap.Index())))
@@ -396,29 +397,46 @@ func lookupU32(m *ebpf.Map, key any) (uint32, error) {
 	return v, err
 }
 
-// install loads obj for this VM and swaps it into the VM's slot with one map
-// update; the previous program is released after the swap.
-func (vm *VM) install(obj *guestprog.Object, what string) error {
-	prog, err := guestprog.Load(obj, vm.maps)
+// install loads obj for this VM and swaps it into the VM's slot with one
+// map update; the previous program is released after the swap. key is the
+// daemon's ID of the program (0: none): its maps are pinned under it, and
+// maps a previous daemon pinned under it are loaded back (a restore).
+func (vm *VM) install(obj *guestprog.Object, what string, key uint64) error {
+	kept := vm.d.pinnedStateMaps(key)
+	prog, skipped, err := guestprog.LoadKeeping(obj, vm.maps, kept)
+	for _, m := range kept {
+		m.Close() // the program holds its own reference
+	}
 	if err != nil {
 		return err
 	}
-	if err := vm.d.pinGuestArrays(prog.KernelID, prog.ProgArrays()); err != nil {
+	for name, why := range skipped {
+		vm.d.log.Warn("a map of the restored program starts empty", "vm", vm.name, "program", key, "map", name, "reason", why)
+	}
+	pinned := prog.ProgArrays()
+	if key != 0 {
+		for n, m := range prog.StateMaps() {
+			pinned[n] = m
+		}
+	}
+	pin, err := vm.d.pinGuestMaps(prog.KernelID, key, pinned)
+	if err != nil {
 		prog.Close()
 		return err
 	}
 	if err := vm.d.dispatch.VmProgs.Put(uint32(vm.slot), prog.Entry); err != nil {
-		vm.d.unpinGuestArrays(prog.KernelID)
+		vm.d.unpinGuest(pin)
 		prog.Close()
 		return fmt.Errorf("put program into slot %d: %w", vm.slot, err)
 	}
-	old := vm.prog
-	vm.prog, vm.progSet = prog, time.Now()
+	old, oldPin := vm.prog, vm.progPin
+	vm.prog, vm.progSet, vm.progPin = prog, time.Now(), pin
 	if old != nil {
-		vm.d.unpinGuestArrays(old.KernelID)
+		vm.d.unpinGuest(oldPin)
 		old.Close()
 	}
-	vm.d.audit("prog_install", "vm", vm.name, "slot", vm.slot, "program", what, "entry", obj.Entry, "kernel_id", prog.KernelID)
+	vm.d.audit("prog_install", "vm", vm.name, "slot", vm.slot, "program", what, "entry", obj.Entry, "kernel_id", prog.KernelID,
+		"maps_kept", len(kept)-len(skipped))
 	return nil
 }
 
@@ -427,9 +445,19 @@ func (vm *VM) install(obj *guestprog.Object, what string) error {
 // map update. On error the current program keeps running and nothing of the
 // new one is left loaded. It returns the kernel's ID of the new program.
 func (vm *VM) SetProgram(obj *guestprog.Object, what string) (uint32, error) {
+	return vm.SetGuestProgram(obj, what, 0)
+}
+
+// SetGuestProgram is SetProgram for a program the daemon knows by ID (not
+// 0): with pins, the program's data maps, .data and .bss are pinned under
+// that ID, and when a previous daemon pinned maps under it (the program is
+// being restored after a restart) the program is loaded with those maps,
+// so what it stored survives. A map the object declares differently is
+// created empty (logged).
+func (vm *VM) SetGuestProgram(obj *guestprog.Object, what string, id uint64) (uint32, error) {
 	vm.mu.Lock()
 	defer vm.mu.Unlock()
-	if err := vm.install(obj, what); err != nil {
+	if err := vm.install(obj, what, id); err != nil {
 		return 0, fmt.Errorf("VM %s: %w", vm.name, err)
 	}
 	return uint32(vm.prog.KernelID), nil

@@ -4,8 +4,9 @@
  * A DDoS drop filter: IPv4 packets from a blocked source prefix are dropped
  * (and counted per prefix); everything else is delivered to the VM.
  *
- * blocked is a longest-prefix-match trie the VM owner fills with the
- * prefixes to drop (through the guest agent, or from a control program).
+ * blocked is a longest-prefix-match trie of the prefixes to drop. Neither
+ * the guest agent nor the daemon's API reads or writes guest maps yet: the
+ * host fills it through the program's pinned map (pin_dir/<uplink>/guest-*).
  */
 #include <linux/if_ether.h>
 #include <linux/ip.h>

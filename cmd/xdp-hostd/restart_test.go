@@ -176,6 +176,28 @@ func (b *restartBed) view() view {
 	return v
 }
 
+// counted reads what the counter guest program with daemon ID id has
+// counted, from its pinned maps: totals[0] and its .bss variable.
+func (b *restartBed) counted(id uint64) (totals, seen uint64) {
+	b.t.Helper()
+	dirs, _ := filepath.Glob(filepath.Join(b.pins, b.topo.Uplink, fmt.Sprintf("guest-*-p%d", id)))
+	if len(dirs) != 1 {
+		b.t.Fatalf("pinned maps of program %d: %v, want one directory", id, dirs)
+	}
+	for name, v := range map[string]*uint64{"totals": &totals, "-bss": &seen} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dirs[0], name), nil)
+		if err != nil {
+			b.t.Fatal(err)
+		}
+		err = m.Lookup(uint32(0), v)
+		m.Close()
+		if err != nil {
+			b.t.Fatalf("%s of program %d: %v", name, id, err)
+		}
+	}
+	return totals, seen
+}
+
 func guestObj(t *testing.T, name string) []byte {
 	t.Helper()
 	b, err := hostbpf.Guest(name)
@@ -200,7 +222,9 @@ func TestRestartKeepsStateAndTraffic(t *testing.T) {
 	if _, err := c.AddPort(ctx, "vm1", 1, b.ports[0]); err != nil {
 		t.Fatal(err)
 	}
-	p1, err := c.Load(ctx, "vm1", guestObj(t, "pass"), "")
+	// counter counts what it sees in a map and in .bss: its counts must
+	// go on across restarts, frames seen while no daemon ran included.
+	p1, err := c.Load(ctx, "vm1", guestObj(t, "counter"), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,11 +252,18 @@ func TestRestartKeepsStateAndTraffic(t *testing.T) {
 		if after := b.view(); !viewsEqual(before, after) {
 			t.Errorf("after %s and a restart the daemon reports\n%+v\nwant\n%+v", how, after, before)
 		}
+		if got, seen := b.counted(p1.ID); got != uint64(400*(round+1)) || seen != got {
+			t.Errorf("after %s and a restart, vm1's program counted %d frames in its map and %d in .bss; want %d in both (its maps kept)", how, got, seen, 400*(round+1))
+		}
 		b.deliver("daemon restarted after "+how, uint16(4+round), 200)
 	}
-	p3, err := c.Replace(ctx, "vm1", p1.ID, guestObj(t, "pass"), "")
+	p3, err := c.Replace(ctx, "vm1", p1.ID, guestObj(t, "counter"), "")
 	if err != nil {
 		t.Fatal(err)
+	}
+	// A replacement is a new program: it starts from nothing.
+	if got, seen := b.counted(p3.ID); got != 0 || seen != 0 {
+		t.Errorf("the replacement program starts with %d / %d counted", got, seen)
 	}
 	if p3.ID <= p2.ID {
 		t.Errorf("after restarts the next program got ID %d; IDs %d and %d were given before", p3.ID, p1.ID, p2.ID)
