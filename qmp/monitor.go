@@ -51,24 +51,38 @@ func dialMonitor(path string, deadline time.Time) (*monitor, error) {
 		done:    make(chan struct{}),
 	}
 	c.SetDeadline(deadline)
-	var banner struct {
+	type greeting struct {
 		QMP *struct {
 			Version gqmp.Version `json:"version"`
 		} `json:"QMP"`
 	}
-	if err := m.dec.Decode(&banner); err != nil {
-		c.Close()
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return nil, errors.New("no QMP greeting in time (is another client connected to this monitor?)")
+	// The greeting is QEMU's first message; anything before it (not seen
+	// from QEMU 7.2, but seen once on a loaded CI machine) is skipped, a
+	// few messages at most, and named if no greeting follows.
+	var b greeting
+	var first json.RawMessage
+	for i := 0; b.QMP == nil; i++ {
+		var raw json.RawMessage
+		if err := m.dec.Decode(&raw); err != nil {
+			c.Close()
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return nil, errors.New("no QMP greeting in time (is another client connected to this monitor?)")
+			}
+			return nil, fmt.Errorf("reading greeting: %w", err)
 		}
-		return nil, fmt.Errorf("reading greeting: %w", err)
+		if first == nil {
+			first = raw
+		}
+		if err := json.Unmarshal(raw, &b); err != nil || (b.QMP == nil && i >= 8) {
+			c.Close()
+			if len(first) > 200 {
+				first = first[:200]
+			}
+			return nil, fmt.Errorf("not a QMP greeting: QEMU sent %s", first)
+		}
 	}
-	if banner.QMP == nil {
-		c.Close()
-		return nil, errors.New("not a QMP greeting")
-	}
-	m.version = banner.QMP.Version
+	m.version = b.QMP.Version
 	if _, err := c.Write([]byte(`{"execute":"qmp_capabilities"}` + "\n")); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("capabilities handshake: %w", err)

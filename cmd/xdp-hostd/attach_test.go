@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/xdp-hostd/xdp-hostd/hostnet/testnet"
+	"github.com/xdp-hostd/xdp-hostd/qmp"
 	"github.com/xdp-hostd/xdp-hostd/vmtests"
 )
 
@@ -66,12 +67,20 @@ func startQEMU(t *testing.T, o qemuOpts) string {
 	})
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if _, err := os.Stat(path); err == nil {
-			return path
+			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("QEMU made no QMP socket:\n%s", out.String())
 		}
 	}
+	// The monitor answers before the test hands the socket on (QEMU serves
+	// one QMP client at a time, so this one is closed first).
+	c, err := qmp.Dial(path, 10*time.Second)
+	if err != nil {
+		t.Fatalf("QEMU's QMP socket: %v\n%s", err, out.String())
+	}
+	c.Close()
+	return path
 }
 
 // vm attach, check and detach against a real QEMU with a booted guest: the VM's vhost-user NIC is
