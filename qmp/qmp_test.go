@@ -1,7 +1,6 @@
 package qmp
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -10,11 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/xdp-hostd/xdp-hostd/hostnet/testnet"
 	"github.com/xdp-hostd/xdp-hostd/vhost"
 )
 
@@ -30,23 +29,8 @@ type testVM struct {
 	dir     string
 }
 
-// syncBuffer collects QEMU's output for the log.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer collects a child process's output while the test reads it.
+type syncBuffer = testnet.SyncBuffer
 
 func startQEMU(t *testing.T) *testVM {
 	t.Helper()

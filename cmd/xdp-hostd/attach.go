@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -125,9 +124,7 @@ func runVMQMP(ctx context.Context, e *env, sub string, args []string) error {
 	macErr := q.CheckMAC(ctx, mac)
 	rep.MACMatches = macErr == nil
 	if *asJSON {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
+		if err := printJSON(e.stdout, rep); err != nil {
 			return err
 		}
 	} else {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -91,9 +90,9 @@ func progVerify(e *env, args []string) error {
 				out.KernelVerifier = kerr.Error()
 			}
 		}
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(out)
+		if err := printJSON(e.stdout, out); err != nil {
+			return err
+		}
 	} else {
 		if report.Accepted {
 			fmt.Fprintf(e.stdout, "%s: accepted by the policy (entry %s, %d instructions, maps ~%d KiB)\n", file, report.Entry, report.Instructions, report.MapMemory>>10)
@@ -218,9 +217,7 @@ var progSynopsis = map[string]string{
 
 func printRecords(w io.Writer, asJSON bool, recs []daemon.ProgramRecord) error {
 	if asJSON {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(recs)
+		return printJSON(w, recs)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tVM\tUPLINK\tQUEUES\tENTRY\tKERNEL ID\tSHA256\tLOADED\tPASS\tDROP\tTX\tREDIRECT\tABORTED")
@@ -252,9 +249,7 @@ func runCaps(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 	}
-	enc := json.NewEncoder(e.stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(caps)
+	return printJSON(e.stdout, caps)
 }
 
 func runStatus(ctx context.Context, e *env, args []string) error {
@@ -269,20 +264,14 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		return printJSON(e.stdout, st)
 	}
 	for _, u := range st.Uplinks {
 		fmt.Fprintf(e.stdout, "uplink %s: %d RX queues, XDP %s mode, features %s; to host %d packets\n", u.Inventory.Name, u.Inventory.RxQueues, u.XDPMode, u.Inventory.XDP, u.Stats.Host.Packets)
 		tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "  VM\tMAC\tQUEUES\tDELIVERY\tDEVICE\tPROGRAM\tPORTS\tPASS\tDROP\tTX\tREDIRECT\tABORTED\tSENT\tSPOOFED")
 		for _, v := range u.VMs {
-			prog := "built-in"
-			if v.Program != 0 {
-				prog = strconv.FormatUint(v.Program, 10)
-			}
-			fmt.Fprintf(tw, "  %s\t%s\t%v\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", v.Name, v.MAC, v.Queues, v.Delivery, deviceColumn(v), prog, len(v.Ports),
+			fmt.Fprintf(tw, "  %s\t%s\t%v\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", v.Name, v.MAC, v.Queues, v.Delivery, deviceColumn(v), programColumn(v), len(v.Ports),
 				v.Verdicts.Pass.Packets, v.Verdicts.Drop.Packets, v.Verdicts.TX.Packets, v.Verdicts.Redirect.Packets, v.Verdicts.Aborted.Packets+v.Verdicts.Invalid.Packets,
 				v.TX.Sent.Packets, v.TX.Spoofed.Packets)
 		}

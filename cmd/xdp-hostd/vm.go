@@ -125,18 +125,12 @@ func runVM(ctx context.Context, e *env, args []string) error {
 
 func printVMs(w io.Writer, asJSON bool, vms []daemon.VMStatus) error {
 	if asJSON {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(vms)
+		return printJSON(w, vms)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "VM\tUPLINK\tMAC\tQUEUES\tDELIVERY\tDEVICE\tPROGRAM\tPORTS\tPASS\tDROP")
 	for _, v := range vms {
-		prog := "built-in"
-		if v.Program != 0 {
-			prog = strconv.FormatUint(v.Program, 10)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\t%s\t%d\t%d\t%d\n", v.Name, v.Uplink, v.MAC, v.Queues, v.Delivery, deviceColumn(v), prog, len(v.Ports), v.Verdicts.Pass.Packets, v.Verdicts.Drop.Packets)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\t%s\t%d\t%d\t%d\n", v.Name, v.Uplink, v.MAC, v.Queues, v.Delivery, deviceColumn(v), programColumn(v), len(v.Ports), v.Verdicts.Pass.Packets, v.Verdicts.Drop.Packets)
 	}
 	return tw.Flush()
 }
@@ -153,6 +147,21 @@ func deviceColumn(v daemon.VMStatus) string {
 		return "no front-end"
 	}
 	return "-"
+}
+
+// programColumn is a VM's program in a table: its ID, or built-in.
+func programColumn(v daemon.VMStatus) string {
+	if v.Program == 0 {
+		return "built-in"
+	}
+	return strconv.FormatUint(v.Program, 10)
+}
+
+// printJSON writes v as indented JSON, the form every --json prints.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func runPort(ctx context.Context, e *env, args []string) error {
@@ -205,9 +214,7 @@ func runPort(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(ports)
+		return printJSON(e.stdout, ports)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PORT\tINTERFACE\tIFINDEX")
