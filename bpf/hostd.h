@@ -16,10 +16,12 @@ enum hostd_verdict {
 	HOSTD_V_ABORTED = XDP_ABORTED,
 	HOSTD_V_DROP = XDP_DROP,
 	HOSTD_V_PASS = XDP_PASS, /* delivered to the VM */
-	HOSTD_V_TX = XDP_TX,
-	HOSTD_V_REDIRECT = XDP_REDIRECT,
-	HOSTD_V_INVALID,     /* the program returned an unknown action */
+	HOSTD_V_TX = XDP_TX,     /* sent back out of the uplink */
+	HOSTD_V_REDIRECT = XDP_REDIRECT, /* sent to a port of the VM's table */
+	HOSTD_V_INVALID,     /* unknown verdict, or XDP_REDIRECT naming no port */
 	HOSTD_V_UNDELIVERED, /* PASS, but the VM had no tap or socket to take it */
+	HOSTD_V_SPOOFED,     /* TX or a redirect to the uplink with a source MAC not the VM's */
+	HOSTD_V_NO_PORT,     /* redirect to a port that is not in the VM's table */
 	HOSTD_V_MAX,
 };
 
@@ -33,5 +35,11 @@ struct hostd_mac {
 	__u8 addr[ETH_ALEN];
 	__u16 pad;
 };
+
+static __always_inline int hostd_mac_equal(const __u8 *a, const __u8 *b)
+{
+	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) |
+		(a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5])) == 0;
+}
 
 #endif /* HOSTD_H */

@@ -19,14 +19,47 @@ type VmprogHostdCount struct {
 	Bytes   uint64
 }
 
+type VmprogHostdRunCost struct {
+	_       structs.HostLayout
+	Runs    uint64
+	Sampled uint64
+	Ns      uint64
+}
+
+type VmprogHostdVerdict uint32
+
+const (
+	VmprogHostdVerdictHOSTD_V_ABORTED     VmprogHostdVerdict = 0
+	VmprogHostdVerdictHOSTD_V_DROP        VmprogHostdVerdict = 1
+	VmprogHostdVerdictHOSTD_V_PASS        VmprogHostdVerdict = 2
+	VmprogHostdVerdictHOSTD_V_TX          VmprogHostdVerdict = 3
+	VmprogHostdVerdictHOSTD_V_REDIRECT    VmprogHostdVerdict = 4
+	VmprogHostdVerdictHOSTD_V_INVALID     VmprogHostdVerdict = 5
+	VmprogHostdVerdictHOSTD_V_UNDELIVERED VmprogHostdVerdict = 6
+	VmprogHostdVerdictHOSTD_V_SPOOFED     VmprogHostdVerdict = 7
+	VmprogHostdVerdictHOSTD_V_NO_PORT     VmprogHostdVerdict = 8
+	VmprogHostdVerdictHOSTD_V_MAX         VmprogHostdVerdict = 9
+)
+
+type VmprogHostdVmCfg struct {
+	_   structs.HostLayout
+	Mac struct {
+		_    structs.HostLayout
+		Addr [6]uint8
+		Pad  uint16
+	}
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	VmprogMapHostdCost     = "hostd_cost"
 	VmprogMapHostdCounters = "hostd_counters"
+	VmprogMapHostdPorts    = "hostd_ports"
 	VmprogMapHostdTap      = "hostd_tap"
+	VmprogMapHostdVm       = "hostd_vm"
 	VmprogMapHostdXsks     = "hostd_xsks"
-	VmprogMapPortTable     = "port_table"
 	VmprogProgHostdVmTap   = "hostd_vm_tap"
 	VmprogProgHostdVmXsk   = "hostd_vm_xsk"
 )
@@ -81,10 +114,12 @@ type VmprogProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type VmprogMapSpecs struct {
+	HostdCost     *ebpf.MapSpec `ebpf:"hostd_cost"`
 	HostdCounters *ebpf.MapSpec `ebpf:"hostd_counters"`
+	HostdPorts    *ebpf.MapSpec `ebpf:"hostd_ports"`
 	HostdTap      *ebpf.MapSpec `ebpf:"hostd_tap"`
+	HostdVm       *ebpf.MapSpec `ebpf:"hostd_vm"`
 	HostdXsks     *ebpf.MapSpec `ebpf:"hostd_xsks"`
-	PortTable     *ebpf.MapSpec `ebpf:"port_table"`
 }
 
 // VmprogVariableSpecs contains global variables before they are loaded into the kernel.
@@ -113,18 +148,22 @@ func (o *VmprogObjects) Close() error {
 //
 // It can be passed to LoadVmprogObjects or ebpf.CollectionSpec.LoadAndAssign.
 type VmprogMaps struct {
+	HostdCost     *ebpf.Map `ebpf:"hostd_cost"`
 	HostdCounters *ebpf.Map `ebpf:"hostd_counters"`
+	HostdPorts    *ebpf.Map `ebpf:"hostd_ports"`
 	HostdTap      *ebpf.Map `ebpf:"hostd_tap"`
+	HostdVm       *ebpf.Map `ebpf:"hostd_vm"`
 	HostdXsks     *ebpf.Map `ebpf:"hostd_xsks"`
-	PortTable     *ebpf.Map `ebpf:"port_table"`
 }
 
 func (m *VmprogMaps) Close() error {
 	return _VmprogClose(
+		m.HostdCost,
 		m.HostdCounters,
+		m.HostdPorts,
 		m.HostdTap,
+		m.HostdVm,
 		m.HostdXsks,
-		m.PortTable,
 	)
 }
 

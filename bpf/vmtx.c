@@ -61,12 +61,6 @@ static __always_inline void count(__u32 slot, __u32 what, __u64 bytes)
 	}
 }
 
-static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
-{
-	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) |
-		(a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5])) == 0;
-}
-
 SEC("xdp")
 int vm_tx(struct xdp_md *ctx)
 {
@@ -87,7 +81,7 @@ int vm_tx(struct xdp_md *ctx)
 		count(cfg->slot, VMTX_INVALID, len);
 		return XDP_DROP;
 	}
-	if (!mac_equal(eth->h_source, cfg->mac.addr)) {
+	if (!hostd_mac_equal(eth->h_source, cfg->mac.addr)) {
 		count(cfg->slot, VMTX_SPOOFED, len);
 		return XDP_DROP;
 	}

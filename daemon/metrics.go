@@ -164,7 +164,8 @@ func (d *Daemon) writeMetrics(w *bufio.Writer) {
 			}
 			if v, err := vm.Verdicts(); err == nil {
 				for name, c := range map[string]hostnet.Count{"aborted": v.Aborted, "drop": v.Drop, "pass": v.Pass, "tx": v.TX,
-					"redirect": v.Redirect, "invalid": v.Invalid, "undelivered": v.Undelivered} {
+					"redirect": v.Redirect, "invalid": v.Invalid, "undelivered": v.Undelivered,
+					"spoofed": v.Spoofed, "no_port": v.NoPort} {
 					mw.sample("xdp_hostd_vm_verdict_packets_total", "Packets per verdict of the VM's program.", "counter", l("verdict", name), c.Packets)
 					mw.sample("xdp_hostd_vm_verdict_bytes_total", "Bytes per verdict of the VM's program.", "counter", l("verdict", name), c.Bytes)
 				}

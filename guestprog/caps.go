@@ -1,6 +1,7 @@
 package guestprog
 
 import (
+	"fmt"
 	"sort"
 )
 
@@ -16,8 +17,8 @@ type Capabilities struct {
 	ABIVersion int      `json:"abi_version"`
 	Helpers    []string `json:"helpers"`
 	MapTypes   []string `json:"map_types"`
-	// PortTable describes the one redirect map: its declaration comes from
-	// xdp_hostd.h.
+	// PortTable says how a program sends to the ports of its VM's table
+	// (xdp_hostd.h): by its return value; the host issues the redirect.
 	PortTable PortTableCaps `json:"port_table"`
 	Limits    Limits        `json:"limits"`
 	// Filled in by the daemon for one VM; empty from Caps().
@@ -28,13 +29,14 @@ type Capabilities struct {
 	Rules          []Rule   `json:"rules"`
 }
 
-// PortTableCaps describes port_table.
+// PortTableCaps describes the verdicts that reach a VM's port table.
 type PortTableCaps struct {
-	Map        string `json:"map"`
-	Type       string `json:"type"`
-	MaxEntries int    `json:"max_entries"`
+	MaxPorts   int    `json:"max_ports"`
 	UplinkPort int    `json:"uplink_port"`
+	Redirect   string `json:"redirect"`
 	Broadcast  string `json:"broadcast"`
+	// SourceMAC is the rule for frames that leave through the uplink.
+	SourceMAC string `json:"source_mac"`
 }
 
 // Caps returns the policy's part of the capability document, with the
@@ -44,10 +46,12 @@ func Caps(lim Limits) Capabilities {
 	c := Capabilities{
 		Version:    CapsVersion,
 		ABIVersion: ABIVersion,
-		PortTable: PortTableCaps{Map: PortTableMap, Type: portTableType.String(), MaxEntries: 64, UplinkPort: 0,
-			Broadcast: "bpf_redirect_map(&port_table, 0, BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS)"},
+		PortTable: PortTableCaps{MaxPorts: MaxPorts, UplinkPort: 0,
+			Redirect:  fmt.Sprintf("return xdp_hostd_redirect_port(n) (verdict %#x + n, n < %d); a port not in the table drops (no_port)", VerdictPort, MaxPorts),
+			Broadcast: fmt.Sprintf("return xdp_hostd_broadcast() (verdict %#x): every port but the uplink", VerdictBroadcast),
+			SourceMAC: "XDP_TX and redirects to the uplink must carry the VM's source MAC, else dropped (spoofed)"},
 		Limits: lim,
-		Rules: []Rule{RuleProgramType, RuleEntry, RuleBTF, RuleHelper, RuleRedirectIfidx, RuleRedirectTarget, RuleHostState,
+		Rules: []Rule{RuleProgramType, RuleEntry, RuleBTF, RuleHelper, RuleRedirectIfidx, RuleRedirectTarget, RuleRedirectHelper, RuleABIVersion, RuleHostState,
 			RuleHostOutput, RuleKernelMemory, RuleTailCall, RuleMapType, RuleMapInMap, RulePinnedMap, RuleMapQuota,
 			RuleInsnLimit, RuleReservedName, RuleFrags},
 	}

@@ -10,12 +10,12 @@ import (
 
 func TestCapsFromPolicy(t *testing.T) {
 	c := Caps(Limits{})
-	for _, h := range []string{"bpf_redirect_map", "bpf_map_lookup_elem", "bpf_tail_call", "bpf_xdp_adjust_head"} {
+	for _, h := range []string{"bpf_map_lookup_elem", "bpf_tail_call", "bpf_xdp_adjust_head"} {
 		if !slices.Contains(c.Helpers, h) {
 			t.Errorf("caps lack %s: %v", h, c.Helpers)
 		}
 	}
-	for _, h := range []string{"bpf_redirect", "bpf_fib_lookup", "bpf_trace_printk", "bpf_probe_read_kernel"} {
+	for _, h := range []string{"bpf_redirect", "bpf_redirect_map", "bpf_fib_lookup", "bpf_trace_printk", "bpf_probe_read_kernel"} {
 		if slices.Contains(c.Helpers, h) {
 			t.Errorf("caps allow refused helper %s", h)
 		}
@@ -37,5 +37,15 @@ func TestABIVersionMatchesHeader(t *testing.T) {
 	}
 	if v, _ := strconv.Atoi(string(m[1])); v != ABIVersion {
 		t.Errorf("header says ABI %d, Go says %d", v, ABIVersion)
+	}
+	for name, want := range map[string]int{"XDP_HOSTD_VERDICT_PORT": VerdictPort, "XDP_HOSTD_VERDICT_BROADCAST": VerdictBroadcast, "XDP_HOSTD_MAX_PORTS": MaxPorts} {
+		m := regexp.MustCompile(`#define ` + name + ` (0x[0-9a-fA-F]+|\d+)`).FindSubmatch(b)
+		if m == nil {
+			t.Errorf("no %s in xdp_hostd.h", name)
+			continue
+		}
+		if v, _ := strconv.ParseInt(string(m[1]), 0, 64); int(v) != want {
+			t.Errorf("header says %s = %d, Go says %d", name, v, want)
+		}
 	}
 }

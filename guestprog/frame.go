@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 
@@ -20,7 +21,9 @@ const (
 	// ReservedPrefix starts every symbol and map name the host uses in a VM
 	// program; guest objects may not use it.
 	ReservedPrefix = "hostd_"
-	// PortTableMap is the guest ABI's port table (bpf/include/xdp_hostd.h).
+	// PortTableMap is the name under which version 1 of the guest ABI
+	// declared the port table. Version 2 objects have no such map: the host
+	// issues every redirect (bpf/include/xdp_hostd.h).
 	PortTableMap = "port_table"
 )
 
@@ -29,7 +32,13 @@ const (
 	mapCounters = "hostd_counters"
 	mapTap      = "hostd_tap"
 	mapXSKs     = "hostd_xsks"
+	mapPorts    = "hostd_ports"
+	mapVM       = "hostd_vm"
+	mapCost     = "hostd_cost"
 )
+
+// hostMapNames are the frame's per-VM maps, in HostMaps order.
+var hostMapNames = []string{mapCounters, mapTap, mapXSKs, mapPorts, mapVM, mapCost}
 
 // ErrInvalidObject is wrapped by errors about input that is not a usable
 // BPF ELF object at all.
@@ -85,12 +94,17 @@ type HostMaps struct {
 	Tap       *ebpf.Map // DEVMAP: key 0 -> the VM's tap
 	XSKs      *ebpf.Map // XSKMAP: RX queue -> the VM's AF_XDP socket
 	PortTable *ebpf.Map // DEVMAP_HASH: the VM's port table
+	VM        *ebpf.Map // ARRAY: key 0 -> the VM's identity (its MAC)
+	Cost      *ebpf.Map // per-CPU: run-time cost of the VM's program, sampled
 }
 
-// NewHostMaps creates an empty set of per-VM maps. name (at most a few
-// characters, e.g. the VM slot) is appended to the kernel map names so that
-// bpftool tells the VMs apart.
-func NewHostMaps(name string, delivery Delivery) (_ *HostMaps, err error) {
+// NewHostMaps creates the per-VM maps for a VM whose frames carry source MAC
+// mac. name (at most a few characters, e.g. the VM slot) is appended to the
+// kernel map names so that bpftool tells the VMs apart.
+func NewHostMaps(name string, delivery Delivery, mac net.HardwareAddr) (_ *HostMaps, err error) {
+	if len(mac) != 6 {
+		return nil, fmt.Errorf("host maps for VM %s: MAC %q is not 6 bytes", name, mac)
+	}
 	spec, err := hostbpf.LoadVmprog()
 	if err != nil {
 		return nil, fmt.Errorf("load host frame spec: %w", err)
@@ -109,13 +123,20 @@ func NewHostMaps(name string, delivery Delivery) (_ *HostMaps, err error) {
 		{&h.Counters, mapCounters, "cnt"},
 		{&h.Tap, mapTap, "tap"},
 		{&h.XSKs, mapXSKs, "xsk"},
-		{&h.PortTable, PortTableMap, "ports"},
+		{&h.PortTable, mapPorts, "ports"},
+		{&h.VM, mapVM, "id"},
+		{&h.Cost, mapCost, "cost"},
 	} {
 		ms := spec.Maps[m.spec].Copy()
 		ms.Name = kernelName("vm" + name + "_" + m.abbr)
 		if *m.dst, err = ebpf.NewMap(ms); err != nil {
 			return nil, fmt.Errorf("create %s map for VM %s: %w", m.spec, name, err)
 		}
+	}
+	var id hostbpf.VmprogHostdVmCfg
+	copy(id.Mac.Addr[:], mac)
+	if err := h.VM.Put(uint32(0), &id); err != nil {
+		return nil, fmt.Errorf("VM %s: set its MAC in the frame: %w", name, err)
 	}
 	return h, nil
 }
@@ -132,7 +153,7 @@ func kernelName(s string) string {
 // keep them alive in the kernel.
 func (h *HostMaps) Close() error {
 	var errs []error
-	for _, m := range []*ebpf.Map{h.Counters, h.Tap, h.XSKs, h.PortTable} {
+	for _, m := range h.all() {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
@@ -140,10 +161,64 @@ func (h *HostMaps) Close() error {
 	return errors.Join(errs...)
 }
 
+// all lists the maps in hostMapNames order.
+func (h *HostMaps) all() []*ebpf.Map {
+	return []*ebpf.Map{h.Counters, h.Tap, h.XSKs, h.PortTable, h.VM, h.Cost}
+}
+
+// replacements binds the frame's map names to this VM's maps.
+func (h *HostMaps) replacements() map[string]*ebpf.Map {
+	out := map[string]*ebpf.Map{}
+	for i, m := range h.all() {
+		out[hostMapNames[i]] = m
+	}
+	return out
+}
+
+// Cost is the run-time cost of a VM's program, summed over CPUs: every
+// packet through the frame is counted, one in 64 is timed.
+type Cost struct {
+	Runs    uint64 `json:"runs"`
+	Sampled uint64 `json:"sampled"`
+	NS      uint64 `json:"ns"` // guest time of the sampled packets
+}
+
+// NSPerPacket is the mean time the VM's program took per timed packet (0
+// before any was timed).
+func (c Cost) NSPerPacket() float64 {
+	if c.Sampled == 0 {
+		return 0
+	}
+	return float64(c.NS) / float64(c.Sampled)
+}
+
+// Sub is c minus an earlier reading.
+func (c Cost) Sub(old Cost) Cost {
+	return Cost{Runs: c.Runs - old.Runs, Sampled: c.Sampled - old.Sampled, NS: c.NS - old.NS}
+}
+
+// ReadCost reads the VM's cost counters.
+func (h *HostMaps) ReadCost() (Cost, error) {
+	var per []hostbpf.VmprogHostdRunCost
+	if err := h.Cost.Lookup(uint32(0), &per); err != nil {
+		return Cost{}, fmt.Errorf("read cost counters: %w", err)
+	}
+	var c Cost
+	for _, p := range per {
+		c.Runs += p.Runs
+		c.Sampled += p.Sampled
+		c.NS += p.Ns
+	}
+	return c, nil
+}
+
 // Object is a parsed guest program object, not yet loaded.
 type Object struct {
 	Spec  *ebpf.CollectionSpec
 	Entry string // name of the entry program in Spec.Programs
+	// cost is the static cost analysis and the budget; the load checks
+	// the kernel's figure against it. Zero for objects not from Check.
+	cost CostReport
 }
 
 // Parse runs the static policy with the default limits on obj and returns it
@@ -252,9 +327,12 @@ func (o *Object) Framed(delivery Delivery) (*ebpf.CollectionSpec, error) {
 	framed.Name = o.Entry
 	spec.Programs[o.Entry] = framed
 
-	for _, name := range []string{mapCounters, mapTap, mapXSKs} {
+	for _, name := range hostMapNames {
 		spec.Maps[name] = host.Maps[name].Copy()
 	}
+	// A version 1 object declares port_table; the policy has made sure
+	// nothing uses it, so it is not created.
+	delete(spec.Maps, PortTableMap)
 	return spec, nil
 }
 
@@ -285,8 +363,10 @@ func relink(frame, guest asm.Instructions) (asm.Instructions, error) {
 		}
 		out = append(out, ins)
 	}
-	if calls != 1 {
-		return nil, fmt.Errorf("host frame: want one call to %s, found %d", framePlaceholder, calls)
+	// The compiler may duplicate the call into both arms of a branch (the
+	// frame times one packet in 64); each path still calls the guest once.
+	if calls == 0 {
+		return nil, fmt.Errorf("host frame: no call to %s", framePlaceholder)
 	}
 
 	first := guest[0]

@@ -3,6 +3,7 @@ package guestprog
 import (
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -37,11 +38,7 @@ func LoadKeeping(o *Object, maps *HostMaps, keep map[string]*ebpf.Map) (_ *Progr
 	if err != nil {
 		return nil, nil, err
 	}
-	repl := map[string]*ebpf.Map{
-		mapCounters: maps.Counters,
-		mapTap:      maps.Tap,
-		mapXSKs:     maps.XSKs,
-	}
+	repl := maps.replacements()
 	for name, m := range keep {
 		ms, ok := spec.Maps[name]
 		switch {
@@ -65,9 +62,6 @@ func LoadKeeping(o *Object, maps *HostMaps, keep map[string]*ebpf.Map) (_ *Progr
 		}
 		repl[name] = m
 	}
-	if _, ok := spec.Maps[PortTableMap]; ok {
-		repl[PortTableMap] = maps.PortTable
-	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
 	if err != nil {
 		var verr *ebpf.VerifierError
@@ -75,6 +69,10 @@ func LoadKeeping(o *Object, maps *HostMaps, keep map[string]*ebpf.Map) (_ *Progr
 			return nil, skipped, &VerifierError{Program: o.Entry, Log: trimLog(verr.Log), err: err}
 		}
 		return nil, skipped, fmt.Errorf("load program %q: %w", o.Entry, err)
+	}
+	if err := checkLoadedCost(o, coll.Programs); err != nil {
+		coll.Close()
+		return nil, skipped, err
 	}
 	p := &Program{Entry: coll.Programs[o.Entry], coll: coll}
 	if info, err := p.Entry.Info(); err == nil {
@@ -185,7 +183,7 @@ func trimLog(log []string) []string {
 // VerifyInKernel loads the framed program against scratch maps, so that
 // the kernel verifier runs, and unloads everything again.
 func VerifyInKernel(o *Object) error {
-	maps, err := NewHostMaps("chk", DeliverTap)
+	maps, err := NewHostMaps("chk", DeliverTap, net.HardwareAddr{2, 0, 0, 0, 0, 1})
 	if err != nil {
 		return err
 	}

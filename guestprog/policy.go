@@ -12,7 +12,15 @@ import (
 )
 
 // ABIVersion is XDP_HOSTD_ABI_VERSION of bpf/include/xdp_hostd.h.
-const ABIVersion = 1
+const ABIVersion = 2
+
+// Verdicts of the guest ABI beyond the XDP actions (xdp_hostd.h), checked
+// against the header by a test.
+const (
+	VerdictPort      = 0x100 // XDP_HOSTD_VERDICT_PORT: + port number
+	VerdictBroadcast = 0x200 // XDP_HOSTD_VERDICT_BROADCAST
+	MaxPorts         = 64    // XDP_HOSTD_MAX_PORTS
+)
 
 // Rule names one rule of the static policy.
 type Rule string
@@ -25,7 +33,9 @@ const (
 	RuleBTF            Rule = "btf-required"        // compile with -g
 	RuleHelper         Rule = "helper"              // a helper not on the allowed list
 	RuleRedirectIfidx  Rule = "redirect-by-ifindex" // bpf_redirect bypasses the port table
-	RuleRedirectTarget Rule = "redirect-map-target" // bpf_redirect_map on a map that is not port_table
+	RuleRedirectTarget Rule = "redirect-map-target" // a redirect map (devmap, xskmap, cpumap) declared by the guest
+	RuleRedirectHelper Rule = "redirect-helper"     // bpf_redirect_map: the host issues every redirect
+	RuleABIVersion     Rule = "abi-version"         // uses the version 1 port_table
 	RuleHostState      Rule = "host-state"          // helpers that read the host's state
 	RuleHostOutput     Rule = "host-output"         // helpers that write to the host's logs or buffers
 	RuleKernelMemory   Rule = "kernel-memory"       // probe reads, kernel symbols, kfuncs
@@ -45,7 +55,10 @@ type Limits struct {
 	MaxInstructions int    `json:"max_instructions"` // over all programs of the object; default 16384
 	MapMemory       uint64 `json:"map_memory_bytes"` // estimated total of the object's maps; default 16 MiB
 	MaxMaps         int    `json:"max_maps"`         // default 32
-	NumCPU          int    `json:"-"`                // for per-CPU maps; default the host's
+	// MaxCost is the budget of worst-case cost per packet, in
+	// instructions (see cost.go); default DefaultMaxCost.
+	MaxCost uint64 `json:"max_cost_instructions"`
+	NumCPU  int    `json:"-"` // for per-CPU maps; default the host's
 }
 
 func (l Limits) withDefaults() Limits {
@@ -57,6 +70,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxMaps == 0 {
 		l.MaxMaps = 32
+	}
+	if l.MaxCost == 0 {
+		l.MaxCost = DefaultMaxCost
 	}
 	if l.NumCPU == 0 {
 		l.NumCPU = runtime.NumCPU()
@@ -99,12 +115,12 @@ var helpers = map[asm.BuiltinFunc]helperRule{
 	asm.FnSpinUnlock:        {},
 	asm.FnLoop:              {},
 	asm.FnTailCall:          {}, // into the program's own program arrays only: every map it has is its own
-	asm.FnRedirectMap:       {}, // into port_table only: the only redirect map it may declare
 
-	asm.FnRedirect:      {RuleRedirectIfidx, "bpf_redirect sends to any interface by ifindex, bypassing the VM's port table; use bpf_redirect_map(&port_table, port, 0)"},
-	asm.FnRedirectNeigh: {RuleRedirectIfidx, "bpf_redirect_neigh sends to any interface by ifindex; use bpf_redirect_map(&port_table, port, 0)"},
-	asm.FnRedirectPeer:  {RuleRedirectIfidx, "bpf_redirect_peer sends to any interface by ifindex; use bpf_redirect_map(&port_table, port, 0)"},
-	asm.FnCloneRedirect: {RuleRedirectIfidx, "bpf_clone_redirect sends to any interface by ifindex"},
+	asm.FnRedirectMap:   {RuleRedirectHelper, redirectHow},
+	asm.FnRedirect:      {RuleRedirectIfidx, "bpf_redirect sends to any interface by ifindex, bypassing the VM's port table; " + redirectHow},
+	asm.FnRedirectNeigh: {RuleRedirectIfidx, "bpf_redirect_neigh sends to any interface by ifindex; " + redirectHow},
+	asm.FnRedirectPeer:  {RuleRedirectIfidx, "bpf_redirect_peer sends to any interface by ifindex; " + redirectHow},
+	asm.FnCloneRedirect: {RuleRedirectIfidx, "bpf_clone_redirect sends to any interface by ifindex; " + redirectHow},
 
 	asm.FnFibLookup:          {RuleHostState, "bpf_fib_lookup reads the host's routing tables"},
 	asm.FnCheckMtu:           {RuleHostState, "bpf_check_mtu reads the host's interfaces"},
@@ -146,6 +162,9 @@ var helpers = map[asm.BuiltinFunc]helperRule{
 	asm.FnKallsymsLookupName: {RuleKernelMemory, "looks up kernel symbols"},
 	asm.FnSysBpf:             {RuleKernelMemory, "calls the bpf() syscall"},
 }
+
+// redirectHow says how a guest program redirects under ABI version 2.
+const redirectHow = "the host issues every redirect: return xdp_hostd_redirect_port(port) or xdp_hostd_broadcast() from xdp_hostd.h (ABI 2)"
 
 // mapTypes is the one list of map types a guest program may declare.
 var mapTypes = map[ebpf.MapType]string{
@@ -200,6 +219,7 @@ type Report struct {
 	Maps         []string    `json:"maps"`
 	Instructions int         `json:"instructions"`
 	MapMemory    uint64      `json:"map_memory_bytes"`
+	Cost         CostReport  `json:"cost"`
 	Violations   []Violation `json:"violations,omitempty"`
 }
 
@@ -252,12 +272,13 @@ func Check(obj []byte, entry string, lim Limits) (*Report, *Object, error) {
 	} else {
 		r.Entry = entry
 		checkEntryNotTarget(spec, entry, r)
+		checkCost(spec, entry, lim, r)
 	}
 	r.Accepted = len(r.Violations) == 0
 	if !r.Accepted {
 		return r, nil, nil
 	}
-	return r, &Object{Spec: spec, Entry: entry}, nil
+	return r, &Object{Spec: spec, Entry: entry, cost: r.Cost}, nil
 }
 
 func checkMaps(spec *ebpf.CollectionSpec, lim Limits, r *Report) {
@@ -278,13 +299,12 @@ func checkMaps(spec *ebpf.CollectionSpec, lim Limits, r *Report) {
 			continue
 		}
 		switch {
-		case name == PortTableMap:
-			if m.Type != portTableType {
-				r.add(Violation{Rule: RuleMapType, Map: name, Message: fmt.Sprintf("port_table is a %s; declare it by including xdp_hostd.h", m.Type)})
-			}
-			continue // the host's map replaces it
+		case name == PortTableMap && m.Type == portTableType:
+			// Declared by a version 1 xdp_hostd.h. Harmless while no
+			// instruction uses it (checkProgram): it is not created.
+			continue
 		case m.Type == ebpf.DevMap || m.Type == ebpf.DevMapHash || m.Type == ebpf.XSKMap || m.Type == ebpf.CPUMap:
-			r.add(Violation{Rule: RuleRedirectTarget, Map: name, Message: fmt.Sprintf("a %s is a redirect target; a VM's program may redirect only through port_table (include xdp_hostd.h)", m.Type)})
+			r.add(Violation{Rule: RuleRedirectTarget, Map: name, Message: fmt.Sprintf("a %s is a redirect target; a VM's program may redirect only to the ports of its table: %s", m.Type, redirectHow)})
 			continue
 		}
 		if _, ok := mapTypes[m.Type]; !ok {
@@ -360,11 +380,9 @@ func checkProgram(spec *ebpf.CollectionSpec, name string, r *Report) {
 				r.add(Violation{Rule: hr.rule, Program: name, At: at(), Message: fmt.Sprintf("%s: %s", helperName(fnID), hr.why)})
 				continue
 			}
-			if fnID == asm.FnRedirectMap {
-				if m, ok := mapInR1(p.Instructions, i); ok && m != PortTableMap {
-					r.add(Violation{Rule: RuleRedirectTarget, Program: name, At: at(), Map: m, Message: "bpf_redirect_map may only use port_table"})
-				}
-			}
+		case ins.IsLoadFromMap() && ins.Reference() == PortTableMap:
+			r.add(Violation{Rule: RuleABIVersion, Program: name, At: at(), Map: PortTableMap,
+				Message: fmt.Sprintf("uses port_table of guest ABI version 1; rebuild against xdp_hostd.h version %d: %s", ABIVersion, redirectHow)})
 		case ins.OpCode.IsDWordLoad() && ins.Src == pseudoBTFID:
 			r.add(Violation{Rule: RuleKernelMemory, Program: name, At: at(), Message: "loads the address of a kernel symbol (__ksym)"})
 		}

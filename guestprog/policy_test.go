@@ -27,7 +27,9 @@ func TestPolicyHostileCorpus(t *testing.T) {
 		rule Rule
 		says string
 	}{
-		{"redirect_ifindex", RuleRedirectIfidx, "port_table"},
+		{"redirect_ifindex", RuleRedirectIfidx, "xdp_hostd_redirect_port"},
+		{"redirect_map_v1", RuleRedirectHelper, "bpf_redirect_map"},
+		{"redirect_map_v1", RuleABIVersion, "rebuild against xdp_hostd.h version 2"},
 		{"own_devmap", RuleRedirectTarget, "my_ports"},
 		{"fib_lookup", RuleHostState, "bpf_fib_lookup"},
 		{"trace_printk", RuleHostOutput, "trace"},

@@ -170,7 +170,7 @@ func (d *Dataplane) AddVM(spec VMSpec) (_ *VM, err error) {
 		}
 	}()
 
-	if vm.maps, err = guestprog.NewHostMaps(fmt.Sprint(slot), spec.Delivery); err != nil {
+	if vm.maps, err = guestprog.NewHostMaps(fmt.Sprint(slot), spec.Delivery, spec.MAC); err != nil {
 		return nil, fmt.Errorf("VM %s: %w", spec.Name, err)
 	}
 	if err := d.ns.Do(func() error { return vm.maps.PortTable.Put(uint32(UplinkPort), uint32(d.index)) }); err != nil {
@@ -547,28 +547,51 @@ func (vm *VM) Ports() []Port {
 	return out
 }
 
-// Verdicts are a VM's per-verdict counters, summed over CPUs.
+// Verdicts are a VM's per-verdict counters, summed over CPUs. Every frame
+// the VM's program saw is counted in exactly one of them.
 type Verdicts struct {
-	Aborted     Count `json:"aborted"`     // aborted, or redirected to a port not in the table
+	Aborted     Count `json:"aborted"`     // XDP_ABORTED: dropped
 	Drop        Count `json:"drop"`        // dropped by the program
 	Pass        Count `json:"pass"`        // delivered to the VM
 	TX          Count `json:"tx"`          // sent back out of the uplink
-	Redirect    Count `json:"redirect"`    // redirected to a port of the table
-	Invalid     Count `json:"invalid"`     // unknown verdict: dropped
+	Redirect    Count `json:"redirect"`    // sent to a port of the VM's table
+	Invalid     Count `json:"invalid"`     // unknown verdict, or XDP_REDIRECT naming no port: dropped
 	Undelivered Count `json:"undelivered"` // passed, but no tap or socket took it
+	Spoofed     Count `json:"spoofed"`     // TX or redirect to the uplink with a source MAC not the VM's: dropped
+	NoPort      Count `json:"no_port"`     // redirect to a port not in the VM's table: dropped
 }
 
 // Verdicts reads the VM's verdict counters.
 func (vm *VM) Verdicts() (Verdicts, error) {
 	var v Verdicts
-	for i, dst := range []*Count{&v.Aborted, &v.Drop, &v.Pass, &v.TX, &v.Redirect, &v.Invalid, &v.Undelivered} {
-		c, err := readCount(vm.maps.Counters, uint32(i))
+	for slot, dst := range map[hostbpf.VmprogHostdVerdict]*Count{
+		hostbpf.VmprogHostdVerdictHOSTD_V_ABORTED:     &v.Aborted,
+		hostbpf.VmprogHostdVerdictHOSTD_V_DROP:        &v.Drop,
+		hostbpf.VmprogHostdVerdictHOSTD_V_PASS:        &v.Pass,
+		hostbpf.VmprogHostdVerdictHOSTD_V_TX:          &v.TX,
+		hostbpf.VmprogHostdVerdictHOSTD_V_REDIRECT:    &v.Redirect,
+		hostbpf.VmprogHostdVerdictHOSTD_V_INVALID:     &v.Invalid,
+		hostbpf.VmprogHostdVerdictHOSTD_V_UNDELIVERED: &v.Undelivered,
+		hostbpf.VmprogHostdVerdictHOSTD_V_SPOOFED:     &v.Spoofed,
+		hostbpf.VmprogHostdVerdictHOSTD_V_NO_PORT:     &v.NoPort,
+	} {
+		c, err := readCount(vm.maps.Counters, uint32(slot))
 		if err != nil {
 			return v, fmt.Errorf("VM %s: %w", vm.name, err)
 		}
 		*dst = c
 	}
 	return v, nil
+}
+
+// Cost is the measured run-time cost of the VM's program (one packet in 64
+// timed), summed over CPUs since the VM was added.
+func (vm *VM) Cost() (guestprog.Cost, error) {
+	c, err := vm.maps.ReadCost()
+	if err != nil {
+		return c, fmt.Errorf("VM %s: %w", vm.name, err)
+	}
+	return c, nil
 }
 
 // TXStats are the counters of frames the VM sent into its tap.

@@ -65,6 +65,8 @@ int shapes(struct xdp_md *ctx)
 		return sum == 45 ? XDP_TX : XDP_ABORTED;
 	case 8:
 		return 77;                   /* not an XDP action: invalid */
+	case 9:
+		return XDP_REDIRECT;         /* a redirect naming no port: invalid */
 	default:
 		return XDP_DROP;             /* last exit */
 	}

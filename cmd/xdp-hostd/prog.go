@@ -95,7 +95,12 @@ func progVerify(e *env, args []string) error {
 		}
 	} else {
 		if report.Accepted {
-			fmt.Fprintf(e.stdout, "%s: accepted by the policy (entry %s, %d instructions, maps ~%d KiB)\n", file, report.Entry, report.Instructions, report.MapMemory>>10)
+			loops := ""
+			if report.Cost.Loops {
+				loops = "; loops of backward jumps: bounded by the kernel verifier at load"
+			}
+			fmt.Fprintf(e.stdout, "%s: accepted by the policy (entry %s, %d instructions, worst case %d instructions per packet of a budget of %d%s, maps ~%d KiB)\n",
+				file, report.Entry, report.Instructions, report.Cost.Worst, report.Cost.Budget, loops, report.MapMemory>>10)
 		} else {
 			fmt.Fprintf(e.stdout, "%s: refused (%d violations):\n", file, len(report.Violations))
 			for _, v := range report.Violations {
