@@ -21,13 +21,13 @@ build:
 
 # Rebuilds the committed BPF objects and their Go loaders (needs clang).
 generate:
-	$(GO) generate ./bpf/... ./traffic/... ./guestprog/...
+	$(GO) generate ./bpf/... ./traffic/... ./guestprog/... ./redteam/...
 
 # Fails if the committed generated files differ from a fresh `make generate`.
 check-generate: generate
-	@if [ -n "$$(git status --porcelain -- bpf traffic guestprog)" ]; then \
+	@if [ -n "$$(git status --porcelain -- bpf traffic guestprog redteam)" ]; then \
 		echo "generated BPF files are stale: run 'make generate' and commit the result"; \
-		git status --porcelain -- bpf traffic guestprog; git diff --stat -- bpf traffic guestprog; exit 1; \
+		git status --porcelain -- bpf traffic guestprog redteam; git diff --stat -- bpf traffic guestprog redteam; exit 1; \
 	fi
 
 vet:

@@ -69,7 +69,7 @@ var vmMAC = net.HardwareAddr{2, 0, 0, 0, 0, 2}
 
 func ethFrame(proto uint16) []byte {
 	f := make([]byte, 64)
-	copy(f[0:6], []byte{2, 0, 0, 0, 0, 1})
+	copy(f[0:6], vmMAC)
 	copy(f[6:12], vmMAC)
 	binary.BigEndian.PutUint16(f[12:], proto)
 	return f

@@ -18,9 +18,3 @@ for src in *.c; do
 		-fdebug-compilation-dir=. -c "$src" -o "$obj"
 	if [ -n "$g" ]; then llvm-strip -g "$obj"; fi
 done
-cd ../attacks
-for src in *.c; do
-	clang -O2 -g -Wall -target bpf -I/usr/include/x86_64-linux-gnu -I../../../bpf/include \
-		-fdebug-compilation-dir=. -c "$src" -o "${src%.c}.o"
-	llvm-strip -g "${src%.c}.o"
-done
