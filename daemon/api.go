@@ -66,6 +66,8 @@ type VMStatus struct {
 	Ports       []hostnet.Port   `json:"ports"`
 	Verdicts    hostnet.Verdicts `json:"verdicts"`
 	TX          hostnet.TXStats  `json:"tx"`
+	// Cost is the run-time cost of the VM's program per packet.
+	Cost ProgramCost `json:"program_cost"`
 }
 
 // API serves the daemon's local API on a unix socket.
@@ -242,6 +244,7 @@ func (d *Daemon) vmStatus(vm *hostnet.VM) VMStatus {
 	d.smu.Unlock()
 	vs.Program, _ = d.Programs.Current(vm.Name())
 	vs.Verdicts, _ = vm.Verdicts()
+	vs.Cost = d.programCost(vm)
 	if vm.Tap() != nil {
 		vs.TX, _ = vm.TXStats()
 	}

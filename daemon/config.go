@@ -30,8 +30,21 @@ type Config struct {
 	// them back. Empty: nothing survives the daemon. With PinDir as well,
 	// stopping the daemon leaves the dataplane forwarding on its pins; the
 	// next start adopts it ('xdp-hostd down' removes it).
-	StateDir string         `json:"state_dir,omitempty"`
-	Uplinks  []UplinkConfig `json:"uplinks"`
+	StateDir string `json:"state_dir,omitempty"`
+	// MaxCostInstructions is every VM program's budget of worst-case cost
+	// per packet, in instructions, as the policy computes it (loop counts
+	// times callback size, tail-call chains; see 'xdp-hostd caps').
+	// 0: guestprog.DefaultMaxCost.
+	MaxCostInstructions uint64 `json:"max_cost_instructions,omitempty"`
+	// MaxNSPerPacket is the run-time budget: the mean time a VM's program
+	// may take per packet, measured by the host frame (one packet in 64).
+	// 0: measured and reported only.
+	MaxNSPerPacket float64 `json:"max_ns_per_packet,omitempty"`
+	// EnforceNSPerPacket swaps a program over MaxNSPerPacket (over a window
+	// of a second) back to the built-in one, logged and audited; without
+	// it the daemon warns.
+	EnforceNSPerPacket bool           `json:"enforce_ns_per_packet,omitempty"`
+	Uplinks            []UplinkConfig `json:"uplinks"`
 }
 
 // UplinkConfig is one uplink and the VMs behind it.
@@ -224,4 +237,9 @@ func (vm *VMConfig) ports() ([]portConfig, error) {
 		out = append(out, portConfig{uint32(n), ifname})
 	}
 	return out, nil
+}
+
+// limits are the guest program limits the configuration asks for.
+func (c *Config) limits() guestprog.Limits {
+	return guestprog.Limits{MaxCost: c.MaxCostInstructions}
 }

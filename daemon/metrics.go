@@ -170,6 +170,10 @@ func (d *Daemon) writeMetrics(w *bufio.Writer) {
 					mw.sample("xdp_hostd_vm_verdict_bytes_total", "Bytes per verdict of the VM's program.", "counter", l("verdict", name), c.Bytes)
 				}
 			}
+			if c, err := vm.Cost(); err == nil {
+				mw.sample("xdp_hostd_vm_program_sampled_packets_total", "Packets whose run time through the VM's program was measured (one in 64).", "counter", l("", ""), c.Sampled)
+				mw.sample("xdp_hostd_vm_program_sampled_ns_total", "Run time of the VM's program over the measured packets, in ns: divide by ..._sampled_packets_total for ns per packet.", "counter", l("", ""), c.NS)
+			}
 			d.mu.Lock()
 			port := d.ports[vm.Name()]
 			d.mu.Unlock()

@@ -13,7 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/xdp-hostd/xdp-hostd/guestprog"
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
 	"github.com/xdp-hostd/xdp-hostd/vmport"
 )
@@ -39,6 +38,10 @@ type Daemon struct {
 	entries   map[string]*vmEntry
 	stNext    uint64
 	stProgs   map[string]*StateProgram
+
+	cfg      Config             // as started (budgets)
+	costMu   sync.Mutex         // costMean
+	costMean map[string]float64 // VM -> ns per packet over the last window
 }
 
 // vmEntry is how a VM was asked for, as the state records it.
@@ -291,7 +294,7 @@ func Start(cfg *Config, log *slog.Logger) (_ *Daemon, err error) {
 		log = slog.Default()
 	}
 	d := &Daemon{log: log, byVM: map[string]*hostnet.VM{}, ports: map[string]*vmport.Port{}, agents: map[string]*agentServer{},
-		netns: map[*hostnet.Dataplane]string{}, Programs: NewRegistry(log, guestprog.Limits{}, 1),
+		netns: map[*hostnet.Dataplane]string{}, Programs: NewRegistry(log, cfg.limits(), 1), cfg: *cfg, costMean: map[string]float64{},
 		entries: map[string]*vmEntry{}, stProgs: map[string]*StateProgram{}}
 	defer func() {
 		if err != nil {
@@ -307,7 +310,7 @@ func Start(cfg *Config, log *slog.Logger) (_ *Daemon, err error) {
 			return nil, err
 		}
 		d.keep = cfg.PinDir != ""
-		d.Programs = NewRegistry(log, guestprog.Limits{}, st.NextID)
+		d.Programs = NewRegistry(log, cfg.limits(), st.NextID)
 		d.stNext = st.NextID
 		// Restoring writes nothing until the whole state is back.
 		d.restoring = true
@@ -475,6 +478,9 @@ func Run(ctx context.Context, cfg *Config, opts RunOptions, log *slog.Logger) (e
 	for _, dp := range d.dps {
 		n += len(dp.VMs())
 	}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go d.watchCost(watchCtx)
 	d.log.Info("ready", "uplinks", len(d.dps), "vms", n, "api", api.Path())
 	<-ctx.Done()
 	d.log.Info("stopping", "reason", context.Cause(ctx))

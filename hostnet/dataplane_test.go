@@ -228,8 +228,8 @@ func TestPortTable(t *testing.T) {
 		send(t, s, frameTo(topo, mac1, 12, 9005), 1, n)
 		time.Sleep(200 * time.Millisecond)
 		after := verdicts(t, vm)
-		if d := after.Aborted.Packets - before.Aborted.Packets; d != n {
-			t.Errorf("aborted grew by %d, want %d", d, n)
+		if d := after.NoPort.Packets - before.NoPort.Packets; d != n {
+			t.Errorf("no_port grew by %d, want %d", d, n)
 		}
 		if after.Redirect != before.Redirect || after.Pass != before.Pass {
 			t.Errorf("redirect or pass counted: before %+v after %+v", before, after)
@@ -255,8 +255,8 @@ func TestPortTable(t *testing.T) {
 		before := verdicts(t, other)
 		send(t, s, frameTo(topo, mac2, 16, 9001), 2, n) // vm2 asks for port 1: not in its table
 		time.Sleep(200 * time.Millisecond)
-		if d := verdicts(t, other).Aborted.Packets - before.Aborted.Packets; d != n {
-			t.Errorf("vm2's redirects to a port of vm1's table: %d aborted, want %d", d, n)
+		if d := verdicts(t, other).NoPort.Packets - before.NoPort.Packets; d != n {
+			t.Errorf("vm2's redirects to a port of vm1's table: %d no_port, want %d", d, n)
 		}
 		if got := at1.Snapshot().ByTag[16]; got != 0 {
 			t.Errorf("vm1's port 1 got %d frames from vm2's program", got)
@@ -288,7 +288,7 @@ func TestPortTable(t *testing.T) {
 		delivered := at1.Snapshot().ByTag[14] - base
 		after := verdicts(t, vm)
 		redirected := after.Redirect.Packets - before.Redirect.Packets
-		aborted := after.Aborted.Packets - before.Aborted.Packets
+		aborted := after.NoPort.Packets - before.NoPort.Packets
 		if redirected+aborted != rounds*per || delivered != redirected {
 			t.Errorf("sent %d: redirected %d, delivered %d, aborted %d", rounds*per, redirected, delivered, aborted)
 		}
