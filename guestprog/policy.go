@@ -1,6 +1,8 @@
 package guestprog
 
 import (
+	"bytes"
+	"debug/elf"
 	"fmt"
 	"runtime"
 	"sort"
@@ -240,6 +242,12 @@ func Check(obj []byte, entry string, lim Limits) (*Report, *Object, error) {
 	lim = lim.withDefaults()
 	spec, err := parseSpec(obj)
 	if err != nil {
+		if bpfWithoutBTF(obj) {
+			// BTF-defined maps cannot even be parsed without BTF: that is
+			// the btf-required rule, not unusable input.
+			r := &Report{Violations: []Violation{{Rule: RuleBTF, Message: "the object has no BTF: compile with clang -O2 -g -target bpf"}}}
+			return r, nil, nil
+		}
 		return nil, nil, err
 	}
 	r := &Report{}
@@ -317,6 +325,21 @@ func checkMaps(spec *ebpf.CollectionSpec, lim Limits, r *Report) {
 	if total > lim.MapMemory {
 		r.add(Violation{Rule: RuleMapQuota, Message: fmt.Sprintf("the maps need about %d KiB; the VM's quota is %d KiB", total>>10, lim.MapMemory>>10)})
 	}
+}
+
+// bpfWithoutBTF reports whether obj is a BPF ELF object without a .BTF
+// section.
+func bpfWithoutBTF(obj []byte) (yes bool) {
+	defer func() {
+		if recover() != nil {
+			yes = false
+		}
+	}()
+	f, err := elf.NewFile(bytes.NewReader(obj))
+	if err != nil || f.Machine != elf.EM_BPF {
+		return false
+	}
+	return f.Section(".BTF") == nil
 }
 
 // mapMemory estimates what a map costs the kernel.

@@ -48,6 +48,7 @@ func TestPolicyHostileCorpus(t *testing.T) {
 		{"tailcall_entry", RuleTailCall, "again"},
 		{"helper_unlisted", RuleHelper, "bpf_get_hash_recalc"},
 		{"no_btf", RuleBTF, "-g"},
+		{"no_btf_maps", RuleBTF, "-g"},
 	} {
 		t.Run(tc.file+"/"+string(tc.rule), func(t *testing.T) {
 			r, obj, err := Check(hostile(t, tc.file), "", Limits{})
