@@ -3,8 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/xdp-hostd/xdp-hostd/guestprog"
 )
 
 func runCmd(args ...string) (int, string, string) {
@@ -42,7 +45,7 @@ func TestUsageErrors(t *testing.T) {
 
 func TestVersion(t *testing.T) {
 	code, out, _ := runCmd("version")
-	if code != 0 || !strings.Contains(out, "guest ABI 1") {
+	if code != 0 || !strings.Contains(out, fmt.Sprintf("guest ABI %d", guestprog.ABIVersion)) {
 		t.Errorf("version: exit %d, %q", code, out)
 	}
 }
