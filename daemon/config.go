@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
@@ -30,8 +31,31 @@ type Config struct {
 	// them back. Empty: nothing survives the daemon. With PinDir as well,
 	// stopping the daemon leaves the dataplane forwarding on its pins; the
 	// next start adopts it ('xdp-hostd down' removes it).
-	StateDir string         `json:"state_dir,omitempty"`
-	Uplinks  []UplinkConfig `json:"uplinks"`
+	StateDir string `json:"state_dir,omitempty"`
+	// VMSocketDirs are the directories VMs' vhost-user and agent sockets
+	// must be in (subdirectories included, symbolic links resolved, '..'
+	// refused). Empty: DefaultVMSocketDirs.
+	VMSocketDirs []string       `json:"vm_socket_dirs,omitempty"`
+	Uplinks      []UplinkConfig `json:"uplinks"`
+
+	// APISocket is the path of the daemon's API socket, which no VM socket
+	// may take (DefaultSocket is always protected too). Run sets it.
+	APISocket string `json:"-"`
+}
+
+// DefaultVMSocketDirs are where VM sockets may be when the configuration
+// does not say: xdp-hostd's own directory for them, and the two libvirt's
+// QEMU driver keeps per-domain files in (its state and runtime
+// directories on Debian). Not /tmp, where libvirt's documentation puts its
+// vhost-user examples: anybody may create files there.
+var DefaultVMSocketDirs = []string{"/run/xdp-hostd/vms", "/run/libvirt/qemu", "/var/lib/libvirt/qemu"}
+
+// SocketDirs are the directories VM sockets may be in.
+func (c *Config) SocketDirs() []string {
+	if len(c.VMSocketDirs) == 0 {
+		return DefaultVMSocketDirs
+	}
+	return c.VMSocketDirs
 }
 
 // UplinkConfig is one uplink and the VMs behind it.
@@ -82,6 +106,10 @@ type VMConfig struct {
 	// Ports are extra ports of the VM's port table: port number (1-63) ->
 	// interface name. Port 0 is always the uplink.
 	Ports map[string]string `json:"ports,omitempty"`
+	// CrossVMPorts are the ports of Ports that may be another VM's tap (a
+	// port into another VM, which its program can then send straight
+	// into). Any other port that is another VM's tap is refused.
+	CrossVMPorts []uint32 `json:"cross_vm_ports,omitempty"`
 }
 
 var uuidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
@@ -122,6 +150,14 @@ func (c *Config) Validate() error {
 	if len(c.Uplinks) == 0 {
 		return errors.New("uplinks: name at least one uplink")
 	}
+	for i, dir := range c.VMSocketDirs {
+		if !filepath.IsAbs(dir) || hasDotDot(dir) {
+			return fmt.Errorf("vm_socket_dirs[%d]: %q: give an absolute path without '..' (such as /run/xdp-hostd/vms)", i, dir)
+		}
+		if filepath.Clean(dir) == "/" {
+			return fmt.Errorf("vm_socket_dirs[%d]: \"/\" would let a VM's socket be anywhere: name the directories VM sockets go in (such as /run/xdp-hostd/vms)", i)
+		}
+	}
 	uplinks := map[string]bool{}
 	vms := map[string]string{}
 	for i, u := range c.Uplinks {
@@ -148,6 +184,16 @@ func (c *Config) Validate() error {
 			if err := vm.validate(); err != nil {
 				return fmt.Errorf("%s: %w", vat, err)
 			}
+			for field, p := range map[string]string{"vhost_user_socket": vm.VhostUserSocket, "agent_socket": vm.AgentSocket} {
+				if p == "" {
+					continue
+				}
+				r, err := resolveSocketPath(p)
+				if hasDotDot(p) || err != nil || !socketAllowed(r, c.SocketDirs()) {
+					return fmt.Errorf("%s.%s: %s is outside the directories VM sockets may be in (vm_socket_dirs: %s): put it under one of them, or add its directory to vm_socket_dirs",
+						vat, field, p, strings.Join(c.SocketDirs(), ", "))
+				}
+			}
 		}
 	}
 	return nil
@@ -165,7 +211,10 @@ func (vm *VMConfig) validate() error {
 		}
 	case "vhost-user":
 		if vm.VhostUserSocket == "" {
-			return fmt.Errorf("vhost_user_socket: required with vhost-user delivery (a path such as /run/xdp-hostd/%s.sock)", vm.Name)
+			return fmt.Errorf("vhost_user_socket: required with vhost-user delivery (a path such as /run/xdp-hostd/vms/%s.sock)", vm.Name)
+		}
+		if !filepath.IsAbs(vm.VhostUserSocket) {
+			return fmt.Errorf("vhost_user_socket: %q: give an absolute path (such as /run/xdp-hostd/vms/%s.sock)", vm.VhostUserSocket, vm.Name)
 		}
 		if len(vm.Queues) == 0 {
 			return errors.New("queues: vhost-user delivery needs at least one dedicated queue")
@@ -182,11 +231,16 @@ func (vm *VMConfig) validate() error {
 	if _, err := vm.ports(); err != nil {
 		return fmt.Errorf("ports: %w", err)
 	}
+	for _, n := range vm.CrossVMPorts {
+		if _, ok := vm.Ports[strconv.FormatUint(uint64(n), 10)]; !ok {
+			return fmt.Errorf("cross_vm_ports: port %d is not in ports", n)
+		}
+	}
 	if vm.UUID != "" && !uuidRE.MatchString(vm.UUID) {
 		return fmt.Errorf("uuid: %q is not a UUID (write it as 4b5a9c1e-0f3d-4c5e-9a7b-1d2e3f405162)", vm.UUID)
 	}
 	if vm.AgentSocket != "" && !filepath.IsAbs(vm.AgentSocket) {
-		return fmt.Errorf("agent_socket: %q: give an absolute path (such as /run/xdp-hostd/%s.agent.sock)", vm.AgentSocket, vm.Name)
+		return fmt.Errorf("agent_socket: %q: give an absolute path (such as /run/xdp-hostd/vms/%s.agent.sock)", vm.AgentSocket, vm.Name)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -29,6 +30,13 @@ type Daemon struct {
 	ports    map[string]*vmport.Port
 	agents   map[string]*agentServer
 	Programs *Registry
+
+	// Where VM sockets may be (see claimSocket): the allowed directories,
+	// the API socket paths (resolved) and the sockets the previous daemon
+	// served (resolved path -> VM, from the state).
+	sockDirs    []string
+	apiSockets  []string
+	prevSockets map[string]string
 
 	// Durable state (nil store: none). smu guards the rest; it is taken
 	// last (never held while taking mu or the registry's lock).
@@ -135,7 +143,11 @@ func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig, origin 
 		}
 	}()
 	if vc.Delivery == "vhost-user" {
-		port, err := vmport.Open(vmport.Config{VM: vm, Socket: vc.VhostUserSocket, NetNS: netns, Log: d.log,
+		path, err := d.claimSocket(vc.Name, "vhost_user_socket", vc.VhostUserSocket, origin)
+		if err != nil {
+			return nil, err
+		}
+		port, err := vmport.Open(vmport.Config{VM: vm, Socket: path, NetNS: netns, Log: d.log,
 			BusyPoll: time.Duration(vc.BusyPollMicros) * time.Microsecond})
 		if err != nil {
 			return nil, err
@@ -143,15 +155,16 @@ func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig, origin 
 		d.ports[vc.Name] = port
 	}
 	if vc.AgentSocket != "" {
-		for other, a := range d.agents {
-			if filepath.Clean(a.path) == filepath.Clean(vc.AgentSocket) {
-				return nil, fmt.Errorf("%w: agent_socket: %s is VM %s's agent channel; every VM needs its own", ErrConfig, vc.AgentSocket, other)
-			}
+		// The VM's own vhost-user socket is among d.ports by now: a VM
+		// cannot give both the same path either.
+		path, err := d.claimSocket(vc.Name, "agent_socket", vc.AgentSocket, origin)
+		if err != nil {
+			return nil, err
 		}
-		if filepath.Clean(vc.AgentSocket) == filepath.Clean(vc.VhostUserSocket) {
-			return nil, fmt.Errorf("%w: agent_socket: the same path as vhost_user_socket; give each its own", ErrConfig)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return nil, fmt.Errorf("VM %s: agent socket directory: %w", vc.Name, err)
 		}
-		a, err := d.serveAgent(vc.Name, vc.AgentSocket)
+		a, err := d.serveAgent(vc.Name, path)
 		if err != nil {
 			return nil, err
 		}
@@ -163,7 +176,7 @@ func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig, origin 
 	}
 	sort.Slice(ports, func(a, b int) bool { return ports[a].n < ports[b].n })
 	for _, p := range ports {
-		if err := vm.AddPort(p.n, p.ifname); err != nil {
+		if err := vm.AddPortWith(p.n, p.ifname, hostnet.PortOptions{CrossVM: slices.Contains(vc.CrossVMPorts, p.n)}); err != nil {
 			return nil, fmt.Errorf("ports: %w", err)
 		}
 	}
@@ -228,13 +241,15 @@ func (d *Daemon) RemoveVM(name string) error {
 	return errors.Join(errs...)
 }
 
-// AddPort adds a port to a VM's port table and records it.
-func (d *Daemon) AddPort(vmName string, n uint32, ifname string) (*hostnet.VM, error) {
+// AddPort adds a port to a VM's port table and records it. crossVM allows
+// the port to be another VM's tap (recorded, so that a restart allows it
+// again).
+func (d *Daemon) AddPort(vmName string, n uint32, ifname string, crossVM bool) (*hostnet.VM, error) {
 	vm, ok := d.VM(vmName)
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrNoSuchVM, vmName)
 	}
-	if err := vm.AddPort(n, ifname); err != nil {
+	if err := vm.AddPortWith(n, ifname, hostnet.PortOptions{CrossVM: crossVM}); err != nil {
 		return nil, err
 	}
 	err := d.saveVMs(func(m map[string]*vmEntry) {
@@ -243,6 +258,10 @@ func (d *Daemon) AddPort(vmName string, n uint32, ifname string) (*hostnet.VM, e
 				e.cfg.Ports = map[string]string{}
 			}
 			e.cfg.Ports[strconv.FormatUint(uint64(n), 10)] = ifname
+			e.cfg.CrossVMPorts = slices.DeleteFunc(e.cfg.CrossVMPorts, func(p uint32) bool { return p == n })
+			if crossVM {
+				e.cfg.CrossVMPorts = append(e.cfg.CrossVMPorts, n)
+			}
 		}
 	})
 	if err != nil {
@@ -259,9 +278,10 @@ func (d *Daemon) RemovePort(vmName string, n uint32) error {
 		return fmt.Errorf("%w: %q", ErrNoSuchVM, vmName)
 	}
 	var ifname string
+	var crossVM bool
 	for _, p := range vm.Ports() {
 		if p.Number == n {
-			ifname = p.Ifname
+			ifname, crossVM = p.Ifname, p.VM != ""
 		}
 	}
 	if err := vm.RemovePort(n); err != nil {
@@ -270,10 +290,11 @@ func (d *Daemon) RemovePort(vmName string, n uint32) error {
 	err := d.saveVMs(func(m map[string]*vmEntry) {
 		if e := m[vmName]; e != nil {
 			delete(e.cfg.Ports, strconv.FormatUint(uint64(n), 10))
+			e.cfg.CrossVMPorts = slices.DeleteFunc(e.cfg.CrossVMPorts, func(p uint32) bool { return p == n })
 		}
 	})
 	if err != nil {
-		if aerr := vm.AddPort(n, ifname); aerr != nil {
+		if aerr := vm.AddPortWith(n, ifname, hostnet.PortOptions{CrossVM: crossVM}); aerr != nil {
 			d.log.Error("cannot put a port back after a failed save", "vm", vmName, "port", n, "err", aerr)
 		}
 		return fmt.Errorf("port %d not removed: %w", n, err)
@@ -292,7 +313,18 @@ func Start(cfg *Config, log *slog.Logger) (_ *Daemon, err error) {
 	}
 	d := &Daemon{log: log, byVM: map[string]*hostnet.VM{}, ports: map[string]*vmport.Port{}, agents: map[string]*agentServer{},
 		netns: map[*hostnet.Dataplane]string{}, Programs: NewRegistry(log, guestprog.Limits{}, 1),
-		entries: map[string]*vmEntry{}, stProgs: map[string]*StateProgram{}}
+		entries: map[string]*vmEntry{}, stProgs: map[string]*StateProgram{}, prevSockets: map[string]string{}}
+	d.sockDirs = cfg.SocketDirs()
+	for _, p := range []string{DefaultSocket, cfg.APISocket} {
+		if p == "" {
+			continue
+		}
+		if abs, err := filepath.Abs(p); err == nil {
+			if r, err := resolveSocketPath(abs); err == nil {
+				d.apiSockets = append(d.apiSockets, r)
+			}
+		}
+	}
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -308,6 +340,7 @@ func Start(cfg *Config, log *slog.Logger) (_ *Daemon, err error) {
 		}
 		d.keep = cfg.PinDir != ""
 		d.Programs = NewRegistry(log, guestprog.Limits{}, st.NextID)
+		d.prevSockets = socketOwners(st)
 		d.stNext = st.NextID
 		// Restoring writes nothing until the whole state is back.
 		d.restoring = true
@@ -453,6 +486,9 @@ type RunOptions struct {
 // Run starts the configuration and its API, logs "ready" and serves until
 // ctx ends, then tears everything down.
 func Run(ctx context.Context, cfg *Config, opts RunOptions, log *slog.Logger) (err error) {
+	if cfg.APISocket == "" {
+		cfg.APISocket = opts.Socket // no VM may take it
+	}
 	d, err := Start(cfg, log)
 	if err != nil {
 		return err
