@@ -87,6 +87,8 @@ type VMConfig struct {
 	// VhostUserSocket is where the daemon serves the VM's vhost-user device
 	// (QEMU: -chardev socket,id=c0,path=SOCKET -netdev
 	// vhost-user,id=n0,chardev=c0,queues=N). One queue pair per dedicated queue.
+	// It must be inside one of the VMSocketDirs, and never another
+	// program's or another VM's socket (see claimSocket).
 	VhostUserSocket string `json:"vhost_user_socket,omitempty"`
 	// AgentSocket, if set, is where the daemon serves the VM's guest agent
 	// channel: QEMU connects a virtio-serial port named
@@ -94,7 +96,8 @@ type VMConfig struct {
 	// socket,id=xha,path=SOCKET,reconnect=1 -device
 	// virtserialport,chardev=xha,name=org.xdp-hostd.agent.0; see
 	// 'xdp-hostd qemu-args'). The agent in the VM then manages that VM's
-	// program, and only that VM's.
+	// program, and only that VM's. Like VhostUserSocket, it must be inside
+	// one of the VMSocketDirs and nobody else's.
 	AgentSocket string `json:"agent_socket,omitempty"`
 	// BusyPollMicros, for vhost-user VMs: spin this long for more frames
 	// before sleeping (lower latency, a CPU burnt). 0: event-driven only.

@@ -146,6 +146,9 @@ func TestVMSocketsCannotTakeOver(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			_, err := c.AddVM(ctx, topo.Uplink, tc.vm)
+			if err == nil {
+				defer c.RemoveVM(ctx, "evil")
+			}
 			if err == nil || !strings.Contains(err.Error(), tc.says) {
 				t.Fatalf("got %v, want an error saying %q", err, tc.says)
 			}
