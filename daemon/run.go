@@ -125,6 +125,22 @@ func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig, origin 
 	if _, ok := d.byVM[vc.Name]; ok {
 		return nil, fmt.Errorf("VM %s: %w", vc.Name, hostnet.ErrExists)
 	}
+	// The sockets are checked before anything is set up (d.mu keeps other
+	// VMs from taking them meanwhile).
+	var vhostPath, agentPath string
+	if vc.Delivery == "vhost-user" {
+		if vhostPath, err = d.claimSocket(vc.Name, "vhost_user_socket", vc.VhostUserSocket, origin); err != nil {
+			return nil, err
+		}
+	}
+	if vc.AgentSocket != "" {
+		if agentPath, err = d.claimSocket(vc.Name, "agent_socket", vc.AgentSocket, origin); err != nil {
+			return nil, err
+		}
+		if agentPath == vhostPath {
+			return nil, fmt.Errorf("%w: agent_socket: %s is also the VM's vhost_user_socket; give each its own path", ErrConfig, vc.AgentSocket)
+		}
+	}
 	vm, err := dp.AddVM(spec)
 	if err != nil {
 		return nil, err
@@ -143,11 +159,7 @@ func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig, origin 
 		}
 	}()
 	if vc.Delivery == "vhost-user" {
-		path, err := d.claimSocket(vc.Name, "vhost_user_socket", vc.VhostUserSocket, origin)
-		if err != nil {
-			return nil, err
-		}
-		port, err := vmport.Open(vmport.Config{VM: vm, Socket: path, NetNS: netns, Log: d.log,
+		port, err := vmport.Open(vmport.Config{VM: vm, Socket: vhostPath, NetNS: netns, Log: d.log,
 			BusyPoll: time.Duration(vc.BusyPollMicros) * time.Microsecond})
 		if err != nil {
 			return nil, err
@@ -155,16 +167,10 @@ func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig, origin 
 		d.ports[vc.Name] = port
 	}
 	if vc.AgentSocket != "" {
-		// The VM's own vhost-user socket is among d.ports by now: a VM
-		// cannot give both the same path either.
-		path, err := d.claimSocket(vc.Name, "agent_socket", vc.AgentSocket, origin)
-		if err != nil {
-			return nil, err
-		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Dir(agentPath), 0o755); err != nil {
 			return nil, fmt.Errorf("VM %s: agent socket directory: %w", vc.Name, err)
 		}
-		a, err := d.serveAgent(vc.Name, path)
+		a, err := d.serveAgent(vc.Name, agentPath)
 		if err != nil {
 			return nil, err
 		}

@@ -141,6 +141,8 @@ func TestVMSocketsCannotTakeOver(t *testing.T) {
 		{"through ..", agent(dir + "/../x.sock"), "without '..'"},
 		{"through a symbolic link", vhost(filepath.Join(dir, "link", "x.sock")), "through a symbolic link"},
 		{"a relative path", agent("x.sock"), "absolute path"},
+		{"both its sockets on one path", daemon.VMConfig{Name: "evil", MAC: "02:00:00:00:00:0e", Queues: []int{3}, Delivery: "vhost-user",
+			VhostUserSocket: filepath.Join(dir, "e.sock"), AgentSocket: filepath.Join(dir, "e.sock")}, "also the VM's vhost_user_socket"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
