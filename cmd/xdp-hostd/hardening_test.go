@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -14,11 +15,13 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+	"libvirt.org/go/libvirtxml"
 
 	"github.com/xdp-hostd/xdp-hostd/client"
 	"github.com/xdp-hostd/xdp-hostd/daemon"
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
 	"github.com/xdp-hostd/xdp-hostd/hostnet/testnet"
+	"github.com/xdp-hostd/xdp-hostd/libvirthook"
 )
 
 // startDaemonAt runs the daemon with its API socket at apiSock until the
@@ -173,6 +176,30 @@ func TestVMSocketsCannotTakeOver(t *testing.T) {
 			}
 		})
 	}
+	// The libvirt hook copies the path from the domain XML: the same.
+	dom := libvirtxml.Domain{Type: "kvm", Name: "evil",
+		Metadata: &libvirtxml.DomainMetadata{XML: fmt.Sprintf(`<xh:xdp-hostd xmlns:xh=%q><xh:interface mac="52:54:00:00:00:0e" uplink=%q queues="3"/></xh:xdp-hostd>`,
+			libvirthook.Namespace, topo.Uplink)},
+		Devices: &libvirtxml.DomainDeviceList{Interfaces: []libvirtxml.DomainInterface{
+			{MAC: &libvirtxml.DomainInterfaceMAC{Address: "52:54:00:00:00:0e"},
+				Source: &libvirtxml.DomainInterfaceSource{VHostUser: &libvirtxml.DomainInterfaceSourceVHostUser{
+					Chardev: &libvirtxml.DomainChardevSource{UNIX: &libvirtxml.DomainChardevSourceUNIX{Path: api, Mode: "client"}}}}},
+		}}}
+	xmlDoc, err := dom.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hook := exec.Command(binary, "hook", "qemu", "evil", "prepare", "begin", "-")
+	hook.Env = append(os.Environ(), "XDP_HOSTD_SOCKET="+api)
+	hook.Stdin = strings.NewReader(xmlDoc)
+	out, err := hook.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "is the daemon's API socket") {
+		t.Errorf("hook prepare with the API socket as the vhost-user socket: %v\n%s", err, out)
+	}
+	if got := vmNamesOf(t, c); fmt.Sprint(got) != "[vm1 vu1]" || !alive(api) {
+		t.Errorf("after the hook: VMs %v, API alive %v", got, alive(api))
+	}
+
 	// A path of its own under the directory is fine (subdirectories are
 	// created), and removing the VM removes only its own socket.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
