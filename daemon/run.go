@@ -73,6 +73,7 @@ func (d *Daemon) saveVMs(f func(map[string]*vmEntry)) error {
 	for k, v := range d.entries {
 		c := *v
 		c.cfg.Ports = maps.Clone(v.cfg.Ports)
+		c.cfg.CrossVMPorts = slices.Clone(v.cfg.CrossVMPorts)
 		old[k] = &c
 	}
 	f(d.entries)
