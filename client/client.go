@@ -194,7 +194,13 @@ func (c *Client) Ports(ctx context.Context, vm string) ([]hostnet.Port, error) {
 
 // AddPort adds ifname to a VM's port table as port n.
 func (c *Client) AddPort(ctx context.Context, vm string, n uint32, ifname string) ([]hostnet.Port, error) {
-	body, err := json.Marshal(daemon.AddPortRequest{Port: n, Ifname: ifname})
+	return c.AddPortRequest(ctx, vm, daemon.AddPortRequest{Port: n, Ifname: ifname})
+}
+
+// AddPortRequest adds a port as req says (CrossVM: a port into another
+// VM's tap).
+func (c *Client) AddPortRequest(ctx context.Context, vm string, req daemon.AddPortRequest) ([]hostnet.Port, error) {
+	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
 	}

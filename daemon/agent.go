@@ -13,6 +13,7 @@ import (
 	"github.com/xdp-hostd/xdp-hostd/agentproto"
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
+	"github.com/xdp-hostd/xdp-hostd/unixsock"
 )
 
 // Agent submissions a VM may make: a burst, then one per interval.
@@ -29,7 +30,7 @@ type agentServer struct {
 	d      *Daemon
 	vm     string
 	path   string
-	ln     *net.UnixListener
+	ln     *unixsock.Listener
 	log    *slog.Logger
 	limit  *agentproto.TokenBucket
 	ctx    context.Context
@@ -41,13 +42,9 @@ type agentServer struct {
 }
 
 func (d *Daemon) serveAgent(vm, path string) (*agentServer, error) {
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("%w: agent_socket %s exists and is not a socket: choose another path", ErrConfig, path)
-		}
-		os.Remove(path) // a stale socket of an earlier daemon
-	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	// claimSocket decided that a stale socket there may be replaced; a
+	// live one is never taken over.
+	ln, err := unixsock.Listen(path, true)
 	if err != nil {
 		return nil, fmt.Errorf("VM %s: serve the guest agent channel on %s: %w", vm, path, err)
 	}
@@ -92,7 +89,7 @@ func (a *agentServer) accept() {
 // Close stops serving and removes the socket.
 func (a *agentServer) Close() error {
 	a.cancel()
-	a.ln.Close() // removes the socket file
+	a.ln.Close() // removes the socket file (if it is still ours)
 	a.mu.Lock()
 	if a.conn != nil {
 		a.conn.Close()

@@ -41,7 +41,7 @@ func TestAgentChannels(t *testing.T) {
 	topo := testnet.Topology(t, 4)
 	dir := t.TempDir()
 	s1, s2 := filepath.Join(dir, "vm1.agent"), filepath.Join(dir, "vm2.agent")
-	cfg := &Config{Uplinks: []UplinkConfig{{Name: topo.Uplink, NetNS: topo.HostNS, VMs: []VMConfig{
+	cfg := &Config{VMSocketDirs: []string{dir}, Uplinks: []UplinkConfig{{Name: topo.Uplink, NetNS: topo.HostNS, VMs: []VMConfig{
 		{Name: "vm1", MAC: "02:00:00:00:01:01", Queues: []int{1}, AgentSocket: s1},
 		{Name: "vm2", MAC: "02:00:00:00:01:02", Queues: []int{2}, AgentSocket: s2},
 	}}}}

@@ -281,6 +281,8 @@ type AddVMRequest struct {
 type AddPortRequest struct {
 	Port   uint32 `json:"port"`
 	Ifname string `json:"ifname"`
+	// CrossVM allows the port to be another VM's tap (refused otherwise).
+	CrossVM bool `json:"cross_vm,omitempty"`
 }
 
 func decodeJSON(r *http.Request, v any) error {
@@ -353,7 +355,7 @@ func addVMRoutes(mux *http.ServeMux, d *Daemon, p string) {
 			writeErr(w, err)
 			return
 		}
-		if _, err := d.AddPort(vm.Name(), req.Port, req.Ifname); err != nil {
+		if _, err := d.AddPort(vm.Name(), req.Port, req.Ifname, req.CrossVM); err != nil {
 			writeErr(w, err)
 			return
 		}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
@@ -43,8 +44,31 @@ type Config struct {
 	// EnforceNSPerPacket swaps a program over MaxNSPerPacket (over a window
 	// of a second) back to the built-in one, logged and audited; without
 	// it the daemon warns.
-	EnforceNSPerPacket bool           `json:"enforce_ns_per_packet,omitempty"`
-	Uplinks            []UplinkConfig `json:"uplinks"`
+	EnforceNSPerPacket bool `json:"enforce_ns_per_packet,omitempty"`
+	// VMSocketDirs are the directories VMs' vhost-user and agent sockets
+	// must be in (subdirectories included, symbolic links resolved, '..'
+	// refused). Empty: DefaultVMSocketDirs.
+	VMSocketDirs []string       `json:"vm_socket_dirs,omitempty"`
+	Uplinks      []UplinkConfig `json:"uplinks"`
+
+	// APISocket is the path of the daemon's API socket, which no VM socket
+	// may take (DefaultSocket is always protected too). Run sets it.
+	APISocket string `json:"-"`
+}
+
+// DefaultVMSocketDirs are where VM sockets may be when the configuration
+// does not say: xdp-hostd's own directory for them, and the two libvirt's
+// QEMU driver keeps per-domain files in (its state and runtime
+// directories on Debian). Not /tmp, where libvirt's documentation puts its
+// vhost-user examples: anybody may create files there.
+var DefaultVMSocketDirs = []string{"/run/xdp-hostd/vms", "/run/libvirt/qemu", "/var/lib/libvirt/qemu"}
+
+// SocketDirs are the directories VM sockets may be in.
+func (c *Config) SocketDirs() []string {
+	if len(c.VMSocketDirs) == 0 {
+		return DefaultVMSocketDirs
+	}
+	return c.VMSocketDirs
 }
 
 // UplinkConfig is one uplink and the VMs behind it.
@@ -76,6 +100,8 @@ type VMConfig struct {
 	// VhostUserSocket is where the daemon serves the VM's vhost-user device
 	// (QEMU: -chardev socket,id=c0,path=SOCKET -netdev
 	// vhost-user,id=n0,chardev=c0,queues=N). One queue pair per dedicated queue.
+	// It must be inside one of the VMSocketDirs, and never another
+	// program's or another VM's socket (see claimSocket).
 	VhostUserSocket string `json:"vhost_user_socket,omitempty"`
 	// AgentSocket, if set, is where the daemon serves the VM's guest agent
 	// channel: QEMU connects a virtio-serial port named
@@ -83,7 +109,8 @@ type VMConfig struct {
 	// socket,id=xha,path=SOCKET,reconnect=1 -device
 	// virtserialport,chardev=xha,name=org.xdp-hostd.agent.0; see
 	// 'xdp-hostd qemu-args'). The agent in the VM then manages that VM's
-	// program, and only that VM's.
+	// program, and only that VM's. Like VhostUserSocket, it must be inside
+	// one of the VMSocketDirs and nobody else's.
 	AgentSocket string `json:"agent_socket,omitempty"`
 	// BusyPollMicros, for vhost-user VMs: spin this long for more frames
 	// before sleeping (lower latency, a CPU burnt). 0: event-driven only.
@@ -95,6 +122,10 @@ type VMConfig struct {
 	// Ports are extra ports of the VM's port table: port number (1-63) ->
 	// interface name. Port 0 is always the uplink.
 	Ports map[string]string `json:"ports,omitempty"`
+	// CrossVMPorts are the ports of Ports that may be another VM's tap (a
+	// port into another VM, which its program can then send straight
+	// into). Any other port that is another VM's tap is refused.
+	CrossVMPorts []uint32 `json:"cross_vm_ports,omitempty"`
 }
 
 var uuidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
@@ -135,6 +166,14 @@ func (c *Config) Validate() error {
 	if len(c.Uplinks) == 0 {
 		return errors.New("uplinks: name at least one uplink")
 	}
+	for i, dir := range c.VMSocketDirs {
+		if !filepath.IsAbs(dir) || hasDotDot(dir) {
+			return fmt.Errorf("vm_socket_dirs[%d]: %q: give an absolute path without '..' (such as /run/xdp-hostd/vms)", i, dir)
+		}
+		if filepath.Clean(dir) == "/" {
+			return fmt.Errorf("vm_socket_dirs[%d]: \"/\" would let a VM's socket be anywhere: name the directories VM sockets go in (such as /run/xdp-hostd/vms)", i)
+		}
+	}
 	uplinks := map[string]bool{}
 	vms := map[string]string{}
 	for i, u := range c.Uplinks {
@@ -161,6 +200,16 @@ func (c *Config) Validate() error {
 			if err := vm.validate(); err != nil {
 				return fmt.Errorf("%s: %w", vat, err)
 			}
+			for field, p := range map[string]string{"vhost_user_socket": vm.VhostUserSocket, "agent_socket": vm.AgentSocket} {
+				if p == "" {
+					continue
+				}
+				r, err := resolveSocketPath(p)
+				if hasDotDot(p) || err != nil || !socketAllowed(r, c.SocketDirs()) {
+					return fmt.Errorf("%s.%s: %s is outside the directories VM sockets may be in (vm_socket_dirs: %s): put it under one of them, or add its directory to vm_socket_dirs",
+						vat, field, p, strings.Join(c.SocketDirs(), ", "))
+				}
+			}
 		}
 	}
 	return nil
@@ -178,7 +227,10 @@ func (vm *VMConfig) validate() error {
 		}
 	case "vhost-user":
 		if vm.VhostUserSocket == "" {
-			return fmt.Errorf("vhost_user_socket: required with vhost-user delivery (a path such as /run/xdp-hostd/%s.sock)", vm.Name)
+			return fmt.Errorf("vhost_user_socket: required with vhost-user delivery (a path such as /run/xdp-hostd/vms/%s.sock)", vm.Name)
+		}
+		if !filepath.IsAbs(vm.VhostUserSocket) {
+			return fmt.Errorf("vhost_user_socket: %q: give an absolute path (such as /run/xdp-hostd/vms/%s.sock)", vm.VhostUserSocket, vm.Name)
 		}
 		if len(vm.Queues) == 0 {
 			return errors.New("queues: vhost-user delivery needs at least one dedicated queue")
@@ -195,11 +247,16 @@ func (vm *VMConfig) validate() error {
 	if _, err := vm.ports(); err != nil {
 		return fmt.Errorf("ports: %w", err)
 	}
+	for _, n := range vm.CrossVMPorts {
+		if _, ok := vm.Ports[strconv.FormatUint(uint64(n), 10)]; !ok {
+			return fmt.Errorf("cross_vm_ports: port %d is not in ports", n)
+		}
+	}
 	if vm.UUID != "" && !uuidRE.MatchString(vm.UUID) {
 		return fmt.Errorf("uuid: %q is not a UUID (write it as 4b5a9c1e-0f3d-4c5e-9a7b-1d2e3f405162)", vm.UUID)
 	}
 	if vm.AgentSocket != "" && !filepath.IsAbs(vm.AgentSocket) {
-		return fmt.Errorf("agent_socket: %q: give an absolute path (such as /run/xdp-hostd/%s.agent.sock)", vm.AgentSocket, vm.Name)
+		return fmt.Errorf("agent_socket: %q: give an absolute path (such as /run/xdp-hostd/vms/%s.agent.sock)", vm.AgentSocket, vm.Name)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -28,6 +29,13 @@ type Daemon struct {
 	ports    map[string]*vmport.Port
 	agents   map[string]*agentServer
 	Programs *Registry
+
+	// Where VM sockets may be (see claimSocket): the allowed directories,
+	// the API socket paths (resolved) and the sockets the previous daemon
+	// served (resolved path -> VM, from the state).
+	sockDirs    []string
+	apiSockets  []string
+	prevSockets map[string]string
 
 	// Durable state (nil store: none). smu guards the rest; it is taken
 	// last (never held while taking mu or the registry's lock).
@@ -68,6 +76,7 @@ func (d *Daemon) saveVMs(f func(map[string]*vmEntry)) error {
 	for k, v := range d.entries {
 		c := *v
 		c.cfg.Ports = maps.Clone(v.cfg.Ports)
+		c.cfg.CrossVMPorts = slices.Clone(v.cfg.CrossVMPorts)
 		old[k] = &c
 	}
 	f(d.entries)
@@ -120,6 +129,22 @@ func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig, origin 
 	if _, ok := d.byVM[vc.Name]; ok {
 		return nil, fmt.Errorf("VM %s: %w", vc.Name, hostnet.ErrExists)
 	}
+	// The sockets are checked before anything is set up (d.mu keeps other
+	// VMs from taking them meanwhile).
+	var vhostPath, agentPath string
+	if vc.Delivery == "vhost-user" {
+		if vhostPath, err = d.claimSocket(vc.Name, "vhost_user_socket", vc.VhostUserSocket, origin); err != nil {
+			return nil, err
+		}
+	}
+	if vc.AgentSocket != "" {
+		if agentPath, err = d.claimSocket(vc.Name, "agent_socket", vc.AgentSocket, origin); err != nil {
+			return nil, err
+		}
+		if agentPath == vhostPath {
+			return nil, fmt.Errorf("%w: agent_socket: %s is also the VM's vhost_user_socket; give each its own path", ErrConfig, vc.AgentSocket)
+		}
+	}
 	vm, err := dp.AddVM(spec)
 	if err != nil {
 		return nil, err
@@ -138,7 +163,7 @@ func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig, origin 
 		}
 	}()
 	if vc.Delivery == "vhost-user" {
-		port, err := vmport.Open(vmport.Config{VM: vm, Socket: vc.VhostUserSocket, NetNS: netns, Log: d.log,
+		port, err := vmport.Open(vmport.Config{VM: vm, Socket: vhostPath, NetNS: netns, Log: d.log,
 			BusyPoll: time.Duration(vc.BusyPollMicros) * time.Microsecond})
 		if err != nil {
 			return nil, err
@@ -146,15 +171,10 @@ func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig, origin 
 		d.ports[vc.Name] = port
 	}
 	if vc.AgentSocket != "" {
-		for other, a := range d.agents {
-			if filepath.Clean(a.path) == filepath.Clean(vc.AgentSocket) {
-				return nil, fmt.Errorf("%w: agent_socket: %s is VM %s's agent channel; every VM needs its own", ErrConfig, vc.AgentSocket, other)
-			}
+		if err := os.MkdirAll(filepath.Dir(agentPath), 0o755); err != nil {
+			return nil, fmt.Errorf("VM %s: agent socket directory: %w", vc.Name, err)
 		}
-		if filepath.Clean(vc.AgentSocket) == filepath.Clean(vc.VhostUserSocket) {
-			return nil, fmt.Errorf("%w: agent_socket: the same path as vhost_user_socket; give each its own", ErrConfig)
-		}
-		a, err := d.serveAgent(vc.Name, vc.AgentSocket)
+		a, err := d.serveAgent(vc.Name, agentPath)
 		if err != nil {
 			return nil, err
 		}
@@ -166,7 +186,7 @@ func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig, origin 
 	}
 	sort.Slice(ports, func(a, b int) bool { return ports[a].n < ports[b].n })
 	for _, p := range ports {
-		if err := vm.AddPort(p.n, p.ifname); err != nil {
+		if err := vm.AddPortWith(p.n, p.ifname, hostnet.PortOptions{CrossVM: slices.Contains(vc.CrossVMPorts, p.n)}); err != nil {
 			return nil, fmt.Errorf("ports: %w", err)
 		}
 	}
@@ -231,13 +251,15 @@ func (d *Daemon) RemoveVM(name string) error {
 	return errors.Join(errs...)
 }
 
-// AddPort adds a port to a VM's port table and records it.
-func (d *Daemon) AddPort(vmName string, n uint32, ifname string) (*hostnet.VM, error) {
+// AddPort adds a port to a VM's port table and records it. crossVM allows
+// the port to be another VM's tap (recorded, so that a restart allows it
+// again).
+func (d *Daemon) AddPort(vmName string, n uint32, ifname string, crossVM bool) (*hostnet.VM, error) {
 	vm, ok := d.VM(vmName)
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrNoSuchVM, vmName)
 	}
-	if err := vm.AddPort(n, ifname); err != nil {
+	if err := vm.AddPortWith(n, ifname, hostnet.PortOptions{CrossVM: crossVM}); err != nil {
 		return nil, err
 	}
 	err := d.saveVMs(func(m map[string]*vmEntry) {
@@ -246,6 +268,10 @@ func (d *Daemon) AddPort(vmName string, n uint32, ifname string) (*hostnet.VM, e
 				e.cfg.Ports = map[string]string{}
 			}
 			e.cfg.Ports[strconv.FormatUint(uint64(n), 10)] = ifname
+			e.cfg.CrossVMPorts = slices.DeleteFunc(e.cfg.CrossVMPorts, func(p uint32) bool { return p == n })
+			if crossVM {
+				e.cfg.CrossVMPorts = append(e.cfg.CrossVMPorts, n)
+			}
 		}
 	})
 	if err != nil {
@@ -262,9 +288,10 @@ func (d *Daemon) RemovePort(vmName string, n uint32) error {
 		return fmt.Errorf("%w: %q", ErrNoSuchVM, vmName)
 	}
 	var ifname string
+	var crossVM bool
 	for _, p := range vm.Ports() {
 		if p.Number == n {
-			ifname = p.Ifname
+			ifname, crossVM = p.Ifname, p.VM != ""
 		}
 	}
 	if err := vm.RemovePort(n); err != nil {
@@ -273,10 +300,11 @@ func (d *Daemon) RemovePort(vmName string, n uint32) error {
 	err := d.saveVMs(func(m map[string]*vmEntry) {
 		if e := m[vmName]; e != nil {
 			delete(e.cfg.Ports, strconv.FormatUint(uint64(n), 10))
+			e.cfg.CrossVMPorts = slices.DeleteFunc(e.cfg.CrossVMPorts, func(p uint32) bool { return p == n })
 		}
 	})
 	if err != nil {
-		if aerr := vm.AddPort(n, ifname); aerr != nil {
+		if aerr := vm.AddPortWith(n, ifname, hostnet.PortOptions{CrossVM: crossVM}); aerr != nil {
 			d.log.Error("cannot put a port back after a failed save", "vm", vmName, "port", n, "err", aerr)
 		}
 		return fmt.Errorf("port %d not removed: %w", n, err)
@@ -295,7 +323,18 @@ func Start(cfg *Config, log *slog.Logger) (_ *Daemon, err error) {
 	}
 	d := &Daemon{log: log, byVM: map[string]*hostnet.VM{}, ports: map[string]*vmport.Port{}, agents: map[string]*agentServer{},
 		netns: map[*hostnet.Dataplane]string{}, Programs: NewRegistry(log, cfg.limits(), 1), cfg: *cfg, costMean: map[string]float64{},
-		entries: map[string]*vmEntry{}, stProgs: map[string]*StateProgram{}}
+		entries: map[string]*vmEntry{}, stProgs: map[string]*StateProgram{}, prevSockets: map[string]string{}}
+	d.sockDirs = cfg.SocketDirs()
+	for _, p := range []string{DefaultSocket, cfg.APISocket} {
+		if p == "" {
+			continue
+		}
+		if abs, err := filepath.Abs(p); err == nil {
+			if r, err := resolveSocketPath(abs); err == nil {
+				d.apiSockets = append(d.apiSockets, r)
+			}
+		}
+	}
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -311,6 +350,7 @@ func Start(cfg *Config, log *slog.Logger) (_ *Daemon, err error) {
 		}
 		d.keep = cfg.PinDir != ""
 		d.Programs = NewRegistry(log, cfg.limits(), st.NextID)
+		d.prevSockets = socketOwners(st)
 		d.stNext = st.NextID
 		// Restoring writes nothing until the whole state is back.
 		d.restoring = true
@@ -456,6 +496,9 @@ type RunOptions struct {
 // Run starts the configuration and its API, logs "ready" and serves until
 // ctx ends, then tears everything down.
 func Run(ctx context.Context, cfg *Config, opts RunOptions, log *slog.Logger) (err error) {
+	if cfg.APISocket == "" {
+		cfg.APISocket = opts.Socket // no VM may take it
+	}
 	d, err := Start(cfg, log)
 	if err != nil {
 		return err

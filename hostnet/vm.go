@@ -89,6 +89,7 @@ type VM struct {
 
 	maps    *guestprog.HostMaps
 	tap     *Tap
+	tapName string // the tap this VM claimed (see claimTap)
 	tapLink link.Link
 	steered []steerRule
 
@@ -109,6 +110,9 @@ type Port struct {
 	Number  uint32 `json:"port"`
 	Ifname  string `json:"ifname"`
 	Ifindex int    `json:"ifindex"`
+	// VM is the other VM whose tap this port is: the VM's program can send
+	// straight into it (added with PortOptions.CrossVM). Empty otherwise.
+	VM string `json:"vm,omitempty"`
 }
 
 // AddVM creates the VM's tap, maps and built-in program and only then makes
@@ -132,6 +136,11 @@ func (d *Dataplane) AddVM(spec VMSpec) (_ *VM, err error) {
 				return nil, fmt.Errorf("%w: VM %s: uplink queue %d is already dedicated to VM %s", ErrExists, spec.Name, q, other.name)
 			}
 		}
+	}
+	if owner, err := d.hostMAC(spec.MAC); err != nil {
+		return nil, fmt.Errorf("VM %s: %w", spec.Name, err)
+	} else if owner != "" {
+		return nil, fmt.Errorf("%w: VM %s: MAC %s is the host's (%s): the VM would take the host's traffic; give the VM its own MAC (such as 52:54:00:xx:xx:xx)", ErrExists, spec.Name, spec.MAC, owner)
 	}
 	for _, q := range spec.Queues {
 		if q < 0 || q >= d.queues || q >= MaxQueues {
@@ -169,6 +178,12 @@ func (d *Dataplane) AddVM(spec VMSpec) (_ *VM, err error) {
 			vm.teardown()
 		}
 	}()
+	if spec.Tap != "" {
+		if err := d.claimTap(spec.Tap, spec.Name); err != nil {
+			return nil, err
+		}
+		vm.tapName = spec.Tap
+	}
 
 	if vm.maps, err = guestprog.NewHostMaps(fmt.Sprint(slot), spec.Delivery, spec.MAC); err != nil {
 		return nil, fmt.Errorf("VM %s: %w", spec.Name, err)
@@ -385,6 +400,10 @@ func (vm *VM) teardown() error {
 		errs = append(errs, vm.maps.Close())
 		vm.maps = nil
 	}
+	if vm.tapName != "" {
+		d.releaseTap(vm.tapName, vm.name)
+		vm.tapName = ""
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove VM %s: %w", vm.name, err)
 	}
@@ -492,8 +511,15 @@ func (vm *VM) Tap() *Tap { return vm.tap }
 func (vm *VM) Maps() *guestprog.HostMaps { return vm.maps }
 
 // AddPort adds a device to the VM's port table as port number n. The
-// program may then redirect to it; nothing else can.
+// program may then redirect to it; nothing else can. The loopback device
+// and other VMs' taps are refused (see AddPortWith).
 func (vm *VM) AddPort(n uint32, ifname string) error {
+	return vm.AddPortWith(n, ifname, PortOptions{})
+}
+
+// AddPortWith is AddPort with options: another VM's tap is accepted with
+// CrossVM (and logged as such).
+func (vm *VM) AddPortWith(n uint32, ifname string, opts PortOptions) error {
 	if n == UplinkPort || n >= MaxPorts {
 		return fmt.Errorf("%w: VM %s: port %d: use 1-%d (port 0 is the uplink)", ErrInvalid, vm.name, n, MaxPorts-1)
 	}
@@ -506,11 +532,20 @@ func (vm *VM) AddPort(n uint32, ifname string) error {
 	if err != nil {
 		return fmt.Errorf("VM %s: port %d: %w: %q in %s", vm.name, n, ErrNoSuchInterface, ifname, nsName(vm.d.cfg.NetNS))
 	}
+	into, err := vm.checkPortTarget(n, l, opts)
+	if err != nil {
+		return err
+	}
 	idx := l.Attrs().Index
 	if err := vm.d.ns.Do(func() error { return vm.maps.PortTable.Put(n, uint32(idx)) }); err != nil {
 		return fmt.Errorf("VM %s: add port %d (%s): %w", vm.name, n, ifname, err)
 	}
 	vm.ports[n] = Port{Number: n, Ifname: ifname, Ifindex: idx}
+	if into != "" {
+		vm.d.audit("port_add", "vm", vm.name, "port", n, "ifname", ifname, "ifindex", idx, "cross_vm", true, "into_vm", into)
+		vm.d.log.Warn("a port leads into another VM: this VM's program can send straight into it", "vm", vm.name, "port", n, "ifname", ifname, "into_vm", into)
+		return nil
+	}
 	vm.d.audit("port_add", "vm", vm.name, "port", n, "ifname", ifname, "ifindex", idx)
 	return nil
 }
@@ -541,6 +576,9 @@ func (vm *VM) Ports() []Port {
 	defer vm.mu.Unlock()
 	out := make([]Port, 0, len(vm.ports))
 	for _, p := range vm.ports {
+		if owner := vm.d.tapOwner(p.Ifname); owner != vm.name && p.Number != UplinkPort {
+			p.VM = owner
+		}
 		out = append(out, p)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Number < out[j].Number })

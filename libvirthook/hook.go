@@ -16,7 +16,7 @@
 //
 //	<interface type='vhostuser'>                 vhost-user: the daemon serves the socket
 //	  <mac address='52:54:00:00:00:01'/>
-//	  <source type='unix' path='/run/xdp-hostd/web1.sock' mode='client'/>
+//	  <source type='unix' path='/run/xdp-hostd/vms/web1.sock' mode='client'/>
 //	  <model type='virtio'/>
 //	</interface>
 //	<interface type='ethernet'>                  tap: libvirt creates the tap, the daemon adopts it
@@ -29,7 +29,7 @@
 // goes to the domain's first xdp-hostd interface's VM:
 //
 //	<channel type='unix'>
-//	  <source mode='connect' path='/run/xdp-hostd/web1.agent.sock'>
+//	  <source mode='connect' path='/run/xdp-hostd/vms/web1.agent.sock'>
 //	    <reconnect enabled='yes' timeout='1'/>
 //	  </source>
 //	  <target type='virtio' name='org.xdp-hostd.agent.0'/>

@@ -57,12 +57,12 @@ func meta(ifaces ...string) string {
 
 func TestParse(t *testing.T) {
 	one := domainXML(t, "web1", meta(`<xh:interface mac="52:54:00:00:00:01" uplink="eth1" queues="1, 2"/>`),
-		bridge("52:54:00:00:00:09"), vhostUser("52:54:00:00:00:01", "/run/xdp-hostd/web1.sock", "client"))
+		bridge("52:54:00:00:00:09"), vhostUser("52:54:00:00:00:01", "/run/xdp-hostd/vms/web1.sock", "client"))
 	name, vms, err := Parse(strings.NewReader(one))
 	if err != nil || name != "web1" || len(vms) != 1 {
 		t.Fatalf("%s %+v %v", name, vms, err)
 	}
-	want := VM{Uplink: "eth1", Config: daemon.VMConfig{Name: "web1", MAC: "52:54:00:00:00:01", Queues: []int{1, 2}, Delivery: "vhost-user", VhostUserSocket: "/run/xdp-hostd/web1.sock"}}
+	want := VM{Uplink: "eth1", Config: daemon.VMConfig{Name: "web1", MAC: "52:54:00:00:00:01", Queues: []int{1, 2}, Delivery: "vhost-user", VhostUserSocket: "/run/xdp-hostd/vms/web1.sock"}}
 	if fmt.Sprint(vms[0]) != fmt.Sprint(want) {
 		t.Errorf("got %+v, want %+v", vms[0], want)
 	}

@@ -7,11 +7,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/xdp-hostd/xdp-hostd/unixsock"
 )
 
 // ioTimeout bounds reading the rest of a message once its header arrived,
@@ -26,14 +27,16 @@ type Server struct {
 	path string
 	dev  *NetDevice
 	log  *slog.Logger
-	ln   *net.UnixListener
+	ln   *unixsock.Listener
 
 	mu     sync.Mutex
 	conn   *net.UnixConn
 	closed bool
 }
 
-// NewServer listens on path (a stale socket file there is replaced).
+// NewServer listens on path. A stale socket file there (nothing listens on
+// it) is replaced; a live one is refused, never taken over. Close removes
+// the socket file only while it is still this server's.
 func NewServer(path string, dev *NetDevice, log *slog.Logger) (*Server, error) {
 	if dev == nil {
 		return nil, errors.New("vhost: NewServer: nil device")
@@ -41,16 +44,10 @@ func NewServer(path string, dev *NetDevice, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = dev.log
 	}
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("vhost: removing stale socket: %w", err)
-		}
-	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	ln, err := unixsock.Listen(path, true)
 	if err != nil {
 		return nil, fmt.Errorf("vhost: listen: %w", err)
 	}
-	ln.SetUnlinkOnClose(true)
 	return &Server{path: path, dev: dev, log: log.With("socket", path), ln: ln}, nil
 }
 

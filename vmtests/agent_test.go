@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -56,7 +57,7 @@ func TestGuestAgent(t *testing.T) {
 	topo := testnet.Topology(t, 2)
 	vu1 := TempSocketPath(t, "vu1.sock")
 	ag1, ag2 := TempSocketPath(t, "ag1.sock"), TempSocketPath(t, "ag2.sock")
-	cfg := &daemon.Config{Uplinks: []daemon.UplinkConfig{{Name: topo.Uplink, NetNS: topo.HostNS, VMs: []daemon.VMConfig{
+	cfg := &daemon.Config{VMSocketDirs: []string{filepath.Dir(vu1), filepath.Dir(ag1), filepath.Dir(ag2)}, Uplinks: []daemon.UplinkConfig{{Name: topo.Uplink, NetNS: topo.HostNS, VMs: []daemon.VMConfig{
 		{Name: "vm1", MAC: mac1, Queues: []int{0}, Delivery: "vhost-user", VhostUserSocket: vu1, AgentSocket: ag1},
 		{Name: "vm2", MAC: mac2, Queues: []int{1}, AgentSocket: ag2},
 	}}}}

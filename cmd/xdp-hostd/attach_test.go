@@ -90,9 +90,9 @@ func TestVMAttachCheckDetach(t *testing.T) {
 	testnet.RequireRoot(t)
 	topo := testnet.Topology(t, 4)
 	vsock := filepath.Join(t.TempDir(), "vm1.sock")
-	s, _ := startDaemon(t, fmt.Sprintf(`{"uplinks": [{"name": %q, "netns": %q, "vms": [
+	s, _ := startDaemon(t, fmt.Sprintf(`{"vm_socket_dirs": [%q], "uplinks": [{"name": %q, "netns": %q, "vms": [
 		{"name": "vm1", "mac": "52:54:00:00:cc:01", "queues": [1], "delivery": "vhost-user", "vhost_user_socket": %q},
-		{"name": "vm2", "mac": "52:54:00:00:cc:02", "queues": [2]}]}]}`, topo.Uplink, topo.HostNS, vsock))
+		{"name": "vm2", "mac": "52:54:00:00:cc:02", "queues": [2]}]}]}`, filepath.Dir(vsock), topo.Uplink, topo.HostNS, vsock))
 	// A booted guest: unplugging needs one that answers ACPI hot-unplug.
 	vmtests.SkipWithoutQEMU(t)
 	q := filepath.Join(t.TempDir(), "qmp.sock")

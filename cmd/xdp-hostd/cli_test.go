@@ -341,8 +341,8 @@ func TestRunVhostUserVM(t *testing.T) {
 	topo := testnet.Topology(t, 4)
 	dir := t.TempDir()
 	vsock := filepath.Join(dir, "vm1.sock")
-	cfg := fmt.Sprintf(`{"uplinks": [{"name": %q, "netns": %q, "vms": [{"name": "vm1", "mac": "02:00:00:00:00:01", "queues": [2], "delivery": "vhost-user", "vhost_user_socket": %q}]}]}`,
-		topo.Uplink, topo.HostNS, vsock)
+	cfg := fmt.Sprintf(`{"vm_socket_dirs": [%q], "uplinks": [{"name": %q, "netns": %q, "vms": [{"name": "vm1", "mac": "02:00:00:00:00:01", "queues": [2], "delivery": "vhost-user", "vhost_user_socket": %q}]}]}`,
+		dir, topo.Uplink, topo.HostNS, vsock)
 	metrics := freeLoopbackAddr(t)
 	d := runDaemonBinary(t, cfg, "--metrics", metrics)
 	defer d.cmd.Process.Kill()

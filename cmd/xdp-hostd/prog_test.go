@@ -329,9 +329,9 @@ func TestLibvirtHook(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tap.Close()
-	s, _ := startDaemon(t, fmt.Sprintf(`{"uplinks": [{"name": %q, "netns": %q, "vms": []}]}`, topo.Uplink, topo.HostNS))
-	sock := strings.TrimPrefix(s, "--socket=")
 	vsock := filepath.Join(t.TempDir(), "web1.sock")
+	s, _ := startDaemon(t, fmt.Sprintf(`{"vm_socket_dirs": [%q], "uplinks": [{"name": %q, "netns": %q, "vms": []}]}`, filepath.Dir(vsock), topo.Uplink, topo.HostNS))
+	sock := strings.TrimPrefix(s, "--socket=")
 	dom := libvirtxml.Domain{Type: "kvm", Name: "web1",
 		Metadata: &libvirtxml.DomainMetadata{XML: fmt.Sprintf(`<xh:xdp-hostd xmlns:xh=%q><xh:interface mac="52:54:00:00:00:01" uplink=%q queues="1"/><xh:interface mac="52:54:00:00:00:02" uplink=%q queues="2"/></xh:xdp-hostd>`,
 			libvirthook.Namespace, topo.Uplink, topo.Uplink)},

@@ -29,7 +29,9 @@ const vmUsage = `usage: xdp-hostd vm COMMAND
 all take --socket PATH (default ` + daemon.DefaultSocket + `)`
 
 const portUsage = `usage: xdp-hostd port COMMAND
-  add --vm VM --port N --ifname IF    add IF to the VM's port table as port N (1-63; 0 is the uplink)
+  add --vm VM --port N --ifname IF [--cross-vm]
+                                      add IF to the VM's port table as port N (1-63; 0 is the uplink);
+                                      IF may be another VM's tap only with --cross-vm (a port into that VM)
   rm --vm VM --port N
   list [--json] --vm VM
 all take --socket PATH (default ` + daemon.DefaultSocket + `)`
@@ -179,6 +181,7 @@ func runPort(ctx context.Context, e *env, args []string) error {
 	vm := fs.String("vm", "", "the VM")
 	port := fs.Int("port", -1, "the port number (1-63)")
 	ifname := fs.String("ifname", "", "the interface")
+	crossVM := fs.Bool("cross-vm", false, "allow the interface to be another VM's tap (a port into that VM)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -195,7 +198,7 @@ func runPort(ctx context.Context, e *env, args []string) error {
 		if *port < 0 || *ifname == "" {
 			return fmt.Errorf("%w: --port and --ifname are required", errUsage)
 		}
-		ports, err = c.AddPort(ctx, *vm, uint32(*port), *ifname)
+		ports, err = c.AddPortRequest(ctx, *vm, daemon.AddPortRequest{Port: uint32(*port), Ifname: *ifname, CrossVM: *crossVM})
 	case "rm":
 		if *port < 0 {
 			return fmt.Errorf("%w: --port is required", errUsage)
@@ -217,9 +220,13 @@ func runPort(ctx context.Context, e *env, args []string) error {
 		return printJSON(e.stdout, ports)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PORT\tINTERFACE\tIFINDEX")
+	fmt.Fprintln(tw, "PORT\tINTERFACE\tIFINDEX\tINTO VM")
 	for _, p := range ports {
-		fmt.Fprintf(tw, "%d\t%s\t%d\n", p.Number, p.Ifname, p.Ifindex)
+		into := "-"
+		if p.VM != "" {
+			into = p.VM
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\n", p.Number, p.Ifname, p.Ifindex, into)
 	}
 	return tw.Flush()
 }

@@ -27,9 +27,9 @@ func TestVMQMPWithoutGuest(t *testing.T) {
 	testnet.RequireRoot(t)
 	topo := testnet.Topology(t, 4)
 	vsock := filepath.Join(t.TempDir(), "qmpvu.sock")
-	s, _ := startDaemon(t, fmt.Sprintf(`{"uplinks": [{"name": %q, "netns": %q, "vms": [
+	s, _ := startDaemon(t, fmt.Sprintf(`{"vm_socket_dirs": [%q], "uplinks": [{"name": %q, "netns": %q, "vms": [
 		{"name": "qmpvu", "mac": "52:54:00:00:ee:01", "queues": [1, 2], "delivery": "vhost-user", "vhost_user_socket": %q},
-		{"name": "qmptap", "mac": "52:54:00:00:ee:02", "queues": [3]}]}]}`, topo.Uplink, topo.HostNS, vsock))
+		{"name": "qmptap", "mac": "52:54:00:00:ee:02", "queues": [3]}]}]}`, filepath.Dir(vsock), topo.Uplink, topo.HostNS, vsock))
 	q := startQEMUWithQMP(t, "") // skips in -short mode and without QEMU
 	const mac = "52:54:00:00:ee:01"
 
@@ -167,10 +167,10 @@ func TestVMAttachQ35AndMemory(t *testing.T) {
 	testnet.RequireRoot(t)
 	topo := testnet.Topology(t, 4)
 	dir := t.TempDir()
-	s, _ := startDaemon(t, fmt.Sprintf(`{"uplinks": [{"name": %q, "netns": %q, "vms": [
+	s, _ := startDaemon(t, fmt.Sprintf(`{"vm_socket_dirs": [%q], "uplinks": [{"name": %q, "netns": %q, "vms": [
 		{"name": "q35a", "mac": "52:54:00:00:ef:01", "queues": [1], "delivery": "vhost-user", "vhost_user_socket": %q},
 		{"name": "q35b", "mac": "52:54:00:00:ef:02", "queues": [2], "delivery": "vhost-user", "vhost_user_socket": %q}]}]}`,
-		topo.Uplink, topo.HostNS, filepath.Join(dir, "a.sock"), filepath.Join(dir, "b.sock")))
+		dir, topo.Uplink, topo.HostNS, filepath.Join(dir, "a.sock"), filepath.Join(dir, "b.sock")))
 	ports := []string{
 		"-device", "pcie-root-port,id=rp1,chassis=1,slot=1,hotplug=off",
 		"-device", "pcie-root-port,id=rp2,chassis=2,slot=2",
