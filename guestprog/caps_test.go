@@ -20,7 +20,7 @@ func TestCapsFromPolicy(t *testing.T) {
 			t.Errorf("caps allow refused helper %s", h)
 		}
 	}
-	if c.Limits.MaxInstructions == 0 || c.Limits.MapMemory == 0 {
+	if c.Limits.MaxInstructions == 0 || c.Limits.Memory == 0 || c.Limits.MaxPrograms == 0 || c.Limits.PossibleCPUs == 0 {
 		t.Errorf("limits not filled: %+v", c.Limits)
 	}
 }

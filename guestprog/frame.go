@@ -144,6 +144,9 @@ func (h *HostMaps) Close() error {
 type Object struct {
 	Spec  *ebpf.CollectionSpec
 	Entry string // name of the entry program in Spec.Programs
+	// Limits the object was checked against; the loader holds the
+	// kernel's figures to Limits.Memory.
+	Limits Limits
 }
 
 // Parse runs the static policy with the default limits on obj and returns it

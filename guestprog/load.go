@@ -76,6 +76,10 @@ func LoadKeeping(o *Object, maps *HostMaps, keep map[string]*ebpf.Map) (_ *Progr
 		}
 		return nil, skipped, fmt.Errorf("load program %q: %w", o.Entry, err)
 	}
+	if err := checkKernelQuota(coll, o.Limits.withDefaults()); err != nil {
+		coll.Close()
+		return nil, skipped, fmt.Errorf("load program %q: %w", o.Entry, err)
+	}
 	p := &Program{Entry: coll.Programs[o.Entry], coll: coll}
 	if info, err := p.Entry.Info(); err == nil {
 		p.KernelID, _ = info.ID()

@@ -36,7 +36,7 @@ func TestPolicyHostileCorpus(t *testing.T) {
 		{"ringbuf", RuleMapType, "events"},
 		{"map_in_map", RuleMapInMap, "outer"},
 		{"pinned", RulePinnedMap, "shared"},
-		{"big_map", RuleMapQuota, "quota"},
+		{"big_map", RuleMemoryQuota, "quota"},
 		{"tc_prog", RuleProgramType, "SchedCLS"},
 		{"devmap_prog", RuleProgramType, "xdp/devmap"},
 		{"two_entries", RuleEntry, "one, two"},
@@ -46,6 +46,9 @@ func TestPolicyHostileCorpus(t *testing.T) {
 		{"tailcall_entry", RuleTailCall, "again"},
 		{"helper_unlisted", RuleHelper, "bpf_get_hash_recalc"},
 		{"no_btf", RuleBTF, "-g"},
+		{"kconfig", RuleHostState, "extern LINUX_KERNEL_VERSION is __kconfig"},
+		{"kconfig", RuleHostState, "extern CONFIG_BPF_JIT_ALWAYS_ON is __kconfig"},
+		{"many_programs", RuleProgramLimit, "81 programs; the limit is 64"},
 	} {
 		t.Run(tc.file+"/"+string(tc.rule), func(t *testing.T) {
 			r, obj, err := Check(hostile(t, tc.file), "", Limits{})
