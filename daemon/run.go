@@ -291,7 +291,7 @@ func Start(cfg *Config, log *slog.Logger) (_ *Daemon, err error) {
 		log = slog.Default()
 	}
 	d := &Daemon{log: log, byVM: map[string]*hostnet.VM{}, ports: map[string]*vmport.Port{}, agents: map[string]*agentServer{},
-		netns: map[*hostnet.Dataplane]string{}, Programs: NewRegistry(log, guestprog.Limits{}, 1),
+		netns: map[*hostnet.Dataplane]string{}, Programs: NewRegistry(log, guestprog.DefaultLimits(), 1),
 		entries: map[string]*vmEntry{}, stProgs: map[string]*StateProgram{}}
 	defer func() {
 		if err != nil {
@@ -307,7 +307,7 @@ func Start(cfg *Config, log *slog.Logger) (_ *Daemon, err error) {
 			return nil, err
 		}
 		d.keep = cfg.PinDir != ""
-		d.Programs = NewRegistry(log, guestprog.Limits{}, st.NextID)
+		d.Programs = NewRegistry(log, guestprog.DefaultLimits(), st.NextID)
 		d.stNext = st.NextID
 		// Restoring writes nothing until the whole state is back.
 		d.restoring = true

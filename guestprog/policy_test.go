@@ -49,6 +49,9 @@ func TestPolicyHostileCorpus(t *testing.T) {
 		{"kconfig", RuleHostState, "extern LINUX_KERNEL_VERSION is __kconfig"},
 		{"kconfig", RuleHostState, "extern CONFIG_BPF_JIT_ALWAYS_ON is __kconfig"},
 		{"many_programs", RuleProgramLimit, "81 programs; the limit is 64"},
+		{"percpu_bytes", RuleMemoryQuota, "quota is 16 MiB"},
+		{"hash_bytes", RuleMemoryQuota, "quota is 16 MiB"},
+		{"bloom_big", RuleMemoryQuota, "quota is 16 MiB"},
 	} {
 		t.Run(tc.file+"/"+string(tc.rule), func(t *testing.T) {
 			r, obj, err := Check(hostile(t, tc.file), "", Limits{})

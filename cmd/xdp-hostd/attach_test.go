@@ -37,10 +37,7 @@ func startQEMU(t *testing.T, o qemuOpts) string {
 	if testing.Short() {
 		t.Skip("starts QEMU: skipped in -short mode")
 	}
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skip("needs qemu-system-x86_64: apt-get install qemu-system-x86")
-	}
+	qemu := testnet.RequireTool(t, "qemu-system-x86_64", "apt-get install qemu-system-x86")
 	if o.machine == "" {
 		o.machine = "pc"
 	}

@@ -67,7 +67,9 @@ func progVerify(e *env, args []string) error {
 	if err != nil {
 		return &exitCode{2, err}
 	}
-	report, parsed, err := guestprog.Check(obj, *entry, guestprog.Limits{})
+	// The daemon's limits (its default ones), so that what verify accepts
+	// the daemon's static check accepts too.
+	report, parsed, err := guestprog.Check(obj, *entry, guestprog.DefaultLimits())
 	if err != nil {
 		return &exitCode{2, fmt.Errorf("%s: %w", file, err)}
 	}
@@ -95,7 +97,9 @@ func progVerify(e *env, args []string) error {
 		}
 	} else {
 		if report.Accepted {
-			fmt.Fprintf(e.stdout, "%s: accepted by the policy (entry %s, %d instructions, maps ~%d KiB)\n", file, report.Entry, report.Instructions, report.MapMemory>>10)
+			lim := guestprog.DefaultLimits()
+			fmt.Fprintf(e.stdout, "%s: accepted by the policy (entry %s, %d programs, %d instructions, kernel memory up to %d KiB of the %d KiB quota: maps %d KiB, programs %d KiB)\n",
+				file, report.Entry, len(report.Programs), report.Instructions, report.Memory>>10, lim.Memory>>10, report.MapMemory>>10, report.ProgramMemory>>10)
 		} else {
 			fmt.Fprintf(e.stdout, "%s: refused (%d violations):\n", file, len(report.Violations))
 			for _, v := range report.Violations {
@@ -241,7 +245,7 @@ func runCaps(ctx context.Context, e *env, args []string) error {
 	}
 	var caps *guestprog.Capabilities
 	if *vm == "" {
-		c := guestprog.Caps(guestprog.Limits{})
+		c := guestprog.Caps(guestprog.DefaultLimits())
 		caps = &c
 	} else {
 		var err error
