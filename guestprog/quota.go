@@ -362,10 +362,7 @@ func kernelCharges(coll *ebpf.Collection) ([]Charge, uint64, error) {
 		if err != nil {
 			return nil, 0, fmt.Errorf("map %s: read the kernel's memory figure: %w", name, err)
 		}
-		mem, ok := info.Memlock()
-		if !ok {
-			return nil, 0, fmt.Errorf("map %s: the kernel gives no memlock figure", name)
-		}
+		mem, _ := info.Memlock() // 0 for maps that grow as they fill (LPM tries), while empty
 		id, _ := info.ID()
 		out = append(out, Charge{Kind: "map", Name: name, ID: uint32(id), Bytes: mem})
 		total = satAdd(total, mem)
@@ -375,10 +372,7 @@ func kernelCharges(coll *ebpf.Collection) ([]Charge, uint64, error) {
 		if err != nil {
 			return nil, 0, fmt.Errorf("program %s: read the kernel's memory figure: %w", name, err)
 		}
-		mem, ok := info.Memlock()
-		if !ok {
-			return nil, 0, fmt.Errorf("program %s: the kernel gives no memlock figure", name)
-		}
+		mem, _ := info.Memlock()
 		if jit, err := info.JitedSize(); err == nil {
 			mem += roundUp(uint64(jit), pageSize)
 		}

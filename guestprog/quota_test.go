@@ -145,6 +145,13 @@ func TestProgramMemoryEstimateCoversKernel(t *testing.T) {
 	for _, name := range []string{"pass", "tx", "port", "tailcall", "counter"} {
 		objs[name] = guest(t, name)
 	}
+	for _, name := range []string{"bridge", "ddos_filter", "port_forward"} { // LPM trie, hashes, .data
+		b, err := os.ReadFile("../bpf/examples/" + name + ".o")
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs[name] = b
+	}
 	for name, b := range objs {
 		t.Run(name, func(t *testing.T) {
 			r, obj, err := Check(b, "", Limits{MaxPrograms: 100})
