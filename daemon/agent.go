@@ -191,6 +191,8 @@ func agentErr(err error) error {
 		for _, l := range verr.Log {
 			e.Detail += l + "\n"
 		}
+	case errors.Is(err, guestprog.ErrOverQuota):
+		e.Code = "refused" // the kernel's figures are over the quota: unloaded
 	case errors.Is(err, guestprog.ErrInvalidObject):
 		e.Code = "malformed"
 	case errors.Is(err, ErrStale), errors.Is(err, ErrHasProgram):

@@ -424,6 +424,8 @@ func writeErr(w http.ResponseWriter, err error) {
 		code, body.Violations = http.StatusUnprocessableEntity, refused.Report.Violations
 	case errors.As(err, &verr):
 		code, body.VerifierLog = http.StatusUnprocessableEntity, verr.Log
+	case errors.Is(err, guestprog.ErrOverQuota):
+		code = http.StatusUnprocessableEntity // the kernel charged more than the quota: unloaded
 	case errors.Is(err, guestprog.ErrInvalidObject), errors.Is(err, errBadRequest), errors.Is(err, ErrConfig), errors.Is(err, hostnet.ErrInvalid):
 		code = http.StatusBadRequest
 	case errors.Is(err, ErrNoSuchVM), errors.Is(err, ErrNoSuchProgram), errors.Is(err, hostnet.ErrNotFound), errors.Is(err, hostnet.ErrNoSuchInterface):

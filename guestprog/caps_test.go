@@ -20,7 +20,26 @@ func TestCapsFromPolicy(t *testing.T) {
 			t.Errorf("caps allow refused helper %s", h)
 		}
 	}
-	if c.Limits.MaxInstructions == 0 || c.Limits.MapMemory == 0 {
+	// Every allowed helper that reads the host is named in host_facts,
+	// and every fact names an allowed helper.
+	facts := map[string]bool{}
+	for _, f := range c.HostFacts {
+		facts[f.Helper] = true
+		if f.Helper[0] != '(' && !slices.Contains(c.Helpers, f.Helper) {
+			t.Errorf("host fact of %s, which the policy refuses", f.Helper)
+		}
+	}
+	for _, h := range []string{"bpf_ktime_get_ns", "bpf_jiffies64", "bpf_get_smp_processor_id", "bpf_get_numa_node_id", "bpf_get_prandom_u32"} {
+		if slices.Contains(c.Helpers, h) && !facts[h] {
+			t.Errorf("caps allow %s but do not list what it reveals in host_facts", h)
+		}
+	}
+	for _, r := range []Rule{RuleMemoryQuota, RuleProgramLimit, RuleHostState} {
+		if !slices.Contains(c.Rules, r) {
+			t.Errorf("caps do not list rule %s", r)
+		}
+	}
+	if c.Limits.MaxInstructions == 0 || c.Limits.Memory == 0 || c.Limits.MaxPrograms == 0 || c.Limits.PossibleCPUs == 0 {
 		t.Errorf("limits not filled: %+v", c.Limits)
 	}
 }

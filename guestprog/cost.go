@@ -211,20 +211,6 @@ func funcInReg(insns asm.Instructions, call int, reg asm.Register) (string, bool
 	return ins.Reference(), ins.Reference() != ""
 }
 
-func satAdd(a, b uint64) uint64 {
-	if a+b < a {
-		return ^uint64(0)
-	}
-	return a + b
-}
-
-func satMul(a, b uint64) uint64 {
-	if a != 0 && b > ^uint64(0)/a {
-		return ^uint64(0)
-	}
-	return a * b
-}
-
 // checkCost computes the object's worst-case cost per packet from its entry
 // and compares it with the budget.
 func checkCost(spec *ebpf.CollectionSpec, entry string, lim Limits, r *Report) {

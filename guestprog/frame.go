@@ -219,6 +219,9 @@ type Object struct {
 	// cost is the static cost analysis and the budget; the load checks
 	// the kernel's figure against it. Zero for objects not from Check.
 	cost CostReport
+	// Limits the object was checked against; the loader holds the
+	// kernel's figures to Limits.Memory.
+	Limits Limits
 }
 
 // Parse runs the static policy with the default limits on obj and returns it

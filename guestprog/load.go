@@ -70,6 +70,10 @@ func LoadKeeping(o *Object, maps *HostMaps, keep map[string]*ebpf.Map) (_ *Progr
 		}
 		return nil, skipped, fmt.Errorf("load program %q: %w", o.Entry, err)
 	}
+	if err := checkKernelQuota(coll, o.Limits.withDefaults()); err != nil {
+		coll.Close()
+		return nil, skipped, fmt.Errorf("load program %q: %w", o.Entry, err)
+	}
 	if err := checkLoadedCost(o, coll.Programs); err != nil {
 		coll.Close()
 		return nil, skipped, err

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"debug/elf"
 	"fmt"
-	"runtime"
 	"sort"
 	"strings"
 
@@ -45,7 +44,9 @@ const (
 	RuleMapType        Rule = "map-type"            // a map type not on the allowed list
 	RuleMapInMap       Rule = "map-in-map"
 	RulePinnedMap      Rule = "pinned-map"
-	RuleMapQuota       Rule = "map-quota"         // total map memory over the VM's quota
+	RuleMapQuota       Rule = "map-quota"         // more maps than the limit
+	RuleMemoryQuota    Rule = "memory-quota"      // maps and programs need more kernel memory than the VM's quota
+	RuleProgramLimit   Rule = "program-limit"     // more programs than the limit
 	RuleInsnLimit      Rule = "instruction-limit" // more instructions than the limit
 	RuleReservedName   Rule = "reserved-name"     // names starting with hostd_
 	RuleFrags          Rule = "xdp-frags"         // multi-buffer programs
@@ -54,21 +55,31 @@ const (
 // Limits bound what one VM's program may use. The zero value of a field
 // means its default.
 type Limits struct {
-	MaxInstructions int    `json:"max_instructions"` // over all programs of the object; default 16384
-	MapMemory       uint64 `json:"map_memory_bytes"` // estimated total of the object's maps; default 16 MiB
-	MaxMaps         int    `json:"max_maps"`         // default 32
+	MaxInstructions int `json:"max_instructions"` // over all programs of the object; default 16384
+	// Memory is the kernel memory the object's maps and programs may
+	// cost: the policy's estimate before loading (at the maps' fullest),
+	// the kernel's own figures after. Default 16 MiB.
+	Memory      uint64 `json:"memory_bytes"`
+	MaxMaps     int    `json:"max_maps"`     // default 32
+	MaxPrograms int    `json:"max_programs"` // programs per object (entry and tail-call targets); default 64
+	// PossibleCPUs multiplies per-CPU map values; default the host's
+	// possible CPUs (/sys/devices/system/cpu/possible), which is what the
+	// kernel allocates for, whatever CPUs the daemon may run on.
+	PossibleCPUs int `json:"possible_cpus"`
 	// MaxCost is the budget of worst-case cost per packet, in
 	// instructions (see cost.go); default DefaultMaxCost.
 	MaxCost uint64 `json:"max_cost_instructions"`
-	NumCPU  int    `json:"-"` // for per-CPU maps; default the host's
 }
+
+// DefaultLimits are the limits of a VM unless the operator sets others.
+func DefaultLimits() Limits { return Limits{}.withDefaults() }
 
 func (l Limits) withDefaults() Limits {
 	if l.MaxInstructions == 0 {
 		l.MaxInstructions = 16384
 	}
-	if l.MapMemory == 0 {
-		l.MapMemory = 16 << 20
+	if l.Memory == 0 {
+		l.Memory = 16 << 20
 	}
 	if l.MaxMaps == 0 {
 		l.MaxMaps = 32
@@ -76,8 +87,11 @@ func (l Limits) withDefaults() Limits {
 	if l.MaxCost == 0 {
 		l.MaxCost = DefaultMaxCost
 	}
-	if l.NumCPU == 0 {
-		l.NumCPU = runtime.NumCPU()
+	if l.MaxPrograms == 0 {
+		l.MaxPrograms = 64
+	}
+	if l.PossibleCPUs == 0 {
+		l.PossibleCPUs = PossibleCPUs()
 	}
 	return l
 }
@@ -215,14 +229,17 @@ func (v Violation) String() string {
 
 // Report is the outcome of the static policy.
 type Report struct {
-	Accepted     bool        `json:"accepted"`
-	Entry        string      `json:"entry,omitempty"`
-	Programs     []string    `json:"programs"`
-	Maps         []string    `json:"maps"`
-	Instructions int         `json:"instructions"`
-	MapMemory    uint64      `json:"map_memory_bytes"`
-	Cost         CostReport  `json:"cost"`
-	Violations   []Violation `json:"violations,omitempty"`
+	Accepted     bool     `json:"accepted"`
+	Entry        string   `json:"entry,omitempty"`
+	Programs     []string `json:"programs"`
+	Maps         []string `json:"maps"`
+	Instructions int      `json:"instructions"`
+	// Estimated kernel memory: maps at their fullest, programs, the sum.
+	MapMemory     uint64      `json:"map_memory_bytes"`
+	ProgramMemory uint64      `json:"program_memory_bytes"`
+	Memory        uint64      `json:"memory_bytes"`
+	Cost          CostReport  `json:"cost"`
+	Violations    []Violation `json:"violations,omitempty"`
 }
 
 func (r *Report) add(v Violation) {
@@ -263,6 +280,7 @@ func Check(obj []byte, entry string, lim Limits) (*Report, *Object, error) {
 		r.add(Violation{Rule: RuleBTF, Message: "the object has no BTF: compile with clang -O2 -g -target bpf"})
 	}
 	checkMaps(spec, lim, r)
+	checkQuota(spec, lim, r)
 	for _, name := range r.Programs {
 		checkProgram(spec, name, r)
 	}
@@ -286,13 +304,14 @@ func Check(obj []byte, entry string, lim Limits) (*Report, *Object, error) {
 	if !r.Accepted {
 		return r, nil, nil
 	}
-	return r, &Object{Spec: spec, Entry: entry, cost: r.Cost}, nil
+	return r, &Object{Spec: spec, Entry: entry, Limits: lim, cost: r.Cost}, nil
 }
 
 func checkMaps(spec *ebpf.CollectionSpec, lim Limits, r *Report) {
 	if n := len(spec.Maps); n > lim.MaxMaps {
 		r.add(Violation{Rule: RuleMapQuota, Message: fmt.Sprintf("%d maps; the limit is %d", n, lim.MaxMaps)})
 	}
+	checkKconfig(spec, r)
 	var total uint64
 	for _, name := range r.Maps {
 		m := spec.Maps[name]
@@ -319,12 +338,9 @@ func checkMaps(spec *ebpf.CollectionSpec, lim Limits, r *Report) {
 			r.add(Violation{Rule: RuleMapType, Map: name, Message: fmt.Sprintf("map type %s is not allowed (allowed: %s)", m.Type, allowedMapTypeNames())})
 			continue
 		}
-		total += mapMemory(m, lim.NumCPU)
+		total = satAdd(total, mapMemory(m, lim.PossibleCPUs))
 	}
-	r.MapMemory = total
-	if total > lim.MapMemory {
-		r.add(Violation{Rule: RuleMapQuota, Message: fmt.Sprintf("the maps need about %d KiB; the VM's quota is %d KiB", total>>10, lim.MapMemory>>10)})
-	}
+	r.MapMemory = total // checked with the programs' in checkQuota
 }
 
 // bpfWithoutBTF reports whether obj is a BPF ELF object without a .BTF
@@ -340,21 +356,6 @@ func bpfWithoutBTF(obj []byte) (yes bool) {
 		return false
 	}
 	return f.Section(".BTF") == nil
-}
-
-// mapMemory estimates what a map costs the kernel.
-func mapMemory(m *ebpf.MapSpec, ncpu int) uint64 {
-	value := uint64(m.ValueSize)
-	switch m.Type {
-	case ebpf.PerCPUHash, ebpf.PerCPUArray, ebpf.LRUCPUHash:
-		value *= uint64(ncpu)
-	}
-	per := uint64(m.KeySize) + value
-	switch m.Type {
-	case ebpf.Hash, ebpf.PerCPUHash, ebpf.LRUHash, ebpf.LRUCPUHash, ebpf.LPMTrie:
-		per += 48 // element header, hash bucket, LRU node
-	}
-	return per * uint64(m.MaxEntries)
 }
 
 func allowedMapTypeNames() string {

@@ -38,7 +38,7 @@ func TestPolicyHostileCorpus(t *testing.T) {
 		{"ringbuf", RuleMapType, "events"},
 		{"map_in_map", RuleMapInMap, "outer"},
 		{"pinned", RulePinnedMap, "shared"},
-		{"big_map", RuleMapQuota, "quota"},
+		{"big_map", RuleMemoryQuota, "quota"},
 		{"tc_prog", RuleProgramType, "SchedCLS"},
 		{"devmap_prog", RuleProgramType, "xdp/devmap"},
 		{"two_entries", RuleEntry, "one, two"},
@@ -49,6 +49,12 @@ func TestPolicyHostileCorpus(t *testing.T) {
 		{"helper_unlisted", RuleHelper, "bpf_get_hash_recalc"},
 		{"no_btf", RuleBTF, "-g"},
 		{"no_btf_maps", RuleBTF, "-g"},
+		{"kconfig", RuleHostState, "extern LINUX_KERNEL_VERSION is __kconfig"},
+		{"kconfig", RuleHostState, "extern CONFIG_BPF_JIT_ALWAYS_ON is __kconfig"},
+		{"many_programs", RuleProgramLimit, "81 programs; the limit is 64"},
+		{"percpu_bytes", RuleMemoryQuota, "quota is 16 MiB"},
+		{"hash_bytes", RuleMemoryQuota, "quota is 16 MiB"},
+		{"bloom_big", RuleMemoryQuota, "quota is 16 MiB"},
 	} {
 		t.Run(tc.file+"/"+string(tc.rule), func(t *testing.T) {
 			r, obj, err := Check(hostile(t, tc.file), "", Limits{})

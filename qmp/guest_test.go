@@ -1,12 +1,12 @@
 package qmp
 
 import (
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/xdp-hostd/xdp-hostd/internal/testenv"
 	"github.com/xdp-hostd/xdp-hostd/vmtests"
 	"github.com/xdp-hostd/xdp-hostd/vmtests/vmproto"
 )
@@ -16,9 +16,7 @@ import (
 // the guest sees it, and detaches it: here device_del is acknowledged with
 // DEVICE_DELETED and netdev and chardev are removed.
 func TestHotplugWithGuest(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (vhost-user backend, shared guest memory): run as root")
-	}
+	testenv.RequireRoot(t, "vhost-user backend, shared guest memory")
 	dir := t.TempDir()
 	qmpPath := filepath.Join(dir, "qmp.sock")
 	vm := vmtests.StartT(t, vmtests.WithQEMUArgs("-qmp", "unix:"+qmpPath+",server=on,wait=off"))

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/xdp-hostd/xdp-hostd/hostnet/testnet"
+	"github.com/xdp-hostd/xdp-hostd/internal/testenv"
 	"github.com/xdp-hostd/xdp-hostd/vhost"
 )
 
@@ -37,13 +38,8 @@ func startQEMU(t *testing.T) *testVM {
 	if testing.Short() {
 		t.Skip("starts QEMU: skipped in -short mode")
 	}
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skip("needs qemu-system-x86_64: apt-get install qemu-system-x86")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (vhost-user backend sockets, shared guest memory): run as root")
-	}
+	qemu := testnet.RequireTool(t, "qemu-system-x86_64", "apt-get install qemu-system-x86")
+	testenv.RequireRoot(t, "vhost-user backend sockets, shared guest memory")
 	dir := t.TempDir()
 	vm := &testVM{qmpPath: filepath.Join(dir, "qmp.sock"), dir: dir}
 	args := []string{

@@ -4,19 +4,18 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/xdp-hostd/xdp-hostd/internal/testenv"
 )
 
 // requireRoot skips a test that needs root (namespaces, BPF, taps).
 func requireRoot(tb testing.TB) {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("needs root (creates network namespaces, veths, taps and loads BPF): run `sudo go test ./traffic/...`")
-	}
+	testenv.RequireRoot(tb, "creates network namespaces, veths, taps and loads BPF")
 }
 
 // run runs an ip(8) style command, failing the test on error.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -37,10 +38,7 @@ func startQEMU(t *testing.T, o qemuOpts) string {
 	if testing.Short() {
 		t.Skip("starts QEMU: skipped in -short mode")
 	}
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skip("needs qemu-system-x86_64: apt-get install qemu-system-x86")
-	}
+	qemu := testnet.RequireTool(t, "qemu-system-x86_64", "apt-get install qemu-system-x86")
 	if o.machine == "" {
 		o.machine = "pc"
 	}
@@ -65,22 +63,27 @@ func startQEMU(t *testing.T, o qemuOpts) string {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
+	// The monitor answers before the test hands the socket on (QEMU serves
+	// one QMP client at a time, so this one is closed first). The socket
+	// file exists from QEMU's bind, a moment before it listens: a refused
+	// connection is retried.
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if _, err := os.Stat(path); err == nil {
-			break
+		_, serr := os.Stat(path)
+		if serr == nil {
+			c, err := qmp.Dial(path, 10*time.Second)
+			if err == nil {
+				c.Close()
+				return path
+			}
+			serr = err
+			if !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
+				t.Fatalf("QEMU's QMP socket: %v\n%s", err, out.String())
+			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("QEMU made no QMP socket:\n%s", out.String())
+			t.Fatalf("QEMU made no QMP socket (%v):\n%s", serr, out.String())
 		}
 	}
-	// The monitor answers before the test hands the socket on (QEMU serves
-	// one QMP client at a time, so this one is closed first).
-	c, err := qmp.Dial(path, 10*time.Second)
-	if err != nil {
-		t.Fatalf("QEMU's QMP socket: %v\n%s", err, out.String())
-	}
-	c.Close()
-	return path
 }
 
 // vm attach, check and detach against a real QEMU with a booted guest: the VM's vhost-user NIC is

@@ -67,7 +67,9 @@ func progVerify(e *env, args []string) error {
 	if err != nil {
 		return &exitCode{2, err}
 	}
-	report, parsed, err := guestprog.Check(obj, *entry, guestprog.Limits{})
+	// The daemon's limits (its default ones), so that what verify accepts
+	// the daemon's static check accepts too.
+	report, parsed, err := guestprog.Check(obj, *entry, guestprog.DefaultLimits())
 	if err != nil {
 		return &exitCode{2, fmt.Errorf("%s: %w", file, err)}
 	}
@@ -95,12 +97,13 @@ func progVerify(e *env, args []string) error {
 		}
 	} else {
 		if report.Accepted {
+			lim := guestprog.DefaultLimits()
 			loops := ""
 			if report.Cost.Loops {
 				loops = "; loops of backward jumps: bounded by the kernel verifier at load"
 			}
-			fmt.Fprintf(e.stdout, "%s: accepted by the policy (entry %s, %d instructions, worst case %d instructions per packet of a budget of %d%s, maps ~%d KiB)\n",
-				file, report.Entry, report.Instructions, report.Cost.Worst, report.Cost.Budget, loops, report.MapMemory>>10)
+			fmt.Fprintf(e.stdout, "%s: accepted by the policy (entry %s, %d programs, %d instructions, worst case %d instructions per packet of a budget of %d%s, kernel memory up to %d KiB of the %d KiB quota: maps %d KiB, programs %d KiB)\n",
+				file, report.Entry, len(report.Programs), report.Instructions, report.Cost.Worst, report.Cost.Budget, loops, report.Memory>>10, lim.Memory>>10, report.MapMemory>>10, report.ProgramMemory>>10)
 		} else {
 			fmt.Fprintf(e.stdout, "%s: refused (%d violations):\n", file, len(report.Violations))
 			for _, v := range report.Violations {
@@ -246,7 +249,7 @@ func runCaps(ctx context.Context, e *env, args []string) error {
 	}
 	var caps *guestprog.Capabilities
 	if *vm == "" {
-		c := guestprog.Caps(guestprog.Limits{})
+		c := guestprog.Caps(guestprog.DefaultLimits())
 		caps = &c
 	} else {
 		var err error

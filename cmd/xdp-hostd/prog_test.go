@@ -89,6 +89,74 @@ func TestProgVerifyOffline(t *testing.T) {
 	}
 }
 
+// prog verify holds objects to the daemon's quotas: memory of maps and
+// programs (per-CPU values for every possible CPU, whatever CPUs the
+// command may run on), programs per object; __kconfig externs are refused;
+// caps reports the quotas and the host facts a program can still observe.
+func TestProgVerifyQuotas(t *testing.T) {
+	verify := func(t *testing.T, prefix []string, file string) (int, guestprog.Report) {
+		t.Helper()
+		args := append(prefix, "prog", "verify", "--json", repoFile(t, "guestprog/testdata/hostile/"+file+".o"))
+		cmd := exec.Command(args[0], args[1:]...)
+		var out bytes.Buffer
+		cmd.Stdout = &out
+		err := cmd.Run()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		var rep guestprog.Report
+		if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+			t.Fatalf("%s: %v\n%s", file, err, out.String())
+		}
+		return code, rep
+	}
+	rules := func(r guestprog.Report) string {
+		var b strings.Builder
+		for _, v := range r.Violations {
+			fmt.Fprintln(&b, v)
+		}
+		return b.String()
+	}
+	for file, want := range map[string]string{
+		"percpu_bytes":  "[memory-quota]",
+		"hash_bytes":    "[memory-quota]",
+		"bloom_big":     "[memory-quota]",
+		"many_programs": "[program-limit]",
+		"kconfig":       "[host-state] map .kconfig: extern LINUX_KERNEL_VERSION",
+	} {
+		code, rep := verify(t, []string{binary}, file)
+		if code != 1 || rep.Accepted || !strings.Contains(rules(rep), want) {
+			t.Errorf("%s: exit %d, want 1 and %s in:\n%s", file, code, want, rules(rep))
+		}
+	}
+	// Pinned to one CPU, the estimate of per-CPU values is the same.
+	if _, err := exec.LookPath("taskset"); err != nil {
+		testnet.SkipOrFail(t, "taskset (util-linux) is missing")
+	}
+	_, free := verify(t, []string{binary}, "percpu_bytes")
+	_, pinned := verify(t, []string{"taskset", "-c", "0", binary}, "percpu_bytes")
+	if free.MapMemory != pinned.MapMemory || free.MapMemory < uint64(1<<20)*8*uint64(guestprog.PossibleCPUs()) {
+		t.Errorf("per-CPU map estimate %d bytes, %d under taskset -c 0; want the same, for %d possible CPUs", free.MapMemory, pinned.MapMemory, guestprog.PossibleCPUs())
+	}
+
+	code, out, _ := cli(t, "caps")
+	var caps guestprog.Capabilities
+	if err := json.Unmarshal([]byte(out), &caps); err != nil || code != 0 {
+		t.Fatalf("caps: exit %d, %v\n%s", code, err, out)
+	}
+	if lim := caps.Limits; lim.Memory != 16<<20 || lim.MaxPrograms != 64 || lim.MaxInstructions != 16384 || lim.PossibleCPUs != guestprog.PossibleCPUs() {
+		t.Errorf("caps limits %+v", lim)
+	}
+	for _, want := range []string{`"memory_bytes"`, `"max_programs"`, `"possible_cpus"`, `"host_facts"`, `"bpf_ktime_get_ns"`, `"bpf_get_smp_processor_id"`, `"memory-quota"`, `"program-limit"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("caps lack %s:\n%s", want, out)
+		}
+	}
+}
+
 // The prog commands end to end through the CLI against a running daemon,
 // including bad requests (clear errors, nothing changed).
 func TestProgThroughDaemon(t *testing.T) {
@@ -157,6 +225,13 @@ func TestProgThroughDaemon(t *testing.T) {
 	}
 	if code, out, _ := cli(t, "caps", "--vm", "vm1", s); code != 0 || !strings.Contains(out, `"uplink_xdp_features"`) {
 		t.Errorf("caps --vm: exit %d\n%s", code, out)
+	} else {
+		// The daemon's limits are the ones `prog verify` checks against.
+		var daemonCaps guestprog.Capabilities
+		json.Unmarshal([]byte(out), &daemonCaps)
+		if daemonCaps.Limits != guestprog.DefaultLimits() {
+			t.Errorf("daemon limits %+v, prog verify uses %+v", daemonCaps.Limits, guestprog.DefaultLimits())
+		}
 	}
 	if code, _, errs := cli(t, "prog", "rm", "--vm", "vm1", "--expect", "1", s); code != 1 || !strings.Contains(errs, "not 1") {
 		t.Errorf("stale rm: exit %d, %s", code, errs)

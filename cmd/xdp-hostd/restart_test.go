@@ -11,11 +11,15 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	hostbpf "github.com/xdp-hostd/xdp-hostd/bpf"
@@ -42,11 +46,13 @@ type restartBed struct {
 	ports  []string
 	proc   *daemonProc
 	sender *traffic.Sender
+	ns     *hostnet.NSRunner // the host namespace
 }
 
 func newRestartBed(t *testing.T) *restartBed {
 	testnet.RequireRoot(t)
 	b := &restartBed{t: t, topo: testnet.Topology(t, 4), dir: t.TempDir(), pins: t.TempDir()}
+	b.ns = testnet.Runner(t, b.topo.HostNS)
 	t.Cleanup(func() { unix.Unmount(b.pins, unix.MNT_DETACH) })
 	b.state = filepath.Join(b.dir, "state")
 	b.socket = filepath.Join(b.dir, "api.sock")
@@ -511,7 +517,7 @@ func (b *restartBed) checkConsistent(round int, handed []uint64) {
 func (b *restartBed) settleXDPCount(want int) int {
 	last := -1
 	for deadline := time.Now().Add(5 * time.Second); ; {
-		n := countXDPPrograms(b.t)
+		n := b.countXDPPrograms()
 		if (want > 0 && n <= want) || (want == 0 && n == last) || time.Now().After(deadline) {
 			return n
 		}
@@ -524,22 +530,179 @@ func (b *restartBed) settleXDPCount(want int) int {
 	}
 }
 
-func countXDPPrograms(t *testing.T) int {
+// countXDPPrograms counts this test's XDP programs, and only those: other
+// tests and tools on the machine load XDP programs too. The test's
+// programs are the ones reachable from its roots (the pins under its pin
+// directory, the programs attached to the interfaces of its host
+// namespace, the file descriptors of the daemon it runs) through the maps
+// they use and the programs those maps hold (program arrays, device maps
+// with programs). A program the daemon leaked stays reachable from one of
+// those: nothing else holds the test's objects.
+func (b *restartBed) countXDPPrograms() int {
+	t := b.t
 	t.Helper()
+	var progs, maps []uint32
+	// Pins: programs, maps and links.
+	filepath.WalkDir(b.pins, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		if p, err := ebpf.LoadPinnedProgram(path, nil); err == nil {
+			if info, err := p.Info(); err == nil {
+				id, _ := info.ID()
+				progs = append(progs, uint32(id))
+			}
+			p.Close()
+		} else if m, err := ebpf.LoadPinnedMap(path, nil); err == nil {
+			if info, err := m.Info(); err == nil {
+				id, _ := info.ID()
+				maps = append(maps, uint32(id))
+			}
+			m.Close()
+		} else if l, err := link.LoadPinnedLink(path, nil); err == nil {
+			if info, err := l.Info(); err == nil {
+				progs = append(progs, uint32(info.Program))
+			}
+			l.Close()
+		}
+		return nil
+	})
+	// Attachments on the interfaces of the test's host namespace.
+	err := b.ns.Do(func() error {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return err
+		}
+		for _, l := range links {
+			a := l.Attrs()
+			if a.Xdp != nil && a.Xdp.ProgId != 0 {
+				progs = append(progs, a.Xdp.ProgId)
+			}
+			for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+				res, err := link.QueryPrograms(link.QueryOptions{Target: a.Index, Attach: at})
+				if err != nil {
+					continue
+				}
+				for _, p := range res.Programs {
+					progs = append(progs, uint32(p.ID))
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The running daemon's file descriptors (links name their program).
+	if b.proc != nil {
+		dir := fmt.Sprintf("/proc/%d/fdinfo", b.proc.cmd.Process.Pid)
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			raw, err := os.ReadFile(filepath.Join(dir, e.Name()))
+			if err != nil {
+				continue
+			}
+			for _, line := range strings.Split(string(raw), "\n") {
+				k, v, ok := strings.Cut(line, ":")
+				id, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+				if !ok || err != nil || id == 0 {
+					continue
+				}
+				switch k {
+				case "prog_id":
+					progs = append(progs, uint32(id))
+				case "map_id":
+					maps = append(maps, uint32(id))
+				}
+			}
+		}
+	}
+	return countReachableXDP(progs, maps)
+}
+
+// countReachableXDP walks from the given programs and maps to every
+// program and map they reach and counts the XDP programs among them.
+func countReachableXDP(progs, maps []uint32) int {
+	seenProg, seenMap := map[uint32]bool{}, map[uint32]bool{}
 	n := 0
-	for id := ebpf.ProgramID(0); ; {
-		next, err := ebpf.ProgramGetNextID(id)
+	for len(progs) > 0 || len(maps) > 0 {
+		if len(progs) > 0 {
+			id := progs[len(progs)-1]
+			progs = progs[:len(progs)-1]
+			if id == 0 || seenProg[id] {
+				continue
+			}
+			seenProg[id] = true
+			p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
+			if err != nil {
+				continue // freed meanwhile
+			}
+			if p.Type() == ebpf.XDP {
+				n++
+			}
+			if info, err := p.Info(); err == nil {
+				ids, _ := info.MapIDs()
+				for _, m := range ids {
+					maps = append(maps, uint32(m))
+				}
+			}
+			p.Close()
+			continue
+		}
+		id := maps[len(maps)-1]
+		maps = maps[:len(maps)-1]
+		if id == 0 || seenMap[id] {
+			continue
+		}
+		seenMap[id] = true
+		m, err := ebpf.NewMapFromID(ebpf.MapID(id))
 		if err != nil {
-			return n
+			continue
 		}
-		id = next
-		p, err := ebpf.NewProgramFromID(id)
-		if err != nil {
-			continue // freed meanwhile
+		switch {
+		case m.Type() == ebpf.ProgramArray:
+			var k, v uint32
+			for it := m.Iterate(); it.Next(&k, &v); {
+				progs = append(progs, v)
+			}
+		case (m.Type() == ebpf.DevMap || m.Type() == ebpf.DevMapHash) && m.ValueSize() == 8:
+			// struct bpf_devmap_val: ifindex, then the program's ID.
+			var k uint32
+			var v [2]uint32
+			for it := m.Iterate(); it.Next(&k, &v); {
+				progs = append(progs, v[1])
+			}
 		}
-		if p.Type() == ebpf.XDP {
-			n++
-		}
-		p.Close()
+		m.Close()
+	}
+	return n
+}
+
+// The restart tests count only their own XDP programs: one that something
+// else on the machine loads meanwhile does not change the count, while the
+// daemon's own (dispatcher, VM frame, guest stages, tap TX) are all in it.
+func TestCountOwnXDPPrograms(t *testing.T) {
+	b := newRestartBed(t)
+	b.start()
+	defer b.stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := client.New(b.socket).Load(ctx, "vm1", guestObj(t, "tailcall"), ""); err != nil {
+		t.Fatal(err)
+	}
+	before := b.settleXDPCount(0)
+	// dispatch, the VM's framed entry, its tail-call stage, vm_tx on the tap.
+	if before < 4 {
+		t.Fatalf("%d XDP programs counted for the test's daemon, want at least 4", before)
+	}
+	other, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "not_the_tests", Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	t.Logf("%d XDP programs of the test's daemon", before)
+	if after := b.countXDPPrograms(); after != before {
+		t.Errorf("%d XDP programs counted with an unrelated one loaded, %d before", after, before)
 	}
 }

@@ -12,23 +12,31 @@ package testnet
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"os"
 	"testing"
 
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
+	"github.com/xdp-hostd/xdp-hostd/internal/testenv"
 	"github.com/xdp-hostd/xdp-hostd/traffic"
 )
 
 // RequireRoot skips (or, in CI, fails) a test that needs root.
 func RequireRoot(tb testing.TB) {
 	tb.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("XDP_HOSTD_REQUIRE_ROOT_TESTS") == "1" {
-		tb.Fatal("this test needs root (it creates namespaces and loads BPF); XDP_HOSTD_REQUIRE_ROOT_TESTS=1 makes that a failure")
-	}
-	tb.Skip("needs root (it creates network namespaces and loads BPF): run as root: sudo go test ./...")
+	testenv.RequireRoot(tb, "it creates network namespaces and loads BPF")
+}
+
+// SkipOrFail skips a test for what the machine lacks (reason says what and
+// how to get it), or fails it when XDP_HOSTD_REQUIRE_ROOT_TESTS=1.
+func SkipOrFail(tb testing.TB, reason string) {
+	tb.Helper()
+	testenv.SkipOrFail(tb, reason)
+}
+
+// RequireTool returns the path of program name, or skips (or, in CI,
+// fails) the test; install says how to get it.
+func RequireTool(tb testing.TB, name, install string) string {
+	tb.Helper()
+	return testenv.RequireTool(tb, name, install)
 }
 
 // UniquePrefix returns a short prefix no other test uses at the same time.

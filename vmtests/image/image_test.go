@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/xdp-hostd/xdp-hostd/internal/testenv"
 )
 
 func TestCPIOListsWithCpioTool(t *testing.T) {
@@ -36,9 +38,7 @@ func TestCPIOListsWithCpioTool(t *testing.T) {
 	if !bytes.HasPrefix(raw, []byte("070701")) || !bytes.Contains(raw, []byte("TRAILER!!!")) || len(raw)%4 != 0 {
 		t.Fatalf("not a newc archive: %q…", raw[:min(len(raw), 120)])
 	}
-	if _, err := exec.LookPath("cpio"); err != nil {
-		t.Skip("no cpio tool to cross-check (apt-get install cpio)")
-	}
+	testenv.RequireTool(t, "cpio", "the archive is cross-checked with it: apt-get install cpio")
 	cmd := exec.Command("cpio", "-it", "--quiet")
 	cmd.Stdin = bytes.NewReader(raw)
 	out, err := cmd.CombinedOutput()
