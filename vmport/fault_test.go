@@ -143,4 +143,3 @@ func TestGuestMemoryFault(t *testing.T) {
 	}
 	t.Logf("vm1 port %+v, queues %+v", vm1.port.Stats(), vm1.port.Device().Stats())
 }
-
