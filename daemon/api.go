@@ -60,6 +60,9 @@ type VMStatus struct {
 	// FrontEndConnected says whether a front-end (the VM's QEMU, or DPDK)
 	// is connected to VhostUserSocket now; a socket serves one at a time.
 	FrontEndConnected bool `json:"front_end_connected,omitempty"`
+	// VhostQueueBreaks counts the times one of the VM's virtqueues broke
+	// (a bad ring, or guest memory that faulted: the connection was closed).
+	VhostQueueBreaks uint64 `json:"vhost_queue_breaks,omitempty"`
 	// AgentSocket is where the VM's guest agent channel is served.
 	AgentSocket string           `json:"agent_socket,omitempty"`
 	Program     uint64           `json:"program_id"` // 0: the built-in program
@@ -226,6 +229,9 @@ func (d *Daemon) vmStatus(vm *hostnet.VM) VMStatus {
 		if p := d.ports[vm.Name()]; p != nil {
 			vs.VhostUserSocket = p.Socket()
 			vs.FrontEndConnected = p.FrontEndConnected()
+			for _, q := range p.Device().Stats() {
+				vs.VhostQueueBreaks += q.Broken
+			}
 		}
 		d.mu.Unlock()
 	}

@@ -234,7 +234,7 @@ func writePortMetrics(mw *metricWriter, port *vmport.Port, l func(k, v string) m
 		mw.sample("xdp_hostd_vhost_queue_drops_total", "Frames the virtqueue did not move (no guest buffers, not ready, malformed, too large).", "counter", lq(), q.Drops)
 		mw.sample("xdp_hostd_vhost_queue_calls_total", "Interrupts to the guest (call eventfd writes).", "counter", lq(), q.Calls)
 		mw.sample("xdp_hostd_vhost_queue_kicks_total", "Kicks from the guest processed.", "counter", lq(), q.Kicks)
-		mw.sample("xdp_hostd_vhost_queue_broken_total", "Times the guest driver broke the virtqueue (bad descriptors); each is logged.", "counter", lq(), q.Broken)
+		mw.sample("xdp_hostd_vhost_queue_broken_total", "Times the guest driver broke the virtqueue (bad descriptors) or its memory faulted (the front-end shrank it); each is logged.", "counter", lq(), q.Broken)
 	}
 	socks, _ := port.SocketStats()
 	for _, s := range socks {

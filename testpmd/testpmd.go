@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -48,6 +49,34 @@ type Proc struct {
 	cmd  *exec.Cmd
 	out  *buffer
 	Args []string
+}
+
+// TB is the part of testing.TB that Require uses (package testpmd does not
+// import testing: the daemon's bench command links it).
+type TB interface {
+	Helper()
+	Skip(args ...any)
+	Fatal(args ...any)
+}
+
+// Require skips tb when testpmd cannot run here (not installed, or not
+// root), with the fix in the message; with XDP_HOSTD_REQUIRE_ROOT_TESTS=1
+// (set in CI) it fails tb instead. Call it before Start.
+func Require(tb TB) {
+	tb.Helper()
+	msg := ""
+	if _, err := exec.LookPath("dpdk-testpmd"); err != nil {
+		msg = "this test needs DPDK's testpmd as a vhost-user front-end: " + ErrMissing.Error()
+	} else if os.Geteuid() != 0 {
+		msg = "testpmd needs root (DPDK's memory and the test's namespaces): run the tests as root (sudo go test ./...)"
+	}
+	if msg == "" {
+		return
+	}
+	if os.Getenv("XDP_HOSTD_REQUIRE_ROOT_TESTS") == "1" {
+		tb.Fatal(msg + " (XDP_HOSTD_REQUIRE_ROOT_TESTS=1 makes this a failure)")
+	}
+	tb.Skip(msg)
 }
 
 // Start runs testpmd; Stop (or the caller's cleanup) must end it.

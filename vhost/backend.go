@@ -143,6 +143,16 @@ func (d *NetDevice) setMemory(mem *MemoryTable, log *slog.Logger) {
 			q.checkBroken()
 		}
 	}
+	for i, seal := range mem.Sealing() {
+		switch {
+		case seal == SealedByBackend:
+			log.Debug("vhost: sealed a guest memory region against shrinking (F_SEAL_SHRINK)", "region", i)
+		case seal == Shrinkable && !d.sealWarned:
+			d.sealWarned = true
+			log.Warn("vhost: the front-end can shrink guest memory under the back-end (not a memfd sealed with F_SEAL_SHRINK, e.g. hugetlbfs or /dev/shm); should it, that connection is closed",
+				"region", i, "regions", mem.Regions())
+		}
+	}
 	old := d.mem
 	d.mem = mem
 	if err := old.Close(); err != nil {
@@ -243,7 +253,7 @@ func (d *NetDevice) setVringFD(req Request, v VringFD, fd int, log *slog.Logger)
 
 // startQueue builds the virtqueue from the queue's setup. Called with d.mu
 // held.
-func (d *NetDevice) startQueue(q *queue, log *slog.Logger) error {
+func (d *NetDevice) startQueue(q *queue, log *slog.Logger) (err error) {
 	switch {
 	case d.mem == nil:
 		return refuse("queue %d started before SET_MEM_TABLE", q.index)
@@ -252,6 +262,15 @@ func (d *NetDevice) startQueue(q *queue, log *slog.Logger) error {
 	case !q.addrSet:
 		return refuse("queue %d started before SET_VRING_ADDR", q.index)
 	}
+	if d.faulted.Load() {
+		return errFaulted
+	}
+	old := armFaults() // NewVirtqueue reads the used ring, DisableNotify writes it
+	defer func() {
+		if ferr := d.caught(q, old, recover()); ferr != nil {
+			err = ferr
+		}
+	}()
 	vq, err := NewVirtqueue(d.mem, VirtqueueConfig{
 		Index:     q.index,
 		Size:      q.num,

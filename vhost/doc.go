@@ -49,9 +49,13 @@
 // change it at any time. Every value read from it is read once and checked
 // before use; frames handed to NetConfig.TX point into guest memory when
 // they are contiguous there and may change under the handler. Regions must
-// lie within their files when mapped; a front-end that shrinks a memory fd
-// afterwards (QEMU seals its memfds against that) can still fault the
-// process, as with every vhost-user back-end.
+// lie within their files when mapped, and a memfd that allows sealing is
+// sealed against shrinking (F_SEAL_SHRINK) before. A front-end that still
+// shrinks the file behind a region (hugetlbfs, tmpfs, a plain file, an
+// unsealable memfd) makes the next touch of it fault: every goroutine
+// touching guest memory runs with debug.SetPanicOnFault and recovers, the
+// queue breaks and that connection is closed; the process and the other
+// devices go on (fault.go).
 //
 // Only little-endian hosts are supported (the rings are little-endian and
 // are accessed with native atomics). All uses of package unsafe are in

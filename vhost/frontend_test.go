@@ -211,6 +211,7 @@ type setupOpts struct {
 	noProto  bool   // do not negotiate protocol features
 	pairs    int
 	size     uint16
+	mem      backing // nil: memfdBacking
 }
 
 // setup performs QEMU's handshake and starts every queue.
@@ -261,7 +262,10 @@ func (f *frontend) setup(o setupOpts) {
 	}
 	n := uint64(o.size)
 	total := uint64(2*o.pairs)*(16*n+6+2*n+6+8*n+4096+n*bufSize) + 1<<20
-	f.g = newGuestMem(t, total)
+	if o.mem == nil {
+		o.mem = memfdBacking
+	}
+	f.g = newGuestMemOn(t, o.mem, total)
 	memfds := f.g.dupFDs(t)
 	ack(ReqSetMemTable, memTablePayload(f.g.layout()), memfds...)
 	closeFDs(memfds)

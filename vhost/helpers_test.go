@@ -40,24 +40,42 @@ func testLogger(tb testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-// newGuestMem makes regions of the given sizes, contiguous in guest-physical
-// space and far apart in the front-end's address space.
+// backing makes the file behind region i of guest memory, size bytes long,
+// and returns its fd (read-write).
+type backing func(tb testing.TB, i int, size int64) int
+
+// memfdBacking: a memfd made without MFD_ALLOW_SEALING (it cannot be
+// sealed, and it can shrink).
+func memfdBacking(tb testing.TB, i int, size int64) int {
+	tb.Helper()
+	fd, err := unix.MemfdCreate(fmt.Sprintf("guest%d", i), unix.MFD_CLOEXEC)
+	if err != nil {
+		tb.Fatalf("memfd_create: %v", err)
+	}
+	if err := unix.Ftruncate(fd, size); err != nil {
+		tb.Fatalf("ftruncate: %v", err)
+	}
+	return fd
+}
+
+// newGuestMem makes memfd regions of the given sizes, contiguous in
+// guest-physical space and far apart in the front-end's address space.
 func newGuestMem(tb testing.TB, sizes ...uint64) *guestMem {
+	tb.Helper()
+	return newGuestMemOn(tb, memfdBacking, sizes...)
+}
+
+// newGuestMemOn is newGuestMem with files made by back.
+func newGuestMemOn(tb testing.TB, back backing, sizes ...uint64) *guestMem {
 	tb.Helper()
 	g := &guestMem{}
 	gpa := uint64(testGPABase)
 	for i, size := range sizes {
-		fd, err := unix.MemfdCreate(fmt.Sprintf("guest%d", i), unix.MFD_CLOEXEC)
-		if err != nil {
-			tb.Fatalf("memfd_create: %v", err)
-		}
 		off := uint64(0)
 		if i == 0 {
 			off = testMmapOff
 		}
-		if err := unix.Ftruncate(fd, int64(off+size)); err != nil {
-			tb.Fatalf("ftruncate: %v", err)
-		}
+		fd := back(tb, i, int64(off+size))
 		m, err := unix.Mmap(fd, 0, int(off+size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 		if err != nil {
 			tb.Fatalf("mmap: %v", err)

@@ -33,6 +33,57 @@ type mappedRegion struct {
 	MemoryRegion
 	mapping []byte // the whole mmap, for munmap
 	data    []byte // Size bytes starting at MmapOffset
+	seal    Sealing
+}
+
+// Sealing says whether the front-end can still shrink the file behind a
+// region after the back-end mapped it. Touching a shared mapping beyond the
+// end of its file faults (SIGBUS); the device survives that (it breaks the
+// queue and closes the connection), but a sealed file cannot shrink at all.
+type Sealing int
+
+const (
+	// Sealed: a memfd the front-end sealed with F_SEAL_SHRINK (QEMU's
+	// memory-backend-memfd does).
+	Sealed Sealing = iota
+	// SealedByBackend: a memfd that allowed sealing but had no
+	// F_SEAL_SHRINK; NewMemoryTable added it.
+	SealedByBackend
+	// Shrinkable: a file that cannot be sealed (hugetlbfs or tmpfs files
+	// not made by memfd_create, a memfd made without MFD_ALLOW_SEALING, a
+	// file on another file system): the front-end can truncate it.
+	Shrinkable
+)
+
+func (s Sealing) String() string {
+	switch s {
+	case Sealed:
+		return "sealed by the front-end"
+	case SealedByBackend:
+		return "sealed against shrinking by the back-end"
+	case Shrinkable:
+		return "not sealable: the front-end can shrink it"
+	}
+	return fmt.Sprintf("Sealing(%d)", int(s))
+}
+
+// sealShrink makes sure the file of fd cannot shrink while it is mapped: it
+// adds F_SEAL_SHRINK to a memfd that allows sealing and lacks it. Growing
+// and writing stay allowed, so a front-end that behaves is not affected.
+func sealShrink(fd int) Sealing {
+	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	switch {
+	case err != nil: // not shmem or hugetlbfs: no seals on this file system
+		return Shrinkable
+	case seals&unix.F_SEAL_SHRINK != 0:
+		return Sealed
+	case seals&unix.F_SEAL_SEAL != 0: // sealing not allowed (or sealed without SHRINK)
+		return Shrinkable
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK); err != nil {
+		return Shrinkable
+	}
+	return SealedByBackend
 }
 
 // MemoryTable is the guest memory shared by a front-end: each region's fd is
@@ -45,7 +96,9 @@ type MemoryTable struct {
 
 // NewMemoryTable validates regions and maps fds[i] for regions[i]. It takes
 // ownership of fds: they are closed before it returns, whatever the outcome
-// (the mappings keep the memory alive).
+// (the mappings keep the memory alive). A memfd that allows sealing and
+// lacks F_SEAL_SHRINK is sealed against shrinking first (see Sealing); then
+// each region must lie inside its file as it is.
 func NewMemoryTable(regions []MemoryRegion, fds []int) (_ *MemoryTable, err error) {
 	defer closeFDs(fds)
 	if len(regions) != len(fds) {
@@ -77,6 +130,7 @@ func NewMemoryTable(regions []MemoryRegion, fds []int) (_ *MemoryTable, err erro
 	}()
 	for i, r := range regions {
 		end := r.MmapOffset + r.Size // no overflow: validated
+		seal := sealShrink(fds[i])   // before the size check: it cannot drop after it
 		var st unix.Stat_t
 		if err := unix.Fstat(fds[i], &st); err != nil {
 			return nil, fmt.Errorf("memory table: region %d: fstat: %w", i, err)
@@ -87,7 +141,7 @@ func NewMemoryTable(regions []MemoryRegion, fds []int) (_ *MemoryTable, err erro
 			return nil, fmt.Errorf("memory table: region %d: fd is not a regular file (mode %#o)", i, st.Mode)
 		}
 		if st.Size < 0 || uint64(st.Size) < end {
-			return nil, fmt.Errorf("memory table: region %d (%v) ends at %#x, beyond the end of its file (%#x bytes)", i, r, end, st.Size)
+			return nil, fmt.Errorf("memory table: region %d (%v) ends at %#x (mmap_offset+size), beyond the end of its file (%#x bytes): the front-end must share a file at least that long", i, r, end, st.Size)
 		}
 		mapping, err := unix.Mmap(fds[i], 0, int(end), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_NORESERVE)
 		if err != nil {
@@ -97,6 +151,7 @@ func NewMemoryTable(regions []MemoryRegion, fds []int) (_ *MemoryTable, err erro
 			MemoryRegion: r,
 			mapping:      mapping,
 			data:         mapping[r.MmapOffset:end:end],
+			seal:         seal,
 		})
 	}
 	return m, nil
@@ -129,6 +184,33 @@ func (m *MemoryTable) Regions() []MemoryRegion {
 		out[i] = r.MemoryRegion
 	}
 	return out
+}
+
+// Sealing returns, for each region, whether its file can still shrink.
+func (m *MemoryTable) Sealing() []Sealing {
+	out := make([]Sealing, len(m.regions))
+	for i, r := range m.regions {
+		out[i] = r.seal
+	}
+	return out
+}
+
+// locate names the region whose mapping holds the address addr of this
+// process, and the offset of addr in that region's file.
+func (m *MemoryTable) locate(addr uintptr) (region int, fileOff uint64, ok bool) {
+	if m == nil {
+		return 0, 0, false
+	}
+	for i, r := range m.regions {
+		if len(r.mapping) == 0 {
+			continue
+		}
+		base := sliceAddr(r.mapping)
+		if addr >= base && addr-base < uintptr(len(r.mapping)) {
+			return i, uint64(addr - base), true
+		}
+	}
+	return 0, 0, false
 }
 
 // Guest returns the bytes [gpa, gpa+length) of guest-physical memory. The

@@ -46,7 +46,10 @@ var ErrNotReady = errors.New("vhost: queue not ready")
 // and the guest can change them meanwhile, so treat them as untrusted and
 // volatile (copy before validating what must not change). The handler must
 // not block: it runs on the connection's kick goroutine, and the control
-// plane waits for it.
+// plane waits for it. Reading a frame can fault when the front-end shrank
+// its memory: the fault panics out of the handler and the device recovers
+// it (the queue breaks, the connection closes), so a handler must release
+// what it holds (locks) with defer or otherwise survive being unwound.
 type TXHandler func(pair int, frames [][]byte)
 
 // NetConfig configures a NetDevice. The zero value is a one-pair device
@@ -73,7 +76,7 @@ type QueueStats struct {
 	Packets uint64 // frames moved
 	Bytes   uint64 // bytes of those frames, without virtio-net header
 	Drops   uint64 // frames not moved (no guest buffers, not ready, malformed, too large, no TX handler)
-	Broken  uint64 // times the driver broke the queue
+	Broken  uint64 // times the driver broke the queue, or its memory faulted
 	Calls   uint64 // call eventfd writes (interrupts to the guest)
 	Kicks   uint64 // kicks processed
 }
@@ -171,6 +174,12 @@ type NetDevice struct {
 	mem         *MemoryTable
 	hdrLen      int
 
+	// current connection
+	connLog    *slog.Logger
+	abort      func()      // closes the connection (after a guest memory fault)
+	faulted    atomic.Bool // guest memory faulted: the data path stays out
+	sealWarned bool        // a shrinkable region was logged
+
 	// kick goroutine of the current connection
 	epfd    int
 	stopFD  int
@@ -245,6 +254,9 @@ func (d *NetDevice) Ready(pair int) bool {
 	}
 	d.mu.RLock()
 	defer d.mu.RUnlock()
+	if d.faulted.Load() {
+		return false
+	}
 	for _, q := range d.queues[2*pair : 2*pair+2] {
 		if q.vq == nil || !q.enabled || q.vq.Broken() != nil {
 			return false
@@ -338,10 +350,21 @@ func (d *NetDevice) Offer(pair int, frames [][]byte) (placed, consumed int, err 
 	q := d.queues[2*pair]
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if d.faulted.Load() {
+		return 0, 0, errFaulted
+	}
 	vq := q.vq
 	if vq == nil || !q.enabled {
 		return 0, 0, ErrNotReady
 	}
+	// A fault on guest memory: nothing counts as placed (the used index
+	// may not be published), the caller drops the frames.
+	old := armFaults()
+	defer func() {
+		if ferr := d.caught(q, old, recover()); ferr != nil {
+			placed, consumed, err = 0, 0, ferr
+		}
+	}()
 	mrg := d.features&FeatureNetMrgRxbuf != 0
 	var bytes uint64
 	for _, f := range frames {
@@ -430,18 +453,23 @@ func (d *NetDevice) place(q *queue, vq *Virtqueue, f []byte, mrg bool) (int, err
 
 // processTX drains TX queue idx in batches, hands the frames to the TX
 // handler and returns the chains. It reports whether it moved anything.
-func (d *NetDevice) processTX(idx int) bool {
+func (d *NetDevice) processTX(idx int) (worked bool) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	q := d.queues[idx]
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	vq := q.vq
-	if vq == nil || !q.enabled || vq.Broken() != nil {
+	if vq == nil || !q.enabled || vq.Broken() != nil || d.faulted.Load() {
 		return false
 	}
+	old := armFaults() // the rings, the frames and the TX handler's reads
+	defer func() {
+		if d.caught(q, old, recover()) != nil {
+			worked = false
+		}
+	}()
 	pair := idx / 2
-	worked := false
 	for {
 		vq.DisableNotify()
 		q.used = q.used[:0]
@@ -535,8 +563,9 @@ func (d *NetDevice) txFrame(q *queue, slot int) ([]byte, bool) {
 }
 
 // attach prepares the device for a new front-end connection: it starts the
-// kick goroutine.
-func (d *NetDevice) attach(log *slog.Logger) (err error) {
+// kick goroutine. abort closes the connection; the device calls it after a
+// guest memory fault.
+func (d *NetDevice) attach(log *slog.Logger, abort func()) (err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.done != nil {
@@ -558,6 +587,7 @@ func (d *NetDevice) attach(log *slog.Logger) (err error) {
 		return fmt.Errorf("vhost: epoll_ctl: %w", err)
 	}
 	d.epfd, d.stopFD, d.done = epfd, stopFD, make(chan struct{})
+	d.connLog, d.abort = log, abort
 	go d.kickLoop(epfd, log, d.done)
 	return nil
 }
@@ -593,6 +623,8 @@ func (d *NetDevice) detach() {
 	d.features, d.protocol, d.featuresSet = 0, 0, false
 	d.hdrLen = d.headerLen(0)
 	d.polling.Store(0)
+	d.connLog, d.abort, d.sealWarned = nil, nil, false
+	d.faulted.Store(false)
 	if done != nil {
 		unix.Close(epfd)
 		unix.Close(stopFD)

@@ -6,7 +6,8 @@ package vhost
 // field is accessed through the naturally aligned 32-bit word that contains
 // it. The caller guarantees that the whole word lies inside the slice it
 // passes (rings are translated with their ends widened to 4-byte
-// boundaries), so no access ever leaves guest memory.
+// boundaries), so no access ever leaves guest memory. Also here: the
+// address of a mapping, to tell whether a fault hit guest memory.
 
 import (
 	"encoding/binary"
@@ -73,4 +74,9 @@ func ringWord32At(b []byte, off int) (*uint32, bool) {
 		return nil, false
 	}
 	return (*uint32)(p), true
+}
+
+// sliceAddr is the address of b's first byte (for comparisons only).
+func sliceAddr(b []byte) uintptr {
+	return uintptr(unsafe.Pointer(unsafe.SliceData(b)))
 }

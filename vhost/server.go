@@ -161,11 +161,14 @@ func (s *Server) Close() error {
 func (s *Server) serveConn(c *net.UnixConn) {
 	log := s.log.With("conn", fmt.Sprintf("%p", c))
 	log.Info("vhost: front-end connected")
-	if err := s.dev.attach(log); err != nil {
+	if err := s.dev.attach(log, func() { c.Close() }); err != nil {
 		log.Error("vhost: cannot serve front-end", "err", err)
 		return
 	}
 	defer func() {
+		if s.dev.faulted.Load() {
+			log.Error("vhost: front-end connection closed after a guest memory fault")
+		}
 		s.dev.detach()
 		log.Info("vhost: front-end state torn down")
 	}()
@@ -173,7 +176,9 @@ func (s *Server) serveConn(c *net.UnixConn) {
 	for {
 		h, payload, fds, err := r.read()
 		if err != nil {
-			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+			if s.dev.faulted.Load() {
+				// logged below
+			} else if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				log.Info("vhost: front-end disconnected")
 			} else {
 				log.Error("vhost: reading request; closing connection", "err", err)

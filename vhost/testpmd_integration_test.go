@@ -1,8 +1,6 @@
 package vhost
 
 import (
-	"errors"
-	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -15,10 +13,8 @@ import (
 // front-end) on path, in the given forwarding mode, until the test ends.
 func startTestpmd(t *testing.T, path, mode string) *testpmd.Proc {
 	t.Helper()
+	testpmd.Require(t)
 	p, err := testpmd.Start(testpmd.Options{Vdevs: []string{"net_virtio_user0,path=" + path + ",queues=1"}, Mode: mode, Prefix: "vhosttest" + mode})
-	if errors.Is(err, testpmd.ErrMissing) {
-		t.Skip(err)
-	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,16 +30,10 @@ func startTestpmd(t *testing.T, path, mode string) *testpmd.Proc {
 	return p
 }
 
-func requireRoot(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("testpmd needs root")
-	}
-}
-
 // TestIntegrationTestpmdTX: testpmd in txonly mode transmits; frames reach
 // the TX handler.
 func TestIntegrationTestpmdTX(t *testing.T) {
-	requireRoot(t)
+	testpmd.Require(t)
 	var frames, bad atomic.Uint64
 	ts := startServer(t, NetConfig{TX: func(pair int, fs [][]byte) {
 		for _, f := range fs {
@@ -75,7 +65,7 @@ func TestIntegrationTestpmdTX(t *testing.T) {
 // TestIntegrationTestpmdRX: testpmd in rxonly mode receives what Deliver
 // puts in its RX queue.
 func TestIntegrationTestpmdRX(t *testing.T) {
-	requireRoot(t)
+	testpmd.Require(t)
 	ts := startServer(t, NetConfig{})
 	out := startTestpmd(t, ts.path, "rxonly")
 	deadline := time.Now().Add(30 * time.Second)

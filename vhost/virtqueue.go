@@ -199,6 +199,14 @@ func (q *Virtqueue) fail(format string, args ...any) error {
 	return q.broken
 }
 
+// breakWith marks the queue broken for a reason found outside it (a fault
+// on guest memory), unless it is broken already.
+func (q *Virtqueue) breakWith(err error) {
+	if q.broken == nil {
+		q.broken = err
+	}
+}
+
 // Pending returns how many chains the driver has made available and the
 // device has not taken yet.
 func (q *Virtqueue) Pending() (int, error) {

@@ -282,7 +282,8 @@ func (p *Port) receive(ctx context.Context, qu *queue) {
 
 // transmit is the device's TX handler: frames from the guest, checked
 // against the VM's MAC, out of the uplink through the pair's socket. It
-// never blocks: back-pressure drops (counted).
+// never blocks: back-pressure drops (counted). It runs on the device's kick
+// goroutine, which survives a fault on guest memory (see vhost.TXHandler).
 func (p *Port) transmit(pair int, frames [][]byte) {
 	good := p.txGood[:0]
 	for _, f := range frames {
@@ -296,16 +297,22 @@ func (p *Port) transmit(pair int, frames [][]byte) {
 	if len(good) == 0 || len(p.queues) == 0 {
 		return
 	}
-	qu := p.queues[pair%len(p.queues)]
-	qu.mu.Lock()
-	qu.sock.Complete()
-	n, err := qu.sock.Transmit(good)
-	qu.mu.Unlock()
+	n, err := p.queues[pair%len(p.queues)].send(good)
 	p.stats.txSent.Add(uint64(n))
 	p.stats.txDropped.Add(uint64(len(good) - n))
 	if err != nil {
 		p.log.Debug("AF_XDP transmit", "err", err)
 	}
+}
+
+// send queues frames on the socket. The frames are in guest memory, which
+// faults when the front-end shrank it: the device recovers that panic, so
+// the lock is released by defer (Transmit gives its frames back itself).
+func (qu *queue) send(frames [][]byte) (int, error) {
+	qu.mu.Lock()
+	defer qu.mu.Unlock()
+	qu.sock.Complete()
+	return qu.sock.Transmit(frames)
 }
 
 // Stats reads the port's counters.

@@ -1,7 +1,6 @@
 package vmport_test
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -54,13 +53,11 @@ func setup(t *testing.T, n int) (*hostnet.Topology, []*vmRig) {
 // most) until its queues are up.
 func startPMD(t *testing.T, r *vmRig, mode, mac, peer string) *testpmd.Proc {
 	t.Helper()
+	testpmd.Require(t)
 	p, err := testpmd.Start(testpmd.Options{
 		Vdevs: []string{fmt.Sprintf("net_virtio_user0,path=%s,queues=1,mac=%s", r.sock, mac)},
 		Mode:  mode, EthPeer: peer, Prefix: fmt.Sprintf("xhvp%d%s", r.q, mode),
 	})
-	if errors.Is(err, testpmd.ErrMissing) {
-		t.Skip(err)
-	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,8 +182,9 @@ func TestReconnectUnderTraffic(t *testing.T) {
 		Mode:  "rxonly", Prefix: "xhvprc1",
 	})
 	if err != nil {
-		t.Skip(err)
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { pmd1.Stop() })
 	for deadline := time.Now().Add(30 * time.Second); !rigs[0].port.Device().Ready(0) || !strings.Contains(pmd1.Output(), "NIC statistics"); {
 		if time.Now().After(deadline) {
 			pmd1.Stop()

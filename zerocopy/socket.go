@@ -469,7 +469,10 @@ func (s *Socket) wakeRX() {
 // back as the kernel completes sends), which is back-pressure, not an error;
 // Wait, then send the rest. It first reaps the completion ring into the
 // pool. A frame that is empty or larger than UMEM.MaxTXFrame fails the
-// whole call, with nothing queued.
+// whole call, with nothing queued. Frames may lie in memory that can fault
+// (a vhost-user guest's, with debug.SetPanicOnFault): should a copy panic,
+// the UMEM frames taken for the batch go back to the pool, nothing is
+// queued, and the panic goes on.
 func (s *Socket) Transmit(frames [][]byte) (int, error) {
 	if !s.hasTX {
 		return 0, fmt.Errorf("transmit on %s: not a TX socket", s.name())
@@ -488,10 +491,17 @@ func (s *Socket) Transmit(frames [][]byte) (int, error) {
 		s.st.TXShort++
 	}
 	hr := uint64(s.umem.headroom)
+	copied := false
+	defer func() {
+		if !copied {
+			s.pool.Put(s.scratch[:n]) // taken just above: cannot be refused
+		}
+	}()
 	for i, base := range s.scratch[:n] {
 		l := copy(s.umem.frameAt(base), frames[i])
 		s.txDescs[i] = Desc{Addr: base + hr, Len: uint32(l)}
 	}
+	copied = true
 	s.tx.Produce(s.txDescs[:n])
 	s.outstanding += n
 	s.st.TXFrames += uint64(n)

@@ -2,6 +2,7 @@ package zerocopy
 
 import (
 	"net"
+	"runtime/debug"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
 	"github.com/xdp-hostd/xdp-hostd/hostnet/testnet"
@@ -356,5 +358,53 @@ func TestOpenValidates(t *testing.T) {
 		} else {
 			t.Log(err)
 		}
+	}
+}
+
+// A frame in memory that faults (a vhost-user guest's, shrunk under the
+// daemon) panics out of Transmit under debug.SetPanicOnFault; the UMEM
+// frames taken for the batch are back in the pool, nothing is queued, and
+// the socket transmits afterwards.
+func TestIntegrationTXFault(t *testing.T) {
+	topo := testnet.Topology(t, 4)
+	const frames = 64
+	s := openSocket(t, topo, frames, Options{Queue: 0, Dir: TX, RingSize: 64})
+	fd, err := unix.MemfdCreate("txfault", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Ftruncate(fd, 8192); err != nil {
+		t.Fatal(err)
+	}
+	mem, err := unix.Mmap(fd, 0, 8192, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	spec := traffic.FrameSpec{Dst: topo.WireMAC, Src: topo.UplinkMAC, Size: 200, Tag: 7}
+	good, across := mem[0:200], mem[4096-100:4096+100]
+	for _, b := range [][]byte{good, across} {
+		if _, err := spec.Build(b, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Ftruncate(fd, 4096); err != nil {
+		t.Fatal(err)
+	}
+	panicked := func() (r any) {
+		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+		defer func() { r = recover() }()
+		s.Transmit([][]byte{good, good, across, good})
+		return nil
+	}()
+	if _, ok := panicked.(interface{ Addr() uintptr }); !ok {
+		t.Fatalf("Transmit of a frame in shrunk memory: recovered %v, want a memory fault", panicked)
+	}
+	if s.Pool().Len() != frames || s.Outstanding() != 0 {
+		t.Fatalf("after the fault: %d of %d frames in the pool, %d outstanding", s.Pool().Len(), frames, s.Outstanding())
+	}
+	if n, err := s.Transmit([][]byte{good, good}); n != 2 || err != nil {
+		t.Fatalf("Transmit after the fault: %d, %v", n, err)
 	}
 }

@@ -138,15 +138,20 @@ func printVMs(w io.Writer, asJSON bool, vms []daemon.VMStatus) error {
 }
 
 // deviceColumn is what a table shows of where a VM's frames go: its tap, or
-// whether a front-end is on its vhost-user socket.
+// whether a front-end is on its vhost-user socket (and how often one of its
+// virtqueues broke).
 func deviceColumn(v daemon.VMStatus) string {
+	breaks := ""
+	if v.VhostQueueBreaks > 0 {
+		breaks = fmt.Sprintf(", %d queue breaks", v.VhostQueueBreaks)
+	}
 	switch {
 	case v.Tap != "":
 		return v.Tap
 	case v.Delivery == "vhost-user" && v.FrontEndConnected:
-		return "front-end connected"
+		return "front-end connected" + breaks
 	case v.Delivery == "vhost-user":
-		return "no front-end"
+		return "no front-end" + breaks
 	}
 	return "-"
 }
