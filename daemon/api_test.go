@@ -188,4 +188,3 @@ func TestAgentNameInLogs(t *testing.T) {
 
 // syncBuf is a buffer a logger writes while the test reads it.
 type syncBuf = testnet.SyncBuffer
-
