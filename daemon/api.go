@@ -62,11 +62,15 @@ type VMStatus struct {
 	// is connected to VhostUserSocket now; a socket serves one at a time.
 	FrontEndConnected bool `json:"front_end_connected,omitempty"`
 	// AgentSocket is where the VM's guest agent channel is served.
-	AgentSocket string           `json:"agent_socket,omitempty"`
-	Program     uint64           `json:"program_id"` // 0: the built-in program
-	Ports       []hostnet.Port   `json:"ports"`
-	Verdicts    hostnet.Verdicts `json:"verdicts"`
-	TX          hostnet.TXStats  `json:"tx"`
+	AgentSocket string `json:"agent_socket,omitempty"`
+	Program     uint64 `json:"program_id"` // 0: the built-in program
+	// ProgramProblem says why the VM does not run its program as loaded
+	// (see ProgramRecord.Problem): kept running from the pins, or failed
+	// closed.
+	ProgramProblem string           `json:"program_problem,omitempty"`
+	Ports          []hostnet.Port   `json:"ports"`
+	Verdicts       hostnet.Verdicts `json:"verdicts"`
+	TX             hostnet.TXStats  `json:"tx"`
 }
 
 // API serves the daemon's local API on a unix socket.
@@ -285,6 +289,7 @@ func (d *Daemon) vmStatus(vm *hostnet.VM) VMStatus {
 	}
 	d.smu.Unlock()
 	vs.Program, _ = d.Programs.Current(vm.Name())
+	vs.ProgramProblem = d.Programs.Problem(vm.Name())
 	vs.Verdicts, _ = vm.Verdicts()
 	if vm.Tap() != nil {
 		vs.TX, _ = vm.TXStats()

@@ -450,7 +450,10 @@ func (d *Daemon) restoreUplink(dp *hostnet.Dataplane, i int, u UplinkConfig, st 
 			err = d.Programs.restore(w.vc.Name, w.prog, obj)
 		}
 		if err != nil {
-			d.log.Error("cannot restore a VM's program from the state: it runs the built-in one", "audit", "prog_drop", "vm", w.vc.Name, "id", w.prog.ID, "err", err)
+			// Never the built-in pass-everything program in its place.
+			if err := d.Programs.restoreLost(w.vc.Name, w.prog, err); err != nil {
+				return fmt.Errorf("uplink %s: %w", u.Name, err)
+			}
 		}
 	}
 	return nil
