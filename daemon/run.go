@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -514,6 +515,9 @@ type RunOptions struct {
 func Run(ctx context.Context, cfg *Config, opts RunOptions, log *slog.Logger) (err error) {
 	if log == nil {
 		log = slog.Default()
+	}
+	if os.Geteuid() != 0 && len(cfg.Uplinks) > 0 {
+		return fmt.Errorf("%w: attaching XDP programs needs root (CAP_NET_ADMIN and CAP_BPF): run xdp-hostd as root", hostnet.ErrNotRoot)
 	}
 	api, err := ListenAPI(opts.Socket, opts.SocketGroup)
 	if err != nil {
