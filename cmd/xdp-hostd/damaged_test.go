@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -82,10 +83,13 @@ func TestDamagedObjectKeepsRunningOrFailsClosed(t *testing.T) {
 	object := filepath.Join(b.state, "objects", p.SHA256)
 
 	tag := uint16(10)
-	for _, damage := range []string{"corrupted", "deleted"} {
+	for _, damage := range []string{"deleted", "corrupted"} {
 		b.stop()
 		if damage == "corrupted" {
-			os.WriteFile(object, []byte("\x7fELF damaged"), 0o600)
+			// Bit rot: the same length, one byte flipped.
+			ddos[len(ddos)/2] ^= 0x40
+			os.WriteFile(object, ddos, 0o600)
+			ddos[len(ddos)/2] ^= 0x40
 		} else {
 			os.Remove(object)
 		}
@@ -143,6 +147,15 @@ func TestDamagedObjectKeepsRunningOrFailsClosed(t *testing.T) {
 	}
 	if bl, ok := b.filtered(tag+2, 100); bl != 100 || ok != 100 {
 		t.Errorf("the new program (nothing blocked yet) delivered %d and %d of 100", bl, ok)
+	}
+	// The damaged copy was written again: the next start restores it.
+	if got, err := os.ReadFile(object); err != nil || !bytes.Equal(got, ddos) {
+		t.Errorf("the stored object was not repaired by loading it again: %v", err)
+	}
+	b.stop()
+	b.start()
+	if vm, err := c.VM(ctx, "vm1"); err != nil || vm.Program != p2.ID || vm.ProgramProblem != "" {
+		t.Errorf("after a restart with the object repaired: %+v %v", vm, err)
 	}
 	b.stop()
 }
