@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -188,3 +189,73 @@ func TestAgentNameInLogs(t *testing.T) {
 
 // syncBuf is a buffer a logger writes while the test reads it.
 type syncBuf = testnet.SyncBuffer
+
+// A batch of VMs reaches the state in one write when it is complete: a
+// daemon dying mid-way brings none of it back. One whose caller gives up
+// mid-way is undone and never written.
+func TestBatchIsOneStateWrite(t *testing.T) {
+	topo := testnet.Topology(t, 4)
+	dir := t.TempDir()
+	d, err := Start(&Config{StateDir: dir, Uplinks: []UplinkConfig{{Name: topo.Uplink, NetNS: topo.HostNS}}}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	batch := func(prefix string, n int) []AddVMRequest {
+		var reqs []AddVMRequest
+		for i := 0; i < n; i++ {
+			reqs = append(reqs, AddVMRequest{Uplink: topo.Uplink, VM: VMConfig{Name: fmt.Sprintf("%s%d", prefix, i), MAC: fmt.Sprintf("02:00:00:00:%02x:%02x", len(prefix), i)}})
+		}
+		return reqs
+	}
+	// inState counts the VMs named prefix* in state.json now.
+	inState := func(prefix string) int {
+		st, err := os.ReadFile(filepath.Join(dir, "state.json"))
+		if err != nil {
+			return 0
+		}
+		return strings.Count(string(st), `"name": "`+prefix)
+	}
+	// watch returns the most VMs named prefix* the state held at once,
+	// short of all n of them, until stop is called.
+	watch := func(prefix string, n int) (stop func() int) {
+		done, seen := make(chan struct{}), make(chan int)
+		go func() {
+			most := 0
+			for {
+				select {
+				case <-done:
+					seen <- most
+					return
+				case <-time.After(time.Millisecond):
+					if c := inState(prefix); c < n {
+						most = max(most, c)
+					}
+				}
+			}
+		}()
+		return func() int { close(done); return <-seen }
+	}
+
+	stop := watch("b", 20)
+	if _, err := d.AddVMs(context.Background(), batch("b", 20)); err != nil {
+		t.Fatal(err)
+	}
+	if n := stop(); n != 0 {
+		t.Errorf("while the batch ran, the state held %d of its VMs", n)
+	}
+	if n := inState("b"); n != 20 {
+		t.Errorf("after the batch, the state holds %d of its 20 VMs", n)
+	}
+
+	stop = watch("cc", 200)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	_, err = d.AddVMs(ctx, batch("cc", 200))
+	if n := stop(); err == nil || n != 0 {
+		t.Errorf("a batch given up on: %v; the state held %d of its VMs", err, n)
+	}
+	if n := len(d.Dataplanes()[0].VMs()); n != 20 || inState("cc") != 0 {
+		t.Errorf("after a batch given up on: %d VMs (want the first batch's 20), %d in the state", n, inState("cc"))
+	}
+}

@@ -40,6 +40,11 @@ type Daemon struct {
 	entries   map[string]*vmEntry
 	stNext    uint64
 	stProgs   map[string]*StateProgram
+
+	// pending are VMs of a batch (AddVMs) not yet complete: the state
+	// written leaves them out until the batch is, so that a daemon that
+	// dies mid-way does not bring half a batch back.
+	pending map[string]bool
 }
 
 // vmEntry is how a VM was asked for, as the state records it.
@@ -84,6 +89,9 @@ func (d *Daemon) snapshotLocked() *State {
 	}
 	sort.Strings(names)
 	for _, n := range names {
+		if d.pending[n] {
+			continue
+		}
 		e := d.entries[n]
 		sv := StateVM{Uplink: e.uplink, Origin: e.origin, Config: e.cfg}
 		if p := d.stProgs[n]; p != nil {
@@ -218,18 +226,48 @@ func (d *Daemon) AddVMs(ctx context.Context, reqs []AddVMRequest) (_ []*hostnet.
 		}
 		seen[r.VM.Name] = true
 	}
+	d.smu.Lock()
+	if d.pending == nil {
+		d.pending = map[string]bool{}
+	}
+	var mine []string // a VM that exists, or another batch's, is not this one's
+	for _, r := range reqs {
+		if _, ok := d.entries[r.VM.Name]; !ok && !d.pending[r.VM.Name] {
+			d.pending[r.VM.Name] = true
+			mine = append(mine, r.VM.Name)
+		}
+	}
+	d.smu.Unlock()
 	var added []*hostnet.VM
 	defer func() {
+		d.smu.Lock()
 		if err == nil {
-			return
-		}
-		for i := len(added) - 1; i >= 0; i-- {
-			if rerr := d.RemoveVM(added[i].Name()); rerr != nil && !errors.Is(rerr, ErrNoSuchVM) {
-				d.log.Error("cannot undo a VM of a failed batch", "vm", added[i].Name(), "err", rerr)
+			// Complete: the batch goes into the state in one write.
+			for _, n := range mine {
+				delete(d.pending, n)
+			}
+			err = d.writeLocked()
+			if err != nil {
+				for _, n := range mine {
+					d.pending[n] = true
+				}
 			}
 		}
-		if len(added) > 0 {
-			d.log.Warn("a batch of VMs failed: the VMs it added are removed", "audit", "vm_batch_undo", "removed", len(added), "err", err)
+		d.smu.Unlock()
+		if err != nil {
+			for i := len(added) - 1; i >= 0; i-- {
+				if rerr := d.RemoveVM(added[i].Name()); rerr != nil && !errors.Is(rerr, ErrNoSuchVM) {
+					d.log.Error("cannot undo a VM of a failed batch", "vm", added[i].Name(), "err", rerr)
+				}
+			}
+			if len(added) > 0 {
+				d.log.Warn("a batch of VMs failed: the VMs it added are removed", "audit", "vm_batch_undo", "removed", len(added), "err", err)
+			}
+			d.smu.Lock()
+			for _, n := range mine {
+				delete(d.pending, n)
+			}
+			d.smu.Unlock()
 		}
 	}()
 	for i, r := range reqs {
