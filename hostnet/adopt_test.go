@@ -71,9 +71,14 @@ func TestAdoptPinnedProgram(t *testing.T) {
 	sender := testnet.Sender(t, topo)
 
 	dp1 := open()
+	released := false
+	t.Cleanup(func() {
+		if !released {
+			dp1.Close()
+		}
+	})
 	vm, err := dp1.AddVM(spec)
 	if err != nil {
-		dp1.Close()
 		t.Fatal(err)
 	}
 	b, _ := hostbpf.Guest("port")
@@ -97,6 +102,7 @@ func TestAdoptPinnedProgram(t *testing.T) {
 		t.Fatalf("before the release: %+v", v)
 	}
 	s1.Close() // as the daemon's vhost-user port does when it stops
+	released = true
 	if err := dp1.Release(); err != nil {
 		t.Fatal(err)
 	}
