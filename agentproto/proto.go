@@ -74,8 +74,18 @@
 // are "too_large" for the length, "unsupported" for the version and the
 // type, "malformed" otherwise. A well-framed request whose JSON does not decode, or that is
 // a response type, gets an Error ("malformed", "unsupported") and the
-// connection stays. Submit, Replace and Remove are rate-limited per VM
-// (code "rate_limited"; the message says when to retry).
+// connection stays.
+//
+// # Rate limits
+//
+// Every request counts against a per-VM limit (the daemon's: a burst of
+// 30, then 10 a second); Submit, Replace and Remove also against a
+// stricter one for program changes (a burst of 5, then one every 2
+// seconds). A request over a limit gets an Error with code "rate_limited"
+// whose message says when to retry; over the limit for all requests, the
+// daemon also stops reading the channel until then, so an agent that
+// pipelines requests finds its writes blocking. An agent that sends one
+// request at a time and waits for the answer never notices.
 package agentproto
 
 import (

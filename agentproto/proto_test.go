@@ -267,6 +267,38 @@ func TestRateLimit(t *testing.T) {
 	}
 }
 
+// Every request counts against RequestLimiter: over it the reply is
+// rate_limited and nothing is read until a token is back (a pipelining
+// peer waits), then requests are served again.
+func TestRequestLimit(t *testing.T) {
+	conn, _ := serve(t, &fakeHandler{}, ServeOptions{RequestLimiter: NewTokenBucket(2, 200*time.Millisecond)})
+	// Four requests at once: two served, the third refused, the fourth
+	// read only once a token is back.
+	var b []byte
+	for seq := uint32(1); seq <= 4; seq++ {
+		b = append(b, frame(TypeStatus, seq, "")...)
+	}
+	go conn.Write(b)
+	start := time.Now()
+	var got []string
+	for i := 0; i < 4; i++ {
+		f, err := ReadFrame(conn, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%d:%s", f.Seq, f.Type))
+		if f.Seq == 3 && !strings.Contains(string(f.Payload), `"code":"rate_limited"`) {
+			t.Errorf("third request: %s", f.Payload)
+		}
+	}
+	if fmt.Sprint(got) != "[1:ok 2:ok 3:error 4:ok]" {
+		t.Errorf("replies %v", got)
+	}
+	if d := time.Since(start); d < 150*time.Millisecond {
+		t.Errorf("the request after a refused one was served after %v, before a token was back", d)
+	}
+}
+
 // Replies to other requests (an agent that was interrupted) are skipped.
 func TestClientSkipsStaleReplies(t *testing.T) {
 	a, b := net.Pipe()

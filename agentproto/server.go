@@ -22,7 +22,7 @@ type Handler interface {
 	Remove(ctx context.Context, r RemoveRequest) (any, error)
 }
 
-// Limiter rate-limits program changes.
+// Limiter rate-limits requests.
 type Limiter interface {
 	// Allow takes a token; if there is none it says how long until one.
 	Allow() (ok bool, retryAfter time.Duration)
@@ -30,9 +30,17 @@ type Limiter interface {
 
 // ServeOptions configure Serve.
 type ServeOptions struct {
-	// Limiter applies to Submit, Replace and Remove; nil: no limit. Give
-	// each VM one Limiter that outlives its connections.
+	// Limiter applies to Submit, Replace and Remove, before their payload
+	// is decoded; nil: no limit. Give each VM one Limiter that outlives
+	// its connections.
 	Limiter Limiter
+	// RequestLimiter applies to every request, before anything else is
+	// done with it; nil: no limit. A request over it is answered
+	// "rate_limited" and Serve then reads nothing until the limiter has a
+	// token again: a peer that floods the channel is slowed to the
+	// limiter's rate (its writes block), so the flood costs the host
+	// little. Give each VM one that outlives its connections.
+	RequestLimiter Limiter
 	// MaxPayload is the largest request payload; default MaxPayload.
 	MaxPayload int
 	Log        *slog.Logger
@@ -73,6 +81,22 @@ func Serve(ctx context.Context, conn io.ReadWriteCloser, h Handler, opt ServeOpt
 				writeReply(conn, f.Seq, TypeError, mustJSON(&Error{Code: code, Message: fe.Reason + "; the channel is closed (QEMU reconnects it)"}))
 			}
 			return err
+		}
+		if opt.RequestLimiter != nil {
+			if ok, wait := opt.RequestLimiter.Allow(); !ok {
+				if err := writeReply(conn, f.Seq, TypeError, mustJSON(&Error{Code: CodeRateLimited,
+					Message: fmt.Sprintf("too many requests from this VM: send one at a time and retry in %v", wait.Round(time.Millisecond))})); err != nil {
+					return fmt.Errorf("answer %s request %d: %w", f.Type, f.Seq, err)
+				}
+				t := time.NewTimer(wait)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return ctx.Err()
+				case <-t.C:
+				}
+				continue
+			}
 		}
 		t, payload := handle(ctx, f, h, opt)
 		if err := writeReply(conn, f.Seq, t, payload); err != nil {
@@ -170,6 +194,9 @@ func dispatch(ctx context.Context, f Frame, h Handler, opt ServeOptions) (any, e
 		}
 		return h.Status(ctx)
 	case TypeSubmit:
+		if err := limit(); err != nil {
+			return nil, err
+		}
 		var r SubmitRequest
 		if err := decode(&r); err != nil {
 			return nil, err
@@ -177,11 +204,11 @@ func dispatch(ctx context.Context, f Frame, h Handler, opt ServeOptions) (any, e
 		if err := checkObject(r.Object); err != nil {
 			return nil, err
 		}
+		return h.Submit(ctx, r)
+	case TypeReplace:
 		if err := limit(); err != nil {
 			return nil, err
 		}
-		return h.Submit(ctx, r)
-	case TypeReplace:
 		var r ReplaceRequest
 		if err := decode(&r); err != nil {
 			return nil, err
@@ -192,20 +219,17 @@ func dispatch(ctx context.Context, f Frame, h Handler, opt ServeOptions) (any, e
 		if err := checkObject(r.Object); err != nil {
 			return nil, err
 		}
+		return h.Replace(ctx, r)
+	case TypeRemove:
 		if err := limit(); err != nil {
 			return nil, err
 		}
-		return h.Replace(ctx, r)
-	case TypeRemove:
 		var r RemoveRequest
 		if err := decode(&r); err != nil {
 			return nil, err
 		}
 		if r.Expect == 0 {
 			return nil, &Error{Code: CodeMalformed, Message: "remove: expect: give the ID of the program the VM runs (see status)"}
-		}
-		if err := limit(); err != nil {
-			return nil, err
 		}
 		return h.Remove(ctx, r)
 	}

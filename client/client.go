@@ -62,7 +62,18 @@ func (e *Error) Error() string {
 // was not current (or the VM already has one).
 func (e *Error) Conflict() bool { return e.Status == http.StatusConflict }
 
+// Media types of request bodies.
+const (
+	jsonBody   = "application/json"
+	objectBody = "application/octet-stream"
+)
+
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, body []byte, out any) error {
+	return c.doType(ctx, method, path, query, jsonBody, body, out)
+}
+
+// doType sends body (if not nil) as media type ctype.
+func (c *Client) doType(ctx context.Context, method, path string, query url.Values, ctype string, body []byte, out any) error {
 	u := "http://xdp-hostd/" + daemon.APIVersion + path
 	if len(query) > 0 {
 		u += "?" + query.Encode()
@@ -74,6 +85,9 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	req, err := http.NewRequestWithContext(ctx, method, u, rd)
 	if err != nil {
 		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", ctype)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -145,13 +159,13 @@ func entryQuery(entry string, expect uint64) url.Values {
 // Load installs a guest program on a VM running the built-in one.
 func (c *Client) Load(ctx context.Context, vm string, obj []byte, entry string) (*daemon.ProgramRecord, error) {
 	var rec daemon.ProgramRecord
-	return &rec, c.do(ctx, http.MethodPost, "/vms/"+url.PathEscape(vm)+"/program", entryQuery(entry, 0), obj, &rec)
+	return &rec, c.doType(ctx, http.MethodPost, "/vms/"+url.PathEscape(vm)+"/program", entryQuery(entry, 0), objectBody, obj, &rec)
 }
 
 // Replace swaps the VM's program if expect is the current one's ID.
 func (c *Client) Replace(ctx context.Context, vm string, expect uint64, obj []byte, entry string) (*daemon.ProgramRecord, error) {
 	var rec daemon.ProgramRecord
-	return &rec, c.do(ctx, http.MethodPut, "/vms/"+url.PathEscape(vm)+"/program", entryQuery(entry, expect), obj, &rec)
+	return &rec, c.doType(ctx, http.MethodPut, "/vms/"+url.PathEscape(vm)+"/program", entryQuery(entry, expect), objectBody, obj, &rec)
 }
 
 // Remove puts the built-in program back if expect is the current one's ID.
@@ -179,6 +193,17 @@ func (c *Client) AddVM(ctx context.Context, uplink string, vm daemon.VMConfig) (
 	}
 	var out daemon.VMStatus
 	return &out, c.do(ctx, http.MethodPost, "/vms", nil, body, &out)
+}
+
+// AddVMs adds several VMs as one: all of them or, if one fails or ctx ends
+// while the daemon adds them, none.
+func (c *Client) AddVMs(ctx context.Context, vms []daemon.AddVMRequest) ([]daemon.VMStatus, error) {
+	body, err := json.Marshal(daemon.AddVMsRequest{VMs: vms})
+	if err != nil {
+		return nil, err
+	}
+	var out []daemon.VMStatus
+	return out, c.do(ctx, http.MethodPost, "/vm-batch", nil, body, &out)
 }
 
 // RemoveVM removes a VM (and its guest program, ports and vhost-user port).

@@ -7,8 +7,11 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/xdp-hostd/xdp-hostd/agentproto"
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
@@ -22,6 +25,37 @@ const (
 	agentInterval = 2 * time.Second
 )
 
+// Agent requests of any kind a VM may make: a burst, then one per
+// interval. Over it the channel is not read until a token is back, so a
+// guest flooding its channel costs the host a few requests a second.
+const (
+	agentRequestBurst    = 30
+	agentRequestInterval = 100 * time.Millisecond
+)
+
+// maxLoggedName is how much of a name a guest gives is logged.
+const maxLoggedName = 64
+
+// logName makes a name a guest gave fit for a log line: at most
+// maxLoggedName characters, control and other unprintable characters
+// (and invalid UTF-8) replaced by '?', the length said if cut.
+func logName(s string) string {
+	var b strings.Builder
+	n := 0
+	for _, r := range s {
+		if n == maxLoggedName {
+			fmt.Fprintf(&b, "...(%d bytes in all)", len(s))
+			break
+		}
+		if r == utf8.RuneError || !unicode.IsPrint(r) {
+			r = '?'
+		}
+		b.WriteRune(r)
+		n++
+	}
+	return b.String()
+}
+
 // agentServer serves one VM's guest agent channel: the unix socket that the
 // VM's QEMU connects its virtio-serial port (org.xdp-hostd.agent.0) to. The
 // VM is the one this socket belongs to: nothing the guest sends names it.
@@ -32,7 +66,8 @@ type agentServer struct {
 	path   string
 	ln     *unixsock.Listener
 	log    *slog.Logger
-	limit  *agentproto.TokenBucket
+	limit  *agentproto.TokenBucket // program changes
+	reqs   *agentproto.TokenBucket // every request
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -50,7 +85,8 @@ func (d *Daemon) serveAgent(vm, path string) (*agentServer, error) {
 	}
 	os.Chmod(path, 0o660)
 	a := &agentServer{d: d, vm: vm, path: path, ln: ln, log: d.log.With("vm", vm, "agent_socket", path),
-		limit: agentproto.NewTokenBucket(agentBurst, agentInterval)}
+		limit: agentproto.NewTokenBucket(agentBurst, agentInterval),
+		reqs:  agentproto.NewTokenBucket(agentRequestBurst, agentRequestInterval)}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.wg.Add(1)
 	go a.accept()
@@ -77,7 +113,7 @@ func (a *agentServer) accept() {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
-			err := agentproto.Serve(a.ctx, c, agentHandler{a}, agentproto.ServeOptions{Limiter: a.limit, Log: a.log})
+			err := agentproto.Serve(a.ctx, c, agentHandler{a}, agentproto.ServeOptions{Limiter: a.limit, RequestLimiter: a.reqs, Log: a.log})
 			if err != nil && a.ctx.Err() == nil {
 				a.log.Info("guest agent channel closed", "reason", err)
 			}
@@ -159,7 +195,7 @@ func (h agentHandler) audit(event string, expect uint64, name string, rec *Progr
 		args = append(args, "expect", expect)
 	}
 	if name != "" {
-		args = append(args, "name", name)
+		args = append(args, "name", logName(name))
 	}
 	if rec != nil {
 		args = append(args, "id", rec.ID)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net"
 	"net/http"
 	"os"
@@ -64,11 +65,15 @@ type VMStatus struct {
 	// (a bad ring, or guest memory that faulted: the connection was closed).
 	VhostQueueBreaks uint64 `json:"vhost_queue_breaks,omitempty"`
 	// AgentSocket is where the VM's guest agent channel is served.
-	AgentSocket string           `json:"agent_socket,omitempty"`
-	Program     uint64           `json:"program_id"` // 0: the built-in program
-	Ports       []hostnet.Port   `json:"ports"`
-	Verdicts    hostnet.Verdicts `json:"verdicts"`
-	TX          hostnet.TXStats  `json:"tx"`
+	AgentSocket string `json:"agent_socket,omitempty"`
+	Program     uint64 `json:"program_id"` // 0: the built-in program
+	// ProgramProblem says why the VM does not run its program as loaded
+	// (see ProgramRecord.Problem): kept running from the pins, or failed
+	// closed.
+	ProgramProblem string           `json:"program_problem,omitempty"`
+	Ports          []hostnet.Port   `json:"ports"`
+	Verdicts       hostnet.Verdicts `json:"verdicts"`
+	TX             hostnet.TXStats  `json:"tx"`
 	// Cost is the run-time cost of the VM's program per packet.
 	Cost ProgramCost `json:"program_cost"`
 }
@@ -80,8 +85,39 @@ type API struct {
 	path string
 }
 
+// Limits of the API's HTTP server: a client that stalls, or holds a
+// connection it does not use, loses it. Variables so that tests can shorten
+// them.
+var (
+	apiReadHeaderTimeout = 10 * time.Second
+	// apiReadTimeout bounds reading a whole request, body included (a
+	// program object is at most MaxObjectSize).
+	apiReadTimeout  = 30 * time.Second
+	apiWriteTimeout = 60 * time.Second
+	apiIdleTimeout  = 60 * time.Second
+)
+
+const (
+	apiMaxHeaderBytes = 64 << 10
+	// apiMaxJSONBody is the largest JSON request body.
+	apiMaxJSONBody = 1 << 20
+)
+
 // ServeAPI listens on the unix socket at path (mode 0660, group if given).
 func ServeAPI(d *Daemon, path, group string) (*API, error) {
+	a, err := ListenAPI(path, group)
+	if err != nil {
+		return nil, err
+	}
+	a.Serve(d)
+	return a, nil
+}
+
+// ListenAPI takes the API's unix socket at path (mode 0660, group if given)
+// without serving it yet: Run takes it before it touches any dataplane, so
+// that a socket in use stops the daemon before anything changed. Clients
+// that connect wait until Serve.
+func ListenAPI(path, group string) (_ *API, err error) {
 	if path == "" {
 		path = DefaultSocket
 	}
@@ -92,7 +128,7 @@ func ServeAPI(d *Daemon, path, group string) (*API, error) {
 		// A socket nobody answers on is a leftover; a live one is another daemon.
 		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 			c.Close()
-			return nil, fmt.Errorf("%w: another xdp-hostd serves %s", hostnet.ErrBusy, path)
+			return nil, fmt.Errorf("%w: another xdp-hostd serves %s: stop it first, or give this one another --socket", hostnet.ErrBusy, path)
 		}
 		os.Remove(path)
 	}
@@ -100,26 +136,33 @@ func ServeAPI(d *Daemon, path, group string) (*API, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
+	defer func() {
+		if err != nil {
+			ln.Close() // removes the socket
+		}
+	}()
 	if err := os.Chmod(path, 0o660); err != nil {
-		ln.Close()
 		return nil, fmt.Errorf("API socket mode: %w", err)
 	}
 	if group != "" {
 		g, err := user.LookupGroup(group)
 		if err != nil {
-			ln.Close()
 			return nil, fmt.Errorf("API socket group %q: %w", group, err)
 		}
 		gid, _ := strconv.Atoi(g.Gid)
 		if err := os.Chown(path, -1, gid); err != nil {
-			ln.Close()
 			return nil, fmt.Errorf("API socket group %q: %w", group, err)
 		}
 	}
-	a := &API{ln: ln, path: path}
-	a.srv = &http.Server{Handler: newHandler(d), ReadHeaderTimeout: 10 * time.Second}
-	go a.srv.Serve(ln)
-	return a, nil
+	return &API{ln: ln, path: path}, nil
+}
+
+// Serve starts answering on the socket ListenAPI took.
+func (a *API) Serve(d *Daemon) {
+	a.srv = &http.Server{Handler: newHandler(d),
+		ReadHeaderTimeout: apiReadHeaderTimeout, ReadTimeout: apiReadTimeout,
+		WriteTimeout: apiWriteTimeout, IdleTimeout: apiIdleTimeout, MaxHeaderBytes: apiMaxHeaderBytes}
+	go a.srv.Serve(a.ln)
 }
 
 // Path is the socket's path.
@@ -127,7 +170,12 @@ func (a *API) Path() string { return a.path }
 
 // Close stops serving and removes the socket.
 func (a *API) Close() error {
-	err := a.srv.Close()
+	var err error
+	if a.srv != nil {
+		err = a.srv.Close()
+	} else {
+		err = a.ln.Close()
+	}
 	os.Remove(a.path)
 	return err
 }
@@ -249,6 +297,7 @@ func (d *Daemon) vmStatus(vm *hostnet.VM) VMStatus {
 	}
 	d.smu.Unlock()
 	vs.Program, _ = d.Programs.Current(vm.Name())
+	vs.ProgramProblem = d.Programs.Problem(vm.Name())
 	vs.Verdicts, _ = vm.Verdicts()
 	vs.Cost = d.programCost(vm)
 	if vm.Tap() != nil {
@@ -283,6 +332,12 @@ type AddVMRequest struct {
 	VM     VMConfig `json:"vm"`
 }
 
+// AddVMsRequest is the body of POST /v1/vm-batch: VMs added all together
+// or not at all (a libvirt domain's interfaces).
+type AddVMsRequest struct {
+	VMs []AddVMRequest `json:"vms"`
+}
+
 // AddPortRequest is the body of POST /v1/vms/{vm}/ports.
 type AddPortRequest struct {
 	Port   uint32 `json:"port"`
@@ -291,11 +346,56 @@ type AddPortRequest struct {
 	CrossVM bool `json:"cross_vm,omitempty"`
 }
 
+// decodeJSON reads a JSON request body into v: Content-Type
+// application/json, at most apiMaxJSONBody bytes, one JSON value with no
+// field v does not know and nothing after it.
 func decodeJSON(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	if err := requireContentType(r, "application/json"); err != nil {
+		return err
+	}
+	body := &countingReader{r: io.LimitReader(r.Body, apiMaxJSONBody+1)}
+	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		if body.n > apiMaxJSONBody {
+			return fmt.Errorf("%w: request body: larger than %d bytes", errBadRequest, apiMaxJSONBody)
+		}
 		return fmt.Errorf("%w: request body: %v", errBadRequest, err)
+	}
+	var extra json.RawMessage
+	if err := dec.Decode(&extra); err != io.EOF {
+		if body.n > apiMaxJSONBody {
+			return fmt.Errorf("%w: request body: larger than %d bytes", errBadRequest, apiMaxJSONBody)
+		}
+		return fmt.Errorf("%w: request body: data after the JSON object; send exactly one object", errBadRequest)
+	}
+	return nil
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// errUnsupportedMedia is a request body of the wrong Content-Type (415).
+var errUnsupportedMedia = errors.New("unsupported media type")
+
+// requireContentType refuses a request whose body is not of media type
+// want (parameters such as charset are allowed).
+func requireContentType(r *http.Request, want string) error {
+	ct := r.Header.Get("Content-Type")
+	mt, _, err := mime.ParseMediaType(ct)
+	if ct == "" || err != nil || mt != want {
+		if ct == "" {
+			ct = "none"
+		}
+		return fmt.Errorf("%w: Content-Type %q: %s %s takes Content-Type: %s", errUnsupportedMedia, ct, r.Method, r.URL.Path, want)
 	}
 	return nil
 }
@@ -334,6 +434,23 @@ func addVMRoutes(mux *http.ServeMux, d *Daemon, p string) {
 			return
 		}
 		writeJSON(w, http.StatusCreated, d.vmStatus(vm))
+	})
+	mux.HandleFunc("POST "+p+"/vm-batch", func(w http.ResponseWriter, r *http.Request) {
+		var req AddVMsRequest
+		if err := decodeJSON(r, &req); err != nil {
+			writeErr(w, err)
+			return
+		}
+		vms, err := d.AddVMs(r.Context(), req.VMs)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		out := make([]VMStatus, 0, len(vms))
+		for _, vm := range vms {
+			out = append(out, d.vmStatus(vm))
+		}
+		writeJSON(w, http.StatusCreated, out)
 	})
 	mux.HandleFunc("DELETE "+p+"/vms/{vm}", func(w http.ResponseWriter, r *http.Request) {
 		if err := d.RemoveVM(r.PathValue("vm")); err != nil {
@@ -400,7 +517,11 @@ func expectParam(r *http.Request) (uint64, error) {
 	return id, nil
 }
 
+// readObject reads a program object sent as application/octet-stream.
 func readObject(r *http.Request) ([]byte, error) {
+	if err := requireContentType(r, "application/octet-stream"); err != nil {
+		return nil, err
+	}
 	b, err := io.ReadAll(io.LimitReader(r.Body, MaxObjectSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("%w: read the object: %v", errBadRequest, err)
@@ -438,6 +559,8 @@ func writeErr(w http.ResponseWriter, err error) {
 		code = http.StatusNotFound
 	case errors.Is(err, ErrStale), errors.Is(err, ErrHasProgram), errors.Is(err, hostnet.ErrExists):
 		code = http.StatusConflict
+	case errors.Is(err, errUnsupportedMedia):
+		code = http.StatusUnsupportedMediaType
 	}
 	writeJSON(w, code, body)
 }

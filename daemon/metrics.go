@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
 	"github.com/xdp-hostd/xdp-hostd/vmport"
@@ -46,6 +45,17 @@ type Metrics struct {
 // ServeMetrics listens on addr, which must be a loopback address: the
 // counters describe VMs and are not for the network.
 func ServeMetrics(d *Daemon, addr string) (*Metrics, error) {
+	m, err := ListenMetrics(addr)
+	if err != nil {
+		return nil, err
+	}
+	m.Serve(d)
+	return m, nil
+}
+
+// ListenMetrics checks addr (a loopback address) and listens on it without
+// serving yet: Run does it before it touches any dataplane.
+func ListenMetrics(addr string) (*Metrics, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics address %q: %w (use e.g. 127.0.0.1:9464)", addr, err)
@@ -57,6 +67,11 @@ func ServeMetrics(d *Daemon, addr string) (*Metrics, error) {
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
+	return &Metrics{ln: ln}, nil
+}
+
+// Serve starts answering on the address ListenMetrics took.
+func (m *Metrics) Serve(d *Daemon) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
@@ -64,16 +79,21 @@ func ServeMetrics(d *Daemon, addr string) (*Metrics, error) {
 		d.writeMetrics(bw)
 		bw.Flush()
 	})
-	m := &Metrics{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}
-	go m.srv.Serve(ln)
-	return m, nil
+	m.srv = &http.Server{Handler: mux, ReadHeaderTimeout: apiReadHeaderTimeout, ReadTimeout: apiReadTimeout,
+		WriteTimeout: apiWriteTimeout, IdleTimeout: apiIdleTimeout, MaxHeaderBytes: apiMaxHeaderBytes}
+	go m.srv.Serve(m.ln)
 }
 
 // Addr is where the metrics are served.
 func (m *Metrics) Addr() string { return m.ln.Addr().String() }
 
 // Close stops serving.
-func (m *Metrics) Close() error { return m.srv.Close() }
+func (m *Metrics) Close() error {
+	if m.srv == nil {
+		return m.ln.Close()
+	}
+	return m.srv.Close()
+}
 
 // metricWriter collects samples by metric family and writes each family
 // as one group (the text format wants a family's samples together, and

@@ -42,6 +42,12 @@ type ProgramRecord struct {
 	// Verdicts are the VM's counters when the record was read; they count
 	// across program replacements.
 	Verdicts *hostnet.Verdicts `json:"verdicts,omitempty"`
+	// Problem, when set, says why the VM does not run this program as
+	// loaded: after a restart its stored object could not be used, and
+	// either the copy the previous daemon left running was kept, or the
+	// VM fails closed (drops every frame). Loading the program again
+	// (replace with this ID as expect) clears it.
+	Problem string `json:"problem,omitempty"`
 }
 
 // Registry gives guest programs their identity (IDs, hashes) and applies
@@ -87,11 +93,22 @@ func (r *Registry) persistLocked() error {
 }
 
 // rollbackLocked puts a VM's previous program back after a change that
-// could not be saved; the caller holds r.mu.
+// could not be saved; the caller holds r.mu. A previous program the
+// registry has no object of (kept running or failed closed after a
+// restart) cannot be loaded again: the VM fails closed.
 func (r *Registry) rollbackLocked(vm *hostnet.VM, prev *ProgramRecord, prevObj *guestprog.Object) {
 	name := vm.Name()
 	var err error
-	if prev != nil && prevObj != nil {
+	if prev != nil && prevObj == nil {
+		var kid uint32
+		if kid, err = vm.FailClosed(); err == nil {
+			c := *prev
+			c.KernelID = kid
+			c.Problem = fmt.Sprintf("fail closed: program %d could not be put back after a failed save and the VM drops every frame; load it again with expect %d", prev.ID, prev.ID)
+			r.byVM[name] = &c
+			delete(r.parsed, name)
+		}
+	} else if prev != nil {
 		var kid uint32
 		if kid, err = vm.SetGuestProgram(prevObj, "guest", prev.ID); err == nil {
 			c := *prev
@@ -159,6 +176,53 @@ func (r *Registry) restore(vmName string, p *StateProgram, obj []byte) error {
 	}
 	r.log.Info("audit: prog_restore", "audit", "prog_restore", "vm", vmName, "id", p.ID, "sha256", p.SHA256, "kernel_id", kid)
 	return nil
+}
+
+// restoreLost stands in for a program the state names but that cannot be
+// loaded again (cause: its object is missing or damaged, or refused now):
+// the copy a previous daemon left running on the pins is kept if there is
+// one; otherwise the VM fails closed, dropping every frame. Either way
+// the program keeps its ID and record, with a Problem saying so, until it
+// is replaced or removed. A DDoS filter never silently turns into a
+// pass-everything program.
+func (r *Registry) restoreLost(vmName string, p *StateProgram, cause error) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	vm, err := r.vm(vmName)
+	if err != nil {
+		return err
+	}
+	rec := &ProgramRecord{ID: p.ID, SHA256: p.SHA256, VM: vmName, Uplink: vm.Uplink(), Queues: vm.Queues(),
+		Entry: p.Entry, Size: p.Size, LoadedAt: p.LoadedAt}
+	kid, aerr := vm.AdoptPinnedProgram(p.ID)
+	if aerr == nil {
+		rec.Problem = fmt.Sprintf("its stored object could not be used (%v); the copy the previous daemon left running on the pins is kept; load the program again (replace, expect %d) so that a restart without pins can restore it", cause, p.ID)
+		r.log.Warn("a VM's program cannot be restored from the state: keeping the copy left running on the pins", "audit", "prog_adopt", "vm", vmName, "id", p.ID, "kernel_id", kid, "cause", cause)
+	} else {
+		if kid, err = vm.FailClosed(); err != nil {
+			return fmt.Errorf("VM %s: program %d cannot be restored (%w) and the VM cannot fail closed: %w", vmName, p.ID, cause, err)
+		}
+		rec.Problem = fmt.Sprintf("fail closed: its stored object could not be used (%v) and no running copy was pinned (%v); the VM drops every frame until the program is loaded again (replace, expect %d) or removed (expect %d)", cause, aerr, p.ID, p.ID)
+		r.log.Error("a VM's program cannot be restored from the state and none was left running: the VM fails closed (drops every frame)", "audit", "prog_fail_closed", "vm", vmName, "id", p.ID, "cause", cause, "pins", aerr)
+	}
+	rec.KernelID = kid
+	r.byVM[vmName] = rec
+	delete(r.parsed, vmName)
+	if p.ID >= r.nextID {
+		r.nextID = p.ID + 1
+	}
+	return nil
+}
+
+// Problem is what is wrong with a VM's program ("" if nothing): see
+// ProgramRecord.Problem.
+func (r *Registry) Problem(vmName string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rec, ok := r.byVM[vmName]; ok {
+		return rec.Problem
+	}
+	return ""
 }
 
 func (r *Registry) vm(name string) (*hostnet.VM, error) {

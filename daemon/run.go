@@ -50,6 +50,10 @@ type Daemon struct {
 	cfg      Config             // as started (budgets)
 	costMu   sync.Mutex         // costMean
 	costMean map[string]float64 // VM -> ns per packet over the last window
+	// pending are VMs of a batch (AddVMs) not yet complete: the state
+	// written leaves them out until the batch is, so that a daemon that
+	// dies mid-way does not bring half a batch back.
+	pending map[string]bool
 }
 
 // vmEntry is how a VM was asked for, as the state records it.
@@ -95,6 +99,9 @@ func (d *Daemon) snapshotLocked() *State {
 	}
 	sort.Strings(names)
 	for _, n := range names {
+		if d.pending[n] {
+			continue
+		}
 		e := d.entries[n]
 		sv := StateVM{Uplink: e.uplink, Origin: e.origin, Config: e.cfg}
 		if p := d.stProgs[n]; p != nil {
@@ -215,6 +222,89 @@ func (d *Daemon) AddVM(uplink string, vc VMConfig) (*hostnet.VM, error) {
 		}
 	}
 	return nil, fmt.Errorf("%w: no uplink %q in this daemon (see 'xdp-hostd status')", ErrNoSuchVM, uplink)
+}
+
+// MaxBatch is the most VMs one AddVMs call adds.
+const MaxBatch = 4 * hostnet.MaxVMs
+
+// AddVMs adds several VMs as one: all of them, or none. It stops (and
+// removes what it added) when ctx ends, the caller having given up:
+// an API client whose deadline ran out mid-way leaves nothing behind.
+func (d *Daemon) AddVMs(ctx context.Context, reqs []AddVMRequest) (_ []*hostnet.VM, err error) {
+	if len(reqs) == 0 {
+		return nil, fmt.Errorf("%w: vms: empty; give the VMs to add", errBadRequest)
+	}
+	if len(reqs) > MaxBatch {
+		return nil, fmt.Errorf("%w: vms: %d VMs; at most %d at once", errBadRequest, len(reqs), MaxBatch)
+	}
+	seen := map[string]bool{}
+	for i, r := range reqs {
+		if r.Uplink == "" {
+			return nil, fmt.Errorf("%w: vms[%d].uplink: required (the uplink the VM's traffic arrives on; see 'xdp-hostd status')", errBadRequest, i)
+		}
+		if seen[r.VM.Name] {
+			return nil, fmt.Errorf("%w: vms[%d]: VM name %q given twice", errBadRequest, i, r.VM.Name)
+		}
+		seen[r.VM.Name] = true
+	}
+	d.smu.Lock()
+	if d.pending == nil {
+		d.pending = map[string]bool{}
+	}
+	var mine []string // a VM that exists, or another batch's, is not this one's
+	for _, r := range reqs {
+		if _, ok := d.entries[r.VM.Name]; !ok && !d.pending[r.VM.Name] {
+			d.pending[r.VM.Name] = true
+			mine = append(mine, r.VM.Name)
+		}
+	}
+	d.smu.Unlock()
+	var added []*hostnet.VM
+	defer func() {
+		d.smu.Lock()
+		if err == nil {
+			// Complete: the batch goes into the state in one write.
+			for _, n := range mine {
+				delete(d.pending, n)
+			}
+			err = d.writeLocked()
+			if err != nil {
+				for _, n := range mine {
+					d.pending[n] = true
+				}
+			}
+		}
+		d.smu.Unlock()
+		if err != nil {
+			for i := len(added) - 1; i >= 0; i-- {
+				if rerr := d.RemoveVM(added[i].Name()); rerr != nil && !errors.Is(rerr, ErrNoSuchVM) {
+					d.log.Error("cannot undo a VM of a failed batch", "vm", added[i].Name(), "err", rerr)
+				}
+			}
+			if len(added) > 0 {
+				d.log.Warn("a batch of VMs failed: the VMs it added are removed", "audit", "vm_batch_undo", "removed", len(added), "err", err)
+			}
+			d.smu.Lock()
+			for _, n := range mine {
+				delete(d.pending, n)
+			}
+			d.smu.Unlock()
+		}
+	}()
+	for i, r := range reqs {
+		if err := context.Cause(ctx); err != nil {
+			return nil, fmt.Errorf("vms[%d] (%s) and after not added: the caller gave up: %w", i, r.VM.Name, err)
+		}
+		vm, err := d.AddVM(r.Uplink, r.VM)
+		if err != nil {
+			return nil, fmt.Errorf("vms[%d] (%s): %w", i, r.VM.Name, err)
+		}
+		added = append(added, vm)
+	}
+	if err := context.Cause(ctx); err != nil {
+		return nil, fmt.Errorf("the caller gave up: %w", err)
+	}
+	return added, nil
 }
 
 // RemoveVM stops a VM's port and removes it from the dataplane and the
@@ -440,7 +530,10 @@ func (d *Daemon) restoreUplink(dp *hostnet.Dataplane, i int, u UplinkConfig, st 
 			err = d.Programs.restore(w.vc.Name, w.prog, obj)
 		}
 		if err != nil {
-			d.log.Error("cannot restore a VM's program from the state: it runs the built-in one", "audit", "prog_drop", "vm", w.vc.Name, "id", w.prog.ID, "err", err)
+			// Never the built-in pass-everything program in its place.
+			if err := d.Programs.restoreLost(w.vc.Name, w.prog, err); err != nil {
+				return fmt.Errorf("uplink %s: %w", u.Name, err)
+			}
 		}
 	}
 	return nil
@@ -494,27 +587,50 @@ type RunOptions struct {
 }
 
 // Run starts the configuration and its API, logs "ready" and serves until
-// ctx ends, then tears everything down.
+// ctx ends, then tears everything down. What can fail outside the
+// dataplane (the API socket in use, a bad metrics address) fails before
+// any uplink is touched: a dataplane left running on its pins keeps
+// running as it was.
 func Run(ctx context.Context, cfg *Config, opts RunOptions, log *slog.Logger) (err error) {
 	if cfg.APISocket == "" {
 		cfg.APISocket = opts.Socket // no VM may take it
 	}
-	d, err := Start(cfg, log)
+	if log == nil {
+		log = slog.Default()
+	}
+	if os.Geteuid() != 0 && len(cfg.Uplinks) > 0 {
+		return fmt.Errorf("%w: attaching XDP programs needs root (CAP_NET_ADMIN and CAP_BPF): run xdp-hostd as root", hostnet.ErrNotRoot)
+	}
+	api, err := ListenAPI(opts.Socket, opts.SocketGroup)
 	if err != nil {
 		return err
 	}
-	defer func() { err = errors.Join(err, d.Close()) }()
-	api, err := ServeAPI(d, opts.Socket, opts.SocketGroup)
-	if err != nil {
-		return err
+	var m *Metrics
+	closeListeners := func() {
+		if m != nil {
+			m.Close()
+		}
+		api.Close()
 	}
-	defer api.Close()
 	if opts.Metrics != "" {
-		m, err := ServeMetrics(d, opts.Metrics)
-		if err != nil {
+		if m, err = ListenMetrics(opts.Metrics); err != nil {
+			api.Close()
 			return err
 		}
-		defer m.Close()
+	}
+	d, err := Start(cfg, log)
+	if err != nil {
+		closeListeners()
+		return err
+	}
+	// The API goes first: no request reaches a daemon being torn down.
+	defer func() {
+		closeListeners()
+		err = errors.Join(err, d.Close())
+	}()
+	api.Serve(d)
+	if m != nil {
+		m.Serve(d)
 		d.log.Info("serving metrics", "addr", "http://"+m.Addr()+"/metrics")
 	}
 	n := 0

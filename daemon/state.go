@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -164,7 +165,9 @@ func (s *Store) Save(st *State) error {
 func (s *Store) PutObject(obj []byte) (string, error) {
 	sum := sha256.Sum256(obj)
 	name := hex.EncodeToString(sum[:])
-	if b, err := os.ReadFile(filepath.Join(s.dir, objectsDir, name)); err == nil && len(b) == len(obj) {
+	// A stored copy is kept only if it is intact: a damaged one is
+	// written again.
+	if b, err := os.ReadFile(filepath.Join(s.dir, objectsDir, name)); err == nil && bytes.Equal(b, obj) {
 		return name, nil
 	}
 	if err := writeDurable(filepath.Join(s.dir, objectsDir), name, obj); err != nil {

@@ -17,6 +17,15 @@ type Program struct {
 	Entry    *ebpf.Program
 	KernelID ebpf.ProgramID
 	coll     *ebpf.Collection
+	adopted  bool // Entry was found in the kernel, not loaded from an object
+}
+
+// Adopted wraps a VM program that an earlier process loaded and left
+// running, found by its kernel ID: the host has its entry, not its object.
+// It has none of the guest's maps (they stay with the program in the
+// kernel); Close releases the handle on Entry.
+func Adopted(entry *ebpf.Program, id ebpf.ProgramID) *Program {
+	return &Program{Entry: entry, KernelID: id, adopted: true}
 }
 
 // Load frames the object's entry program, binds it to the VM's host maps and
@@ -145,6 +154,11 @@ func (p *Program) ProgArrays() map[string]*ebpf.Map {
 // Close releases the program and the guest's own maps. Once the program is
 // no longer in a program array, the kernel frees it.
 func (p *Program) Close() error {
+	if p != nil && p.adopted && p.Entry != nil {
+		err := p.Entry.Close()
+		p.Entry = nil
+		return err
+	}
 	if p == nil || p.coll == nil {
 		return nil
 	}

@@ -30,7 +30,9 @@ import (
 //	                  daemon program ID N): its program arrays (a guest that
 //	                  tail-calls keeps working) and its data maps, .data and
 //	                  .bss, which a daemon restoring program N loads it with
-//	                  (what the program stored survives a restart)
+//	                  (what the program stored survives a restart); with N,
+//	                  present even when empty: it names the kernel program
+//	                  a daemon that lost N's object keeps running
 //
 // A daemon that starts and finds a live link pin adopts it: it builds a
 // complete new dispatcher (maps filled from its state), then swaps it in
@@ -313,10 +315,13 @@ func guestPinName(kernelID ebpf.ProgramID, key uint64) string {
 
 // pinGuestMaps pins a VM program's program arrays (a guest that tail-calls
 // keeps working while no daemon runs) and its state maps (a daemon that
-// restores the program gets them back). It returns the directory's name,
-// "" when nothing was pinned.
+// restores the program gets them back). A program the daemon knows by ID
+// (key) gets its directory even with no map to pin: it says which daemon
+// program the kernel program is, so that a later daemon that lost the
+// object can keep it running (AdoptPinnedProgram). It returns the
+// directory's name, "" when nothing was pinned.
 func (d *Dataplane) pinGuestMaps(kernelID ebpf.ProgramID, key uint64, maps map[string]*ebpf.Map) (string, error) {
-	if d.pinDir == "" || len(maps) == 0 {
+	if d.pinDir == "" || (len(maps) == 0 && key == 0) {
 		return "", nil
 	}
 	name := guestPinName(kernelID, key)

@@ -98,6 +98,7 @@ type VM struct {
 	progSet time.Time
 	progPin string // pin directory of prog's maps ("" when none)
 	ports   map[uint32]Port
+	xsks    map[int]int // RX queue -> AF_XDP socket fd given to SetSocket
 }
 
 type steerRule struct {
@@ -278,15 +279,24 @@ func (vm *VM) SetSocket(q int, fd int) error {
 	if !slices.Contains(vm.queues, q) {
 		return fmt.Errorf("%w: VM %s: queue %d is not one of its dedicated queues %v", ErrInvalid, vm.name, q, vm.queues)
 	}
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
 	if err := vm.maps.XSKs.Put(uint32(q), uint32(fd)); err != nil {
 		return fmt.Errorf("VM %s: set AF_XDP socket for queue %d: %w", vm.name, q, err)
 	}
+	if vm.xsks == nil {
+		vm.xsks = map[int]int{}
+	}
+	vm.xsks[q] = fd
 	return nil
 }
 
 // ClearSocket removes the delivery target of RX queue q; the VM's passed
 // packets on q are then counted as undelivered.
 func (vm *VM) ClearSocket(q int) error {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	delete(vm.xsks, q)
 	if err := vm.maps.XSKs.Delete(uint32(q)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("VM %s: clear AF_XDP socket for queue %d: %w", vm.name, q, err)
 	}

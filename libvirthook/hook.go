@@ -48,10 +48,12 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
 
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/xdp-hostd/xdp-hostd/agentproto"
+	"github.com/xdp-hostd/xdp-hostd/client"
 	"github.com/xdp-hostd/xdp-hostd/daemon"
 )
 
@@ -199,15 +201,23 @@ func findMetadata(raw string, md *Metadata) error {
 
 // API is what the hook needs of the daemon's client.
 type API interface {
-	AddVM(ctx context.Context, uplink string, vm daemon.VMConfig) (*daemon.VMStatus, error)
+	// AddVMs adds all the VMs or none: on error, or when ctx ends while
+	// the daemon adds them, it removes those it added.
+	AddVMs(ctx context.Context, vms []daemon.AddVMRequest) ([]daemon.VMStatus, error)
 	RemoveVM(ctx context.Context, name string) error
 }
 
+// RollbackTimeout is the time a failed prepare has to remove what it may
+// have registered; it starts when the prepare fails, the hook's own
+// deadline having possibly run out.
+const RollbackTimeout = 10 * time.Second
+
 // Run handles one hook call: operation and sub-operation as libvirt passes
-// them, the domain XML on stdin. prepare registers the VMs (and fails the
-// domain's start if that fails, having removed what it added); release
-// removes them; stopped and other operations do nothing. Unrelated domains
-// return at once.
+// them, the domain XML on stdin. prepare registers the domain's VMs as one
+// batch (all or none; it fails the domain's start if that fails, having
+// removed what it added, within RollbackTimeout of its own even when
+// ctx's deadline is what failed); release removes them; stopped and other
+// operations do nothing. Unrelated domains return at once.
 func Run(ctx context.Context, api API, op, subop string, domainXML io.Reader, logf func(string, ...any)) error {
 	switch op {
 	case "prepare", "release":
@@ -226,13 +236,26 @@ func Run(ctx context.Context, api API, op, subop string, domainXML io.Reader, lo
 		return nil
 	}
 	if op == "prepare" {
+		reqs := make([]daemon.AddVMRequest, len(vms))
 		for i, vm := range vms {
-			if _, err := api.AddVM(ctx, vm.Uplink, vm.Config); err != nil {
-				for _, done := range vms[:i] {
-					api.RemoveVM(ctx, done.Config.Name)
+			reqs[i] = daemon.AddVMRequest{Uplink: vm.Uplink, VM: vm.Config}
+		}
+		if _, err := api.AddVMs(ctx, reqs); err != nil {
+			// The daemon undoes a batch that fails or whose caller gives
+			// up. Without its answer (the deadline ran out, the answer
+			// was lost) the batch may have completed: remove it, with
+			// time of its own since ctx may be what ran out.
+			var answered *client.Error
+			if !errors.As(err, &answered) {
+				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), RollbackTimeout)
+				defer cancel()
+				for _, vm := range vms {
+					api.RemoveVM(rctx, vm.Config.Name) // not found if never added
 				}
-				return fmt.Errorf("domain %s: register %s with xdp-hostd: %w", name, vm.Config.Name, err)
 			}
+			return fmt.Errorf("domain %s: register its %d xdp-hostd interfaces: %w", name, len(vms), err)
+		}
+		for _, vm := range vms {
 			logf("xdp-hostd hook: domain %s: registered VM %s on %s", name, vm.Config.Name, vm.Uplink)
 		}
 		return nil

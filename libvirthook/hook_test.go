@@ -9,6 +9,7 @@ import (
 
 	"libvirt.org/go/libvirtxml"
 
+	"github.com/xdp-hostd/xdp-hostd/client"
 	"github.com/xdp-hostd/xdp-hostd/daemon"
 )
 
@@ -131,18 +132,27 @@ func TestParseRefusesBadDomains(t *testing.T) {
 	}
 }
 
-// fakeAPI records calls; addFail makes the N-th AddVM fail (1-based).
+// fakeAPI records calls; addFail makes AddVMs fail as the daemon does
+// (it answers, having undone the batch), lost as a transport error (no
+// answer: the batch may have gone through).
 type fakeAPI struct {
 	added, removed []string
-	addFail        int
+	addFail, lost  bool
 }
 
-func (f *fakeAPI) AddVM(_ context.Context, uplink string, vm daemon.VMConfig) (*daemon.VMStatus, error) {
-	if len(f.added)+1 == f.addFail {
-		return nil, errors.New("uplink busy")
+func (f *fakeAPI) AddVMs(_ context.Context, reqs []daemon.AddVMRequest) ([]daemon.VMStatus, error) {
+	switch {
+	case f.addFail:
+		return nil, &client.Error{Status: 409, APIError: daemon.APIError{Error: "vms[1] (db-1): uplink busy"}}
+	case f.lost:
+		return nil, errors.New("context deadline exceeded")
 	}
-	f.added = append(f.added, vm.Name)
-	return &daemon.VMStatus{Name: vm.Name}, nil
+	var out []daemon.VMStatus
+	for _, r := range reqs {
+		f.added = append(f.added, r.VM.Name)
+		out = append(out, daemon.VMStatus{Name: r.VM.Name})
+	}
+	return out, nil
 }
 
 func (f *fakeAPI) RemoveVM(_ context.Context, name string) error {
@@ -160,11 +170,21 @@ func TestRun(t *testing.T) {
 	if err := Run(ctx, api, "prepare", "begin", strings.NewReader(two), logf); err != nil || len(api.added) != 2 {
 		t.Errorf("prepare: %v %+v", err, api)
 	}
-	// A failure registers nothing: what was added is removed again.
-	api = &fakeAPI{addFail: 2}
+	// A failure the daemon answered: it undid the batch; the hook removes
+	// nothing (a VM of that name may be another registration's).
+	api = &fakeAPI{addFail: true}
 	err := Run(ctx, api, "prepare", "begin", strings.NewReader(two), logf)
-	if err == nil || !strings.Contains(err.Error(), "db-1") || fmt.Sprint(api.removed) != "[db-0]" {
+	if err == nil || !strings.Contains(err.Error(), "db-1") || len(api.removed) != 0 {
 		t.Errorf("failed prepare: %v %+v", err, api)
+	}
+	// No answer: the batch may have gone through; the hook removes it, even
+	// though ctx has run out.
+	api = &fakeAPI{lost: true}
+	done, cancel := context.WithCancel(ctx)
+	cancel()
+	err = Run(done, api, "prepare", "begin", strings.NewReader(two), logf)
+	if err == nil || fmt.Sprint(api.removed) != "[db-0 db-1]" {
+		t.Errorf("prepare without an answer: %v %+v", err, api)
 	}
 	// Release never fails the domain's teardown.
 	api = &fakeAPI{}

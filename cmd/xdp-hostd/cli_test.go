@@ -100,7 +100,8 @@ func runDaemon(t *testing.T, cfg string, cred *syscall.Credential) runResult {
 	os.Chmod(path, 0o644)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, "run", "--config", path)
+	// A socket of its own: the default one may be another daemon's.
+	cmd := exec.CommandContext(ctx, binary, "run", "--config", path, "--socket", filepath.Join(t.TempDir(), "api.sock"))
 	if cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	}

@@ -134,7 +134,15 @@ func printVMs(w io.Writer, asJSON bool, vms []daemon.VMStatus) error {
 	for _, v := range vms {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\t%s\t%d\t%d\t%d\n", v.Name, v.Uplink, v.MAC, v.Queues, v.Delivery, deviceColumn(v), programColumn(v), len(v.Ports), v.Verdicts.Pass.Packets, v.Verdicts.Drop.Packets)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, v := range vms {
+		if v.ProgramProblem != "" {
+			fmt.Fprintf(w, "VM %s, program %d: %s\n", v.Name, v.Program, v.ProgramProblem)
+		}
+	}
+	return nil
 }
 
 // deviceColumn is what a table shows of where a VM's frames go: its tap, or
@@ -158,8 +166,13 @@ func deviceColumn(v daemon.VMStatus) string {
 
 // programColumn is a VM's program in a table: its ID, or built-in.
 func programColumn(v daemon.VMStatus) string {
-	if v.Program == 0 {
+	switch {
+	case v.Program == 0:
 		return "built-in"
+	case strings.HasPrefix(v.ProgramProblem, "fail closed"):
+		return strconv.FormatUint(v.Program, 10) + " (FAIL-CLOSED)"
+	case v.ProgramProblem != "":
+		return strconv.FormatUint(v.Program, 10) + " (kept from pins)"
 	}
 	return strconv.FormatUint(v.Program, 10)
 }
