@@ -156,10 +156,11 @@ func TestAPIHardening(t *testing.T) {
 // without control characters.
 func TestAgentNameInLogs(t *testing.T) {
 	topo := testnet.Topology(t, 4)
-	sock := filepath.Join(t.TempDir(), "vm1.agent")
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "vm1.agent")
 	var logs syncBuf
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	d, err := Start(&Config{Uplinks: []UplinkConfig{{Name: topo.Uplink, NetNS: topo.HostNS, VMs: []VMConfig{
+	d, err := Start(&Config{VMSocketDirs: []string{dir}, Uplinks: []UplinkConfig{{Name: topo.Uplink, NetNS: topo.HostNS, VMs: []VMConfig{
 		{Name: "vm1", MAC: "02:00:00:00:01:01", Queues: []int{1}, AgentSocket: sock}}}}}, log)
 	if err != nil {
 		t.Fatal(err)

@@ -136,11 +136,11 @@ func TestAdoptPinnedProgram(t *testing.T) {
 	send(t, sender, frameTo(topo, mac1, 3, 9002), 1, 30)
 	send(t, sender, frameTo(topo, mac1, 4, 9001), 1, 20)
 	v := waitVerdicts(t, vm2, func(v hostnet.Verdicts) bool {
-		return v.Pass.Packets == 100 && v.Redirect.Packets == 30 && v.Aborted.Packets == 20
+		return v.Pass.Packets == 100 && v.Redirect.Packets == 30 && v.NoPort.Packets == 20
 	})
-	if v.Pass.Packets != 100 || v.Undelivered.Packets != 0 || v.Redirect.Packets != 30 || v.Aborted.Packets != 20 {
-		t.Errorf("after the adoption: pass %d (want 50 before and 50 after), undelivered %d, redirect %d (want 30 to port 2), aborted %d (want 20 to the old port 1)",
-			v.Pass.Packets, v.Undelivered.Packets, v.Redirect.Packets, v.Aborted.Packets)
+	if v.Pass.Packets != 100 || v.Undelivered.Packets != 0 || v.Redirect.Packets != 30 || v.NoPort.Packets != 20 {
+		t.Errorf("after the adoption: pass %d (want 50 before and 50 after), undelivered %d, redirect %d (want 30 to port 2), no_port %d (want 20 to the old port 1)",
+			v.Pass.Packets, v.Undelivered.Packets, v.Redirect.Packets, v.NoPort.Packets)
 	}
 	var keys []uint32
 	var k uint32

@@ -40,9 +40,9 @@ func TestAgentFloodIsCheap(t *testing.T) {
 	topo := testnet.Topology(t, 4)
 	dir := t.TempDir()
 	s1, s2 := filepath.Join(dir, "vm1.agent"), filepath.Join(dir, "vm2.agent")
-	p := runDaemonBinary(t, fmt.Sprintf(`{"uplinks": [{"name": %q, "netns": %q, "vms": [
+	p := runDaemonBinary(t, fmt.Sprintf(`{"vm_socket_dirs": [%q], "uplinks": [{"name": %q, "netns": %q, "vms": [
 		{"name": "vm1", "mac": "02:00:00:00:00:01", "queues": [1], "agent_socket": %q},
-		{"name": "vm2", "mac": "02:00:00:00:00:02", "queues": [2], "agent_socket": %q}]}]}`, topo.Uplink, topo.HostNS, s1, s2))
+		{"name": "vm2", "mac": "02:00:00:00:00:02", "queues": [2], "agent_socket": %q}]}]}`, dir, topo.Uplink, topo.HostNS, s1, s2))
 	defer func() {
 		if err := p.stop(t); err != nil {
 			t.Errorf("daemon exit: %v\n%s", err, p.stderr.String())

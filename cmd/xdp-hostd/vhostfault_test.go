@@ -29,10 +29,10 @@ func TestRunVhostUserMemoryFault(t *testing.T) {
 	dir := t.TempDir()
 	mac1, mac2 := net.HardwareAddr{2, 0, 0, 0, 0x9f, 1}, net.HardwareAddr{2, 0, 0, 0, 0x9f, 2}
 	sock1, sock2 := filepath.Join(dir, "vm1.sock"), filepath.Join(dir, "vm2.sock")
-	cfg := fmt.Sprintf(`{"uplinks": [{"name": %q, "netns": %q, "vms": [
+	cfg := fmt.Sprintf(`{"vm_socket_dirs": [%q], "uplinks": [{"name": %q, "netns": %q, "vms": [
 		{"name": "vm1", "mac": %q, "queues": [2], "delivery": "vhost-user", "vhost_user_socket": %q},
 		{"name": "vm2", "mac": %q, "queues": [3], "delivery": "vhost-user", "vhost_user_socket": %q}]}]}`,
-		topo.Uplink, topo.HostNS, mac1, sock1, mac2, sock2)
+		dir, topo.Uplink, topo.HostNS, mac1, sock1, mac2, sock2)
 	metrics := freeLoopbackAddr(t)
 	d := runDaemonBinary(t, cfg, "--metrics", metrics)
 	defer d.cmd.Process.Kill()
