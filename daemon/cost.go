@@ -39,7 +39,7 @@ func (d *Daemon) programCost(vm *hostnet.VM) ProgramCost {
 	}
 	pc := ProgramCost{Sampled: c.Sampled, SampledNS: c.NS, NSPerPacket: c.NSPerPacket(), BudgetNS: d.cfg.MaxNSPerPacket}
 	d.costMu.Lock()
-	if w, ok := d.costMean[vm.Name()]; ok {
+	if w, ok := d.costMean[vm]; ok {
 		pc.NSPerPacket = w
 	}
 	d.costMu.Unlock()
@@ -51,8 +51,12 @@ func (d *Daemon) programCost(vm *hostnet.VM) ProgramCost {
 // window (of at least costMinSamples timed packets) is logged; with
 // EnforceNSPerPacket its program is replaced by the built-in one, logged
 // and audited.
+//
+// Readings are kept per *hostnet.VM, not per name: a VM removed and added
+// again under its name has new counters, and a window must never span the
+// two (the difference would wrap around).
 func (d *Daemon) watchCost(ctx context.Context) {
-	last := map[string]guestprog.Cost{}
+	last := map[*hostnet.VM]guestprog.Cost{}
 	tick := time.NewTicker(costWindow)
 	defer tick.Stop()
 	for {
@@ -61,25 +65,39 @@ func (d *Daemon) watchCost(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
+		seen := map[*hostnet.VM]bool{}
 		for _, dp := range d.Dataplanes() {
 			for _, vm := range dp.VMs() {
+				seen[vm] = true
 				c, err := vm.Cost()
 				if err != nil {
 					continue
 				}
-				w := c.Sub(last[vm.Name()])
-				last[vm.Name()] = c
+				prev, ok := last[vm]
+				last[vm] = c
+				if !ok {
+					continue // the first reading starts the first window
+				}
+				w := c.Sub(prev)
 				if w.Sampled < costMinSamples {
 					continue
 				}
 				mean := w.NSPerPacket()
 				d.costMu.Lock()
-				d.costMean[vm.Name()] = mean
+				d.costMean[vm] = mean
 				d.costMu.Unlock()
 				if d.cfg.MaxNSPerPacket <= 0 || mean <= d.cfg.MaxNSPerPacket {
 					continue
 				}
 				d.overBudget(vm, mean)
+			}
+		}
+		for vm := range last {
+			if !seen[vm] {
+				delete(last, vm)
+				d.costMu.Lock()
+				delete(d.costMean, vm)
+				d.costMu.Unlock()
 			}
 		}
 	}

@@ -47,9 +47,9 @@ type Daemon struct {
 	stNext    uint64
 	stProgs   map[string]*StateProgram
 
-	cfg      Config             // as started (budgets)
-	costMu   sync.Mutex         // costMean
-	costMean map[string]float64 // VM -> ns per packet over the last window
+	cfg      Config                  // as started (budgets)
+	costMu   sync.Mutex              // costMean
+	costMean map[*hostnet.VM]float64 // ns per packet over the last window
 	// pending are VMs of a batch (AddVMs) not yet complete: the state
 	// written leaves them out until the batch is, so that a daemon that
 	// dies mid-way does not bring half a batch back.
@@ -412,7 +412,7 @@ func Start(cfg *Config, log *slog.Logger) (_ *Daemon, err error) {
 		log = slog.Default()
 	}
 	d := &Daemon{log: log, byVM: map[string]*hostnet.VM{}, ports: map[string]*vmport.Port{}, agents: map[string]*agentServer{},
-		netns: map[*hostnet.Dataplane]string{}, Programs: NewRegistry(log, cfg.limits(), 1), cfg: *cfg, costMean: map[string]float64{},
+		netns: map[*hostnet.Dataplane]string{}, Programs: NewRegistry(log, cfg.limits(), 1), cfg: *cfg, costMean: map[*hostnet.VM]float64{},
 		entries: map[string]*vmEntry{}, stProgs: map[string]*StateProgram{}, prevSockets: map[string]string{}}
 	d.sockDirs = cfg.SocketDirs()
 	for _, p := range []string{DefaultSocket, cfg.APISocket} {

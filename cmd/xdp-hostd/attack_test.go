@@ -130,3 +130,43 @@ func TestCostBudgetsThroughDaemon(t *testing.T) {
 		t.Errorf("no prog_over_budget audit event:\n%s", stderr.String())
 	}
 }
+
+// The run-time watch keeps its readings per VM, not per name: a VM removed
+// and added again under its name (new counters, lower than the old ones)
+// with no traffic is never taken to be over its budget.
+func TestCostWatchAcrossReAdd(t *testing.T) {
+	testnet.RequireRoot(t)
+	topo := testnet.Topology(t, 4)
+	s, _ := startDaemon(t, fmt.Sprintf(`{"max_ns_per_packet": 0.5, "enforce_ns_per_packet": true,
+		"uplinks": [{"name": %q, "netns": %q, "vms": []}]}`, topo.Uplink, topo.HostNS))
+	add := func() {
+		t.Helper()
+		if code, _, errs := cli(t, "vm", "add", s, "--uplink", topo.Uplink, "--name", "evil", "--mac", attackerMAC.String(), "--queues", "1"); code != 0 {
+			t.Fatalf("vm add: %s", errs)
+		}
+	}
+	add()
+	// Traffic through the built-in program (never swapped) fills the
+	// counters and the watch's last reading.
+	sender := testnet.Sender(t, topo)
+	for i := 0; i < 3; i++ {
+		if err := sender.Send(attackFrames(topo, 40), 1, 0, 2000); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(700 * time.Millisecond)
+	}
+	if vmShow(t, s, "evil").Cost.Sampled < 64 {
+		t.Fatal("no packets were timed")
+	}
+	if code, _, errs := cli(t, "vm", "rm", s, "evil"); code != 0 {
+		t.Fatalf("vm rm: %s", errs)
+	}
+	add()
+	if code, _, errs := cli(t, "prog", "load", "--vm", "evil", s, repoFile(t, "bpf/guests/counter.o")); code != 0 {
+		t.Fatalf("load: %s", errs)
+	}
+	time.Sleep(2500 * time.Millisecond) // two windows, no traffic
+	if vs := vmShow(t, s, "evil"); vs.Program == 0 {
+		t.Errorf("a program with no traffic was taken to be over its budget: %+v", vs.Cost)
+	}
+}
