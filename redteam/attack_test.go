@@ -126,6 +126,22 @@ func verdicts(t *testing.T, vm *hostnet.VM) hostnet.Verdicts {
 	return v
 }
 
+// round sends frames tagged tag to the attacker, waits until its counters
+// account for them, fails the test if any reached a place outside the
+// attacker's own reach (the victim's tap and port always; the wire and the
+// attacker's own port too when wireToo, portToo), and returns the
+// attacker's verdicts before and after.
+func (b *bed) round(t *testing.T, tag uint16, wireToo, portToo bool) (before, after hostnet.Verdicts) {
+	t.Helper()
+	before = verdicts(t, b.evil)
+	b.send(t, tag, frames)
+	after = b.settle(t, before, frames)
+	if l := b.leaks(tag, wireToo, portToo); len(l) > 0 {
+		t.Errorf("frames escaped: %v", l)
+	}
+	return before, after
+}
+
 // leaks names every place outside the attacker's own reach that saw frames
 // tagged tag.
 func (b *bed) leaks(tag uint16, wireToo, portToo bool) []string {
@@ -262,12 +278,7 @@ func TestRedirectStateCannotEscape(t *testing.T) {
 				if err := b.guestMap(t, "target").Put(uint32(0), uint32(target.ifindex)); err != nil {
 					t.Fatal(err)
 				}
-				before := verdicts(t, b.evil)
-				b.send(t, tag, frames)
-				v := b.settle(t, before, frames)
-				if l := b.leaks(tag, true, true); len(l) > 0 {
-					t.Errorf("frames escaped: %v", l)
-				}
+				before, v := b.round(t, tag, true, true)
 				if d := v.Invalid.Packets - before.Invalid.Packets; d != frames {
 					t.Errorf("invalid: %d of %d (verdicts %+v)", d, frames, v)
 				}
@@ -296,12 +307,7 @@ func TestSpoofedTransmitDropped(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				before := verdicts(t, b.evil)
-				b.send(t, tag, frames)
-				v := b.settle(t, before, frames)
-				if l := b.leaks(tag, true, true); len(l) > 0 {
-					t.Errorf("frames escaped: %v", l)
-				}
+				before, v := b.round(t, tag, true, true)
 				if d := v.Spoofed.Packets - before.Spoofed.Packets; d != frames {
 					t.Errorf("spoofed: %d of %d (verdicts %+v)", d, frames, v)
 				}
@@ -365,13 +371,8 @@ func TestForgedVerdicts(t *testing.T) {
 			if err := vm.Put(uint32(0), tc.verdict); err != nil {
 				t.Fatal(err)
 			}
-			before := verdicts(t, b.evil)
-			b.send(t, tag, frames)
-			v := b.settle(t, before, frames)
 			own := tc.slot == "redirect"
-			if l := b.leaks(tag, true, !own); len(l) > 0 {
-				t.Errorf("frames escaped: %v", l)
-			}
+			before, v := b.round(t, tag, true, !own)
 			got := map[string]uint64{
 				"invalid":  v.Invalid.Packets - before.Invalid.Packets,
 				"no_port":  v.NoPort.Packets - before.NoPort.Packets,

@@ -7,10 +7,11 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/xdp-hostd/xdp-hostd/hostnet/testnet"
 )
 
 // A front-end that shrinks the file behind its guest memory after
@@ -21,26 +22,8 @@ import (
 // another device keeps working and the server takes the next front-end.
 // On the old code the test binary dies ("fatal error: fault").
 
-// logBuffer is a slog destination the test can read while the device logs.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func bufferLogger() (*slog.Logger, *logBuffer) {
-	lb := &logBuffer{}
+func bufferLogger() (*slog.Logger, *testnet.SyncBuffer) {
+	lb := &testnet.SyncBuffer{}
 	return slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), lb
 }
 
@@ -102,7 +85,7 @@ func (f *frontend) shrink(size int64) {
 // checkFaulted checks the aftermath of a fault on queue q of ts's current
 // front-end f: counted (broken: the queue's total over the connections), error eventfd written, pair not ready,
 // connection closed, logged.
-func checkFaulted(t *testing.T, ts *testServer, f *frontend, q int, broken uint64, logs *logBuffer) {
+func checkFaulted(t *testing.T, ts *testServer, f *frontend, q int, broken uint64, logs *testnet.SyncBuffer) {
 	t.Helper()
 	waitFor(t, fmt.Sprintf("queue %d reported broken %d times", q, broken), func() bool { return ts.dev.Stats()[q].Broken == broken })
 	if v := readEvent(f.errfd[q]); v == 0 {

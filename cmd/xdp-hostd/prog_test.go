@@ -38,9 +38,16 @@ func repoFile(t *testing.T, rel string) string {
 // cli runs the binary and returns its exit code, stdout and stderr.
 func cli(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
+	return execLine(t, append([]string{binary}, args...)...)
+}
+
+// execLine runs a command line (at most a minute) and returns its exit
+// code, stdout and stderr.
+func execLine(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -97,19 +104,10 @@ func TestProgVerifyQuotas(t *testing.T) {
 	verify := func(t *testing.T, prefix []string, file string) (int, guestprog.Report) {
 		t.Helper()
 		args := append(prefix, "prog", "verify", "--json", repoFile(t, "guestprog/testdata/hostile/"+file+".o"))
-		cmd := exec.Command(args[0], args[1:]...)
-		var out bytes.Buffer
-		cmd.Stdout = &out
-		err := cmd.Run()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
+		code, out, _ := execLine(t, args...)
 		var rep guestprog.Report
-		if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
-			t.Fatalf("%s: %v\n%s", file, err, out.String())
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatalf("%s: %v\n%s", file, err, out)
 		}
 		return code, rep
 	}
