@@ -1,7 +1,7 @@
 # xdp-hostd. Run as root on Debian/Ubuntu: `make deps` once, then `make demo`, `make test`.
 GO ?= go
 PKGS := ./...
-DEBS := clang llvm libbpf-dev linux-libc-dev iproute2 ethtool util-linux dpdk-dev qemu-system-x86 cpio ca-certificates
+DEBS := clang llvm libbpf-dev linux-libc-dev iproute2 ethtool util-linux dpdk-dev qemu-system-x86 cpio ca-certificates libvirt-daemon-system libvirt-clients
 
 .PHONY: all deps build generate check-generate test test-short fuzz demo bench vet clean
 
