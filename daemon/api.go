@@ -555,7 +555,7 @@ func writeErr(w http.ResponseWriter, err error) {
 		code = http.StatusUnprocessableEntity // the kernel charged more than the quota: unloaded
 	case errors.Is(err, guestprog.ErrInvalidObject), errors.Is(err, errBadRequest), errors.Is(err, ErrConfig), errors.Is(err, hostnet.ErrInvalid):
 		code = http.StatusBadRequest
-	case errors.Is(err, ErrNoSuchVM), errors.Is(err, ErrNoSuchProgram), errors.Is(err, hostnet.ErrNotFound), errors.Is(err, hostnet.ErrNoSuchInterface):
+	case errors.Is(err, ErrNoSuchVM), errors.Is(err, ErrNoSuchUplink), errors.Is(err, ErrNoSuchProgram), errors.Is(err, hostnet.ErrNotFound), errors.Is(err, hostnet.ErrNoSuchInterface):
 		code = http.StatusNotFound
 	case errors.Is(err, ErrStale), errors.Is(err, ErrHasProgram), errors.Is(err, hostnet.ErrExists):
 		code = http.StatusConflict

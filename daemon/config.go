@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -262,19 +263,49 @@ func (vm *VMConfig) validate() error {
 }
 
 func (vm *VMConfig) spec() (hostnet.VMSpec, error) {
-	mac, err := net.ParseMAC(vm.MAC)
-	if err != nil || len(mac) != 6 {
-		return hostnet.VMSpec{}, fmt.Errorf("mac: %q is not an Ethernet MAC address (write it as 52:54:00:12:34:56)", vm.MAC)
+	mac, err := ParseMAC(vm.MAC)
+	if err != nil {
+		return hostnet.VMSpec{}, fmt.Errorf("mac: %w", err)
 	}
 	s := hostnet.VMSpec{Name: vm.Name, MAC: mac, Queues: vm.Queues, Tap: vm.Tap, TapQueues: vm.TapQueues}
 	if vm.Delivery == "vhost-user" {
 		s.Delivery = guestprog.DeliverXSK
 	}
 	if err := s.Validate(); err != nil {
-		return s, err
+		return s, specError{err}
 	}
 	return s, nil
 }
+
+// ParseMAC parses a VM's MAC address. Its errors quote the address once
+// and say what a VM's MAC must be: six bytes, unicast, not all zeros.
+func ParseMAC(s string) (net.HardwareAddr, error) {
+	const form = "six hex bytes such as 52:54:00:12:34:56"
+	mac, err := net.ParseMAC(s)
+	switch {
+	case s == "":
+		return nil, fmt.Errorf("none given: a VM needs its MAC address, %s", form)
+	case err != nil || len(mac) != 6:
+		return nil, fmt.Errorf("%q is not an Ethernet MAC address: write %s", s, form)
+	case mac[0]&1 != 0:
+		return nil, fmt.Errorf("%q is a multicast address: a VM needs a unicast MAC (first byte even), %s", s, form)
+	case slices.Equal(mac, make(net.HardwareAddr, 6)):
+		return nil, fmt.Errorf("%q is all zeros: a VM needs a real MAC address, %s", s, form)
+	}
+	return mac, nil
+}
+
+// specError is a hostnet.ErrInvalid about a VM's spec, shown as a
+// configuration error: without hostnet's "invalid request: " prefix (the
+// daemon adds its own, and a configuration file is not a request). It
+// still matches hostnet.ErrInvalid.
+type specError struct{ err error }
+
+func (e specError) Error() string {
+	return strings.TrimPrefix(e.err.Error(), hostnet.ErrInvalid.Error()+": ")
+}
+
+func (e specError) Unwrap() error { return e.err }
 
 type portConfig struct {
 	n      uint32

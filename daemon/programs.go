@@ -16,7 +16,10 @@ import (
 
 // Errors of the program registry; API errors map them to status codes.
 var (
-	ErrNoSuchVM      = errors.New("no such VM")
+	ErrNoSuchVM = errors.New("no such VM")
+	// ErrNoSuchUplink: a VM was asked for on an uplink the daemon does not
+	// run (a 404, like ErrNoSuchVM, but about the uplink).
+	ErrNoSuchUplink  = errors.New("no such uplink")
 	ErrNoSuchProgram = errors.New("no such program")
 	// ErrStale: the caller's expected program ID is not the VM's current
 	// one. Nothing was changed.

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -194,7 +195,7 @@ func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig, origin 
 	sort.Slice(ports, func(a, b int) bool { return ports[a].n < ports[b].n })
 	for _, p := range ports {
 		if err := vm.AddPortWith(p.n, p.ifname, hostnet.PortOptions{CrossVM: slices.Contains(vc.CrossVMPorts, p.n)}); err != nil {
-			return nil, fmt.Errorf("ports: %w", err)
+			return nil, err // it names the VM and the port
 		}
 	}
 	if vm.Tap() != nil {
@@ -221,7 +222,19 @@ func (d *Daemon) AddVM(uplink string, vc VMConfig) (*hostnet.VM, error) {
 			return d.addVM(dp, d.netns[dp], vc, "api")
 		}
 	}
-	return nil, fmt.Errorf("%w: no uplink %q in this daemon (see 'xdp-hostd status')", ErrNoSuchVM, uplink)
+	return nil, d.noSuchUplink(uplink)
+}
+
+// noSuchUplink is the error for a VM asked for on an uplink the daemon
+// does not run: it names the uplink, the ones there are and how to add one.
+func (d *Daemon) noSuchUplink(uplink string) error {
+	var have []string
+	for _, dp := range d.dps {
+		name, _, _ := dp.Uplink()
+		have = append(have, strconv.Quote(name))
+	}
+	return fmt.Errorf("%w: %q is not one of this daemon's uplinks (%s): give one of those as the VM's uplink, or add %q to \"uplinks\" in the daemon's configuration file and restart it",
+		ErrNoSuchUplink, uplink, strings.Join(have, ", "), uplink)
 }
 
 // MaxBatch is the most VMs one AddVMs call adds.
