@@ -74,6 +74,11 @@ type VMStatus struct {
 	Ports          []hostnet.Port   `json:"ports"`
 	Verdicts       hostnet.Verdicts `json:"verdicts"`
 	TX             hostnet.TXStats  `json:"tx"`
+	// Warnings name the devices the VM's frames are redirected into (its
+	// uplink, its ports) that drop them: a veth whose peer has neither an
+	// XDP program nor GRO on. Checked when the VM or a port is added, and
+	// again while a warning stands.
+	Warnings []string `json:"warnings,omitempty"`
 	// Cost is the run-time cost of the VM's program per packet.
 	Cost ProgramCost `json:"program_cost"`
 }
@@ -303,6 +308,7 @@ func (d *Daemon) vmStatus(vm *hostnet.VM) VMStatus {
 	if vm.Tap() != nil {
 		vs.TX, _ = vm.TXStats()
 	}
+	vs.Warnings = d.redirectWarningsOf(vm)
 	return vs
 }
 

@@ -202,7 +202,7 @@ func (d *Daemon) writeMetrics(w *bufio.Writer) {
 			}
 			if vm.Tap() != nil {
 				if tx, err := vm.TXStats(); err == nil {
-					for name, c := range map[string]hostnet.Count{"sent": tx.Sent, "spoofed": tx.Spoofed, "invalid": tx.Invalid, "no_uplink": tx.NoUplink} {
+					for name, c := range map[string]hostnet.Count{"redirected": tx.Redirected, "spoofed": tx.Spoofed, "invalid": tx.Invalid, "no_uplink": tx.NoUplink} {
 						mw.sample("xdp_hostd_vm_tap_tx_packets_total", "Frames the VM wrote into its tap, by outcome.", "counter", l("outcome", name), c.Packets)
 					}
 				}

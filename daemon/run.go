@@ -55,6 +55,8 @@ type Daemon struct {
 	// written leaves them out until the batch is, so that a daemon that
 	// dies mid-way does not bring half a batch back.
 	pending map[string]bool
+
+	redirects redirectWarnings // devices that drop what a VM redirects into them
 }
 
 // vmEntry is how a VM was asked for, as the state records it.
@@ -212,6 +214,7 @@ func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig, origin 
 	}
 	d.byVM[vc.Name] = vm
 	d.Programs.AddVM(vm)
+	d.checkRedirects(netns, vm)
 	return vm, nil
 }
 
@@ -345,6 +348,7 @@ func (d *Daemon) RemoveVM(name string) error {
 		}
 	}
 	delete(d.byVM, name)
+	d.redirects.forget(vm)
 	if err := d.saveVMs(func(m map[string]*vmEntry) { delete(m, name) }); err != nil {
 		errs = append(errs, err)
 	}
@@ -381,6 +385,7 @@ func (d *Daemon) AddPort(vmName string, n uint32, ifname string, crossVM bool) (
 		vm.RemovePort(n)
 		return nil, fmt.Errorf("port %d not added: %w", n, err)
 	}
+	d.checkRedirects(d.netnsOf(vm), vm)
 	return vm, nil
 }
 
@@ -412,6 +417,7 @@ func (d *Daemon) RemovePort(vmName string, n uint32) error {
 		}
 		return fmt.Errorf("port %d not removed: %w", n, err)
 	}
+	d.checkRedirects(d.netnsOf(vm), vm)
 	return nil
 }
 

@@ -283,8 +283,8 @@ func (r *Report) check() {
 		if vm.Verdicts.Pass.Packets != vm.Sent {
 			r.Problems = append(r.Problems, fmt.Sprintf("%s: pass counter %d, want %d", vm.Name, vm.Verdicts.Pass.Packets, vm.Sent))
 		}
-		if want := vm.TXSent - vm.TXSpoofed; vm.TXArrived != want || vm.TXCounters.Sent.Packets != want {
-			r.Problems = append(r.Problems, fmt.Sprintf("%s: %d frames reached the wire and %d were counted sent, want %d", vm.Name, vm.TXArrived, vm.TXCounters.Sent.Packets, want))
+		if want := vm.TXSent - vm.TXSpoofed; vm.TXArrived != want || vm.TXCounters.Redirected.Packets != want {
+			r.Problems = append(r.Problems, fmt.Sprintf("%s: %d frames reached the wire and %d were counted redirected, want %d", vm.Name, vm.TXArrived, vm.TXCounters.Redirected.Packets, want))
 		}
 		if vm.TXCounters.Spoofed.Packets != vm.TXSpoofed {
 			r.Problems = append(r.Problems, fmt.Sprintf("%s: %d spoofed frames dropped, want %d", vm.Name, vm.TXCounters.Spoofed.Packets, vm.TXSpoofed))

@@ -331,8 +331,8 @@ func TestTapTransmitAntiSpoof(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Sent.Packets != 300 || st.Spoofed.Packets != 50 {
-		t.Errorf("tx stats %+v, want 300 sent and 50 spoofed", st)
+	if st.Redirected.Packets != 300 || st.Spoofed.Packets != 50 {
+		t.Errorf("tx stats %+v, want 300 redirected and 50 spoofed", st)
 	}
 }
 

@@ -644,17 +644,21 @@ func (vm *VM) Cost() (guestprog.Cost, error) {
 
 // TXStats are the counters of frames the VM sent into its tap.
 type TXStats struct {
-	Sent     Count `json:"sent"`      // out of the uplink
-	Spoofed  Count `json:"spoofed"`   // source MAC not the VM's: dropped
-	Invalid  Count `json:"invalid"`   // too short: dropped
-	NoUplink Count `json:"no_uplink"` // redirect failed: dropped
+	// Redirected: handed to the uplink with an XDP redirect. That is not
+	// "sent": the uplink's driver may still drop them, and a veth whose
+	// peer has neither an XDP program nor GRO on drops them all without a
+	// counter (RedirectProblem tells when).
+	Redirected Count `json:"redirected"`
+	Spoofed    Count `json:"spoofed"`   // source MAC not the VM's: dropped
+	Invalid    Count `json:"invalid"`   // too short: dropped
+	NoUplink   Count `json:"no_uplink"` // redirect failed: dropped
 }
 
 // TXStats reads the VM's transmit counters.
 func (vm *VM) TXStats() (TXStats, error) {
 	const vmtxMax = 5 // VMTX_MAX in bpf/vmtx.c
 	var s TXStats
-	for i, dst := range map[int]*Count{0: &s.Sent, 1: &s.Spoofed, 2: &s.Invalid, 4: &s.NoUplink} {
+	for i, dst := range map[int]*Count{0: &s.Redirected, 1: &s.Spoofed, 2: &s.Invalid, 4: &s.NoUplink} {
 		c, err := readCount(vm.d.vmtx.VmtxStats, uint32(vm.slot*vmtxMax+i))
 		if err != nil {
 			return s, fmt.Errorf("VM %s: %w", vm.name, err)

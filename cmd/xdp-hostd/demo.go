@@ -56,9 +56,9 @@ func printReport(w io.Writer, r *demo.Report) {
 	tw.Flush()
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "VM -> wire\twritten\tspoofed\tout of uplink\tarrived\tspoofed dropped\t")
+	fmt.Fprintln(tw, "VM -> wire\twritten\tspoofed\tredirected to uplink\tarrived\tspoofed dropped\t")
 	for _, vm := range r.VMs {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t\n", vm.Name, vm.TXSent, vm.TXSpoofed, vm.TXCounters.Sent.Packets, vm.TXArrived, vm.TXCounters.Spoofed.Packets)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t\n", vm.Name, vm.TXSent, vm.TXSpoofed, vm.TXCounters.Redirected.Packets, vm.TXArrived, vm.TXCounters.Spoofed.Packets)
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\nhost (not a VM's MAC): sent %d, passed to host stack %d, received by a host socket %d, reached VMs %d\n",

@@ -277,13 +277,16 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	for _, u := range st.Uplinks {
 		fmt.Fprintf(e.stdout, "uplink %s: %d RX queues, XDP %s mode, features %s; to host %d packets\n", u.Inventory.Name, u.Inventory.RxQueues, u.XDPMode, u.Inventory.XDP, u.Stats.Host.Packets)
 		tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "  VM\tMAC\tQUEUES\tDELIVERY\tDEVICE\tPROGRAM\tPORTS\tPASS\tDROP\tTX\tREDIRECT\tABORTED\tSENT\tSPOOFED")
+		fmt.Fprintln(tw, "  VM\tMAC\tQUEUES\tDELIVERY\tDEVICE\tPROGRAM\tPORTS\tPASS\tDROP\tTX\tREDIRECT\tABORTED\tTAP-REDIRECTED\tSPOOFED")
 		for _, v := range u.VMs {
 			fmt.Fprintf(tw, "  %s\t%s\t%v\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", v.Name, v.MAC, v.Queues, v.Delivery, deviceColumn(v), programColumn(v), len(v.Ports),
 				v.Verdicts.Pass.Packets, v.Verdicts.Drop.Packets, v.Verdicts.TX.Packets, v.Verdicts.Redirect.Packets, v.Verdicts.Aborted.Packets+v.Verdicts.Invalid.Packets,
-				v.TX.Sent.Packets, v.TX.Spoofed.Packets)
+				v.TX.Redirected.Packets, v.TX.Spoofed.Packets)
 		}
 		tw.Flush()
+		for _, v := range u.VMs {
+			printWarnings(e.stdout, v)
+		}
 	}
 	return nil
 }

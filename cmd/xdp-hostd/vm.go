@@ -141,8 +141,17 @@ func printVMs(w io.Writer, asJSON bool, vms []daemon.VMStatus) error {
 		if v.ProgramProblem != "" {
 			fmt.Fprintf(w, "VM %s, program %d: %s\n", v.Name, v.Program, v.ProgramProblem)
 		}
+		printWarnings(w, v)
 	}
 	return nil
+}
+
+// printWarnings prints what the daemon warns about a VM (devices that drop
+// the frames it redirects into them).
+func printWarnings(w io.Writer, v daemon.VMStatus) {
+	for _, s := range v.Warnings {
+		fmt.Fprintf(w, "VM %s: WARNING: %s\n", v.Name, s)
+	}
 }
 
 // deviceColumn is what a table shows of where a VM's frames go: its tap, or
