@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/xdp-hostd/xdp-hostd/daemon"
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
 )
 
@@ -47,5 +48,17 @@ func TestVersion(t *testing.T) {
 	code, out, _ := runCmd("version")
 	if code != 0 || !strings.Contains(out, fmt.Sprintf("guest ABI %d", guestprog.ABIVersion)) {
 		t.Errorf("version: exit %d, %q", code, out)
+	}
+}
+
+// vm show and vm list print what the daemon warns about a VM.
+func TestPrintVMWarnings(t *testing.T) {
+	var b bytes.Buffer
+	vs := []daemon.VMStatus{{Name: "vm1", Warnings: []string{"uplink eth1: its veth peer drops redirected frames"}}, {Name: "vm2"}}
+	if err := printVMs(&b, false, vs); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.String(); strings.Count(got, "WARNING") != 1 || !strings.Contains(got, "VM vm1: WARNING: uplink eth1: its veth peer drops redirected frames\n") {
+		t.Errorf("vm show:\n%s", got)
 	}
 }
