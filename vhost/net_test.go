@@ -18,7 +18,8 @@ func TestDeviceFeatures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := FeatureVersion1 | FeatureNetMrgRxbuf | FeatureRingEventIdx | FeatureRingIndirectDesc | FeatureProtocolFeatures
+	want := FeatureVersion1 | FeatureNetMrgRxbuf | FeatureRingEventIdx | FeatureRingIndirectDesc | FeatureProtocolFeatures |
+		FeatureLogAll | FeatureNetGuestAnnounce
 	if d.Features() != want {
 		t.Errorf("offered %#x, want %#x", d.Features(), want)
 	}

@@ -149,6 +149,7 @@ type Message struct {
 	Addr    VringAddr
 	VringFD VringFD
 	Regions []MemoryRegion
+	Log     LogBase
 	FDs     int // number of fds the request carries (checked)
 }
 
@@ -211,6 +212,20 @@ func Decode(h Header, payload []byte, nfds int, regions []MemoryRegion) (Message
 			fds = 0
 		}
 		if err := want(8, fds); err != nil {
+			return m, err
+		}
+	case ReqSetLogBase:
+		// The fd is checked by the device, which refuses a log without
+		// one with a message saying so.
+		if nfds > 1 {
+			return m, want(16, 1)
+		}
+		if err := want(16, nfds); err != nil {
+			return m, err
+		}
+		m.Log = LogBase{Size: le.Uint64(payload[0:]), Offset: le.Uint64(payload[8:])}
+	case ReqSetLogFD:
+		if err := want(0, 1); err != nil {
 			return m, err
 		}
 	case ReqSetMemTable:
