@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 
 	"golang.org/x/sys/unix"
 )
@@ -62,6 +63,8 @@ func (d *NetDevice) handle(m Message, fds []int, log *slog.Logger) (reply []byte
 		}
 		// The reply has no payload (QEMU reads only the header).
 		return []byte{}, nil
+	case ReqSendRARP:
+		return nil, d.sendRARP(m.U64, log)
 	case ReqSetLogFD:
 		// Optional: an eventfd to tell the front-end the log changed.
 		// QEMU reads the log when it syncs, so it is not used.
@@ -387,5 +390,47 @@ func (d *NetDevice) startQueue(q *queue, log *slog.Logger) (err error) {
 		q.enabled = true // rings start enabled without protocol features
 	}
 	log.Debug("vhost: queue started", "queue", q.index, "size", q.num, "base", q.base, "enabled", q.enabled)
+	return nil
+}
+
+// RARPFrame builds the frame QEMU's self-announcement sends for a guest
+// that cannot announce itself: a broadcast RARP "reverse request" (opcode
+// 3) from mac, for mac, padded to the 60-byte Ethernet minimum. Switches
+// on the path learn where mac is now.
+func RARPFrame(mac net.HardwareAddr) []byte {
+	f := make([]byte, 60)
+	copy(f[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	copy(f[6:12], mac)
+	binary.BigEndian.PutUint16(f[12:], 0x8035) // ETH_P_RARP
+	binary.BigEndian.PutUint16(f[14:], 1)      // hardware: Ethernet
+	binary.BigEndian.PutUint16(f[16:], 0x0800) // protocol: IPv4
+	f[18], f[19] = 6, 4                        // address lengths
+	binary.BigEndian.PutUint16(f[20:], 3)      // reverse request
+	copy(f[22:28], mac)                        // sender hardware address
+	copy(f[32:38], mac)                        // target hardware address
+	return f
+}
+
+// sendRARP handles SEND_RARP: after a migration, QEMU asks the back-end of
+// a guest that did not negotiate VIRTIO_NET_F_GUEST_ANNOUNCE to announce
+// the guest's MAC. The RARP frame goes to the TX handler as if pair 0 of
+// the guest sent it, so it leaves by the VM's own path (and passes its
+// source MAC check). The device lock keeps the kick goroutine's TX calls
+// out meanwhile: the handler is never called concurrently.
+func (d *NetDevice) sendRARP(v uint64, log *slog.Logger) error {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], v)
+	mac := net.HardwareAddr(b[:6])
+	if b[0]&1 != 0 || v&0xffffffffffff == 0 {
+		return refuse("SEND_RARP: %v is not a unicast MAC address", mac)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cfg.TX == nil {
+		log.Info("vhost: SEND_RARP: no TX handler, announcement dropped", "mac", mac.String())
+		return nil
+	}
+	d.cfg.TX(0, [][]byte{RARPFrame(mac)})
+	log.Info("vhost: announced the guest's MAC with a RARP frame (SEND_RARP)", "mac", mac.String())
 	return nil
 }

@@ -455,3 +455,39 @@ func dupFD(t testing.TB, fd int) int {
 	}
 	return d
 }
+
+// TestSendRARP: after a migration QEMU asks the back-end to announce a
+// guest that cannot announce itself: a broadcast RARP from the guest's MAC
+// reaches the TX handler (the VM's path out). A multicast MAC is refused.
+func TestSendRARP(t *testing.T) {
+	sink := newTXSink()
+	ts := startServer(t, NetConfig{TX: sink.handler})
+	f := dial(t, ts.path)
+	f.setup(setupOpts{size: 64})
+	if f.do(ReqGetProtocolFeatures, nil)&ProtocolFeatureRARP == 0 {
+		t.Fatal("VHOST_USER_PROTOCOL_F_RARP not offered")
+	}
+	f.mustAck(ReqSetProtocolFeatures, u64(ProtocolFeatureMQ|ProtocolFeatureReplyAck|ProtocolFeatureRARP))
+	mac := []byte{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}
+	var v [8]byte
+	copy(v[:], mac)
+	f.mustAck(ReqSendRARP, v[:])
+	b := sink.collect(t, 1)
+	fr := b[0].frames[0]
+	want := []byte{
+		0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x80, 0x35, // Ethernet, RARP
+		0, 1, 0x08, 0x00, 6, 4, 0, 3, // Ethernet/IPv4, reverse request
+		0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0, 0, 0, 0, // sender
+		0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0, 0, 0, 0, // target
+	}
+	if b[0].pair != 0 || len(fr) != 60 || !bytes.Equal(fr[:len(want)], want) || !bytes.Equal(fr[len(want):], make([]byte, 60-len(want))) {
+		t.Errorf("RARP frame on pair %d:\n%x\nwant\n%x", b[0].pair, fr, want)
+	}
+	v[0] = 0x01 // multicast
+	if f.do(ReqSendRARP, v[:]) == 0 {
+		t.Error("SEND_RARP of a multicast MAC acked")
+	}
+	if f.do(ReqSendRARP, make([]byte, 8)) == 0 {
+		t.Error("SEND_RARP of the zero MAC acked")
+	}
+}

@@ -27,6 +27,7 @@ const (
 // vhost-user protocol feature bits (as masks) the back-end offers.
 const (
 	ProtocolFeatureMQ       = uint64(1) << 0 // VHOST_USER_PROTOCOL_F_MQ
+	ProtocolFeatureRARP     = uint64(1) << 2 // VHOST_USER_PROTOCOL_F_RARP
 	ProtocolFeatureReplyAck = uint64(1) << 3 // VHOST_USER_PROTOCOL_F_REPLY_ACK
 )
 
@@ -248,7 +249,7 @@ func (d *NetDevice) Features() uint64 { return d.offer }
 
 // ProtocolFeatures returns the vhost-user protocol features offered.
 func (d *NetDevice) ProtocolFeatures() uint64 {
-	return ProtocolFeatureMQ | ProtocolFeatureReplyAck | ProtocolFeatureLogShmfd
+	return ProtocolFeatureMQ | ProtocolFeatureReplyAck | ProtocolFeatureLogShmfd | ProtocolFeatureRARP
 }
 
 // AckedFeatures returns the features the front-end acknowledged.

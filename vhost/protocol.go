@@ -30,6 +30,7 @@ const (
 	ReqSetProtocolFeatures Request = 16
 	ReqGetQueueNum         Request = 17
 	ReqSetVringEnable      Request = 18
+	ReqSendRARP            Request = 19
 )
 
 var requestNames = map[Request]string{
@@ -39,7 +40,7 @@ var requestNames = map[Request]string{
 	ReqSetVringBase: "SET_VRING_BASE", ReqGetVringBase: "GET_VRING_BASE", ReqSetVringKick: "SET_VRING_KICK",
 	ReqSetVringCall: "SET_VRING_CALL", ReqSetVringErr: "SET_VRING_ERR",
 	ReqGetProtocolFeatures: "GET_PROTOCOL_FEATURES", ReqSetProtocolFeatures: "SET_PROTOCOL_FEATURES",
-	ReqGetQueueNum: "GET_QUEUE_NUM", ReqSetVringEnable: "SET_VRING_ENABLE",
+	ReqGetQueueNum: "GET_QUEUE_NUM", ReqSetVringEnable: "SET_VRING_ENABLE", ReqSendRARP: "SEND_RARP",
 }
 
 func (r Request) String() string {
@@ -176,7 +177,7 @@ func Decode(h Header, payload []byte, nfds int, regions []MemoryRegion) (Message
 		if err := want(0, 0); err != nil {
 			return m, err
 		}
-	case ReqSetFeatures, ReqSetProtocolFeatures:
+	case ReqSetFeatures, ReqSetProtocolFeatures, ReqSendRARP:
 		if err := want(8, 0); err != nil {
 			return m, err
 		}
