@@ -54,6 +54,11 @@ type Daemon struct {
 	// written leaves them out until the batch is, so that a daemon that
 	// dies mid-way does not bring half a batch back.
 	pending map[string]bool
+	// incoming are VMs an import registered that wait for their final
+	// import (see migrate.go); they are pending too. migMu serializes
+	// imports.
+	incoming map[string]bool
+	migMu    sync.Mutex
 }
 
 // vmEntry is how a VM was asked for, as the state records it.
