@@ -10,8 +10,10 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
@@ -345,7 +347,16 @@ func filledMaps(o *guestprog.Object, contents []migration.Map) (_ map[string]*eb
 		if !ok || !guestprog.IsStateMap(c.Name, spec.Type) {
 			return nil, fmt.Errorf("%w: map %s: the program declares no such map whose contents move with it", migration.ErrDocument, c.Name)
 		}
-		m, err := ebpf.NewMap(spec.Copy())
+		ms := spec.Copy()
+		if strings.HasPrefix(c.Name, ".data") || strings.HasPrefix(c.Name, ".bss") {
+			// What the loader does with global variables where the kernel
+			// can: a replacement must match it.
+			ms.Flags |= unix.BPF_F_MMAPABLE
+		}
+		m, err := ebpf.NewMap(ms)
+		if err != nil && ms.Flags != spec.Flags {
+			m, err = ebpf.NewMap(spec.Copy())
+		}
 		if err != nil {
 			return nil, fmt.Errorf("map %s: create: %w", c.Name, err)
 		}

@@ -42,7 +42,7 @@ type migrateFlags struct {
 
 func runMigrate(ctx context.Context, e *env, args []string) error {
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-		fmt.Fprintln(e.stdout, migrateUsage)
+		fmt.Fprintln(e.stderr, migrateUsage)
 		return flag.ErrHelp
 	}
 	sub := "migrate"
