@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	binenc "encoding/binary"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -426,5 +428,94 @@ func TestMigrateRefusedByPolicy(t *testing.T) {
 	a.send(macFilter, allowedAddr, 21, 3)
 	if got := a.delivered("qemuf", 21, 3); got != 3 || a.taps["qemuf"].Snapshot().ByTag[20] != 0 {
 		t.Errorf("a after the refusals: %d of 3 allowed frames, %d blocked ones", got, a.taps["qemuf"].Snapshot().ByTag[20])
+	}
+}
+
+// sortedMaps is a document's maps as JSON, entries of keyed maps sorted by
+// key (a hash map's order differs between two maps with the same content).
+func sortedMaps(t *testing.T, doc *migration.Document) string {
+	t.Helper()
+	ms := append([]migration.Map(nil), doc.Maps...)
+	for i := range ms {
+		es := append([]migration.Entry(nil), ms[i].Entries...)
+		sort.Slice(es, func(a, b int) bool { return bytes.Compare(es[a].Key, es[b].Key) < 0 })
+		ms[i].Entries = es
+	}
+	b, err := json.MarshalIndent(ms, "", " ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// Every map kind the policy allows and a document carries (hash, LRU
+// hash, per-CPU array, per-CPU hash, per-CPU LRU hash, queue, stack; the
+// LPM trie is the DDoS filter's) arrives on b as it was on a, per-CPU
+// values CPU by CPU (same CPU count), the queue and stack in order, and
+// the program goes on writing them there.
+func TestMigrateEveryMapKind(t *testing.T) {
+	testnet.RequireRoot(t)
+	a := newMigHost(t, "a", "", "qemuk")
+	b := newMigHost(t, "b", "", "qemuk")
+	const mac = "02:00:00:00:00:0e"
+	a.cli("vm", "add", "--uplink", a.topo.Uplink, "--name", "kinds", "--mac", mac, "--tap", "qemuk")
+	a.cli("prog", "load", "--vm", "kinds", writeObject(t, false, "mapkinds"))
+	a.send(mac, "10.1.1.1", 1, 4)
+	a.send(mac, "10.2.2.2", 2, 3)
+	if got := a.delivered("qemuk", 2, 3) + a.taps["qemuk"].Snapshot().ByTag[1]; got != 7 {
+		t.Fatalf("a: the VM got %d of 7 frames", got)
+	}
+	before := a.export("kinds")
+	kinds := map[string]bool{}
+	for _, m := range before.Maps {
+		kinds[m.Type] = len(m.Entries) > 0
+	}
+	for _, k := range []string{"Hash", "LRUHash", "PerCPUArray", "PerCPUHash", "LRUCPUHash", "Queue", "Stack"} {
+		if !kinds[k] {
+			t.Errorf("a's export has no filled map of type %s: %v", k, kinds)
+		}
+	}
+	a.cli("migrate", "--final", "kinds", "--to", b.socket, "--uplink", b.topo.Uplink, "--tap", "qemuk")
+	after := b.export("kinds")
+	if x, y := sortedMaps(t, before), sortedMaps(t, after); x != y {
+		t.Errorf("maps differ after the migration:\na: %s\nb: %s", x, y)
+	}
+	b.send(mac, "10.3.3.3", 3, 2)
+	if got := b.delivered("qemuk", 3, 2); got != 2 {
+		t.Fatalf("b: the VM got %d of 2 frames", got)
+	}
+	b.seen("kinds", 2)
+	doc := b.export("kinds")
+	for _, m := range doc.Maps {
+		switch m.Name {
+		case "frames_pc":
+			var sum uint64
+			for _, v := range m.Entries[0].PerCPU {
+				sum += binenc.LittleEndian.Uint64(v)
+			}
+			if sum != 9 {
+				t.Errorf("frames_pc sums to %d over CPUs, want 7 from a + 2", sum)
+			}
+		case "by_src", "by_src_lru":
+			if len(m.Entries) != 3 {
+				t.Errorf("%s: %d sources, want 3", m.Name, len(m.Entries))
+			}
+		case "recent_q":
+			var got []byte
+			for _, e := range m.Entries {
+				got = append(got, e.Value[3])
+			}
+			if !bytes.Equal(got, []byte{2, 2, 3, 3}) { // the last four sources, oldest first
+				t.Errorf("recent_q: last bytes of sources %v, want [2 2 3 3]", got)
+			}
+		case "recent_s":
+			var got []byte
+			for _, e := range m.Entries {
+				got = append(got, e.Value[3])
+			}
+			if !bytes.Equal(got, []byte{3, 3, 2, 2}) { // newest first
+				t.Errorf("recent_s: last bytes of sources %v, want [3 3 2 2]", got)
+			}
+		}
 	}
 }
