@@ -56,6 +56,8 @@ type config struct {
 	image       *image.Image
 	accel       string
 	hostdAgent  string
+	qmp         string
+	incoming    string
 }
 
 // WithXDPHostdAgent gives the VM xdp-hostd's guest agent channel: a
@@ -63,6 +65,19 @@ type config struct {
 // daemon's socket at path (reconnecting when the daemon closes it). The
 // image has the agent at /bin/xdp-hostd-agent.
 func WithXDPHostdAgent(path string) Option { return func(c *config) { c.hostdAgent = path } }
+
+// WithQMP gives the VM a QMP monitor: QEMU listens on the unix socket at
+// path (see package qmp).
+func WithQMP(path string) Option { return func(c *config) { c.qmp = path } }
+
+// WithIncoming starts QEMU waiting for a live migration at uri (QEMU's
+// -incoming, e.g. "unix:/path" or "tcp:127.0.0.1:4444"). StartT then
+// returns once QEMU has connected the guest channel, without waiting for a
+// ready event: the guest arrives already running, and its commands (Do)
+// are answered once the migration completed. The other options must
+// describe the same machine as the source's (memory, NICs and MACs; the
+// NICs' sockets may differ).
+func WithIncoming(uri string) Option { return func(c *config) { c.incoming = uri } }
 
 // WithName sets the VM's name, the prefix of its console lines (default:
 // the test's name).
@@ -253,6 +268,10 @@ func StartT(tb testing.TB, opts ...Option) *VM {
 		tb.Fatalf("%s: QEMU exited before connecting the virtio-serial channel: %v (its output is above)", vm.Name, vm.exitErr)
 	}
 	go vm.readEvents()
+	if cfg.incoming != "" {
+		tb.Logf("%s: QEMU waits for a migration at %s", vm.Name, cfg.incoming)
+		return vm
+	}
 
 	select {
 	case ev := <-vm.readyCh:
@@ -328,6 +347,12 @@ func (vm *VM) qemuArgs(cfg config, img *image.Image, agentSock string) ([]string
 			"-netdev", fmt.Sprintf("vhost-user,id=n%d,chardev=vu%d,queues=%d", i, i, nic.Queues),
 			"-device", dev)
 		vm.NICs = append(vm.NICs, nic)
+	}
+	if cfg.qmp != "" {
+		args = append(args, "-qmp", "unix:"+cfg.qmp+",server=on,wait=off")
+	}
+	if cfg.incoming != "" {
+		args = append(args, "-incoming", cfg.incoming)
 	}
 	if cfg.hostdAgent != "" {
 		args = append(args,
