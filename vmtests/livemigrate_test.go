@@ -104,7 +104,7 @@ func TestLiveMigrationQMP(t *testing.T) {
 	if r, err := Call[vmproto.ExecResult](src, vmproto.Exec{Argv: []string{"sh", "-c", "echo 16777216 > /proc/sys/net/core/rmem_max"}}); err != nil || r.ExitCode != 0 {
 		t.Fatalf("raise rmem_max in the guest: %+v %v", r, err)
 	}
-	for _, p := range []int{portAborts, portFinal} {
+	for _, p := range []int{portAborts, portFinal, portAfter} {
 		if _, err := src.Do(vmproto.UDPListen{Port: p}); err != nil {
 			t.Fatal(err)
 		}
@@ -136,6 +136,7 @@ func TestLiveMigrationQMP(t *testing.T) {
 	st := startStream(t, wa, mF, wireIP, gIP, portAborts, "aborts")
 	waitFor(t, "the stream to start", 5*time.Second, func() bool { return st.sent("aborts") >= 20 })
 
+	waitFor(t, "the source's QMP socket", 20*time.Second, func() bool { _, err := os.Stat(srcQMP); return err == nil })
 	qs, err := qmp.Dial(srcQMP, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -155,6 +156,7 @@ func TestLiveMigrationQMP(t *testing.T) {
 		dst := StartT(t, WithName(fmt.Sprintf("dst%d", n)), WithQMP(dstQMP), WithIncoming("unix:"+migSock),
 			WithVhostUserNIC(VhostUserNIC{Socket: f, MAC: macF}),
 			WithVhostUserNIC(VhostUserNIC{Socket: c, MAC: macC}))
+		waitFor(t, "the destination's QMP socket", 20*time.Second, func() bool { _, err := os.Stat(dstQMP); return err == nil })
 		qd, err := qmp.Dial(dstQMP, 20*time.Second)
 		if err != nil {
 			t.Fatal(err)
