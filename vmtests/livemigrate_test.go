@@ -119,14 +119,15 @@ func TestLiveMigrationQMP(t *testing.T) {
 	// Map state on A: blocked frames dropped and counted, counted frames.
 	wa.sendUDP(t, 0, mF, netip.MustParseAddr(blocked), gIP, portBlocked, "blocked-a", nBlocked)
 	wa.sendUDP(t, 1, mC, wireIP, gIP, portBlocked, "counted-a", nCounted)
-	var dropsA, countA uint64
+	var dropsA, countA, globalA uint64
 	waitFor(t, "A's filter to drop the blocked frames", 10*time.Second, func() bool {
 		dropsA = mapU64At(t, a.export(t, "migf"), "blocked", prefixKey(32, netip.MustParseAddr(blocked)))
 		return dropsA >= nBlocked
 	})
 	waitFor(t, "A's counter to count", 10*time.Second, func() bool {
-		countA = mapU64At(t, a.export(t, "migc"), "totals", []byte{0, 0, 0, 0})
-		return countA >= nCounted
+		doc := a.export(t, "migc")
+		countA, globalA = mapU64At(t, doc, "totals", []byte{0, 0, 0, 0}), bssU64(t, doc)
+		return countA >= nCounted && globalA >= nCounted
 	})
 	if dropsA != nBlocked {
 		t.Errorf("A's filter counted %d drops from %s, want %d", dropsA, blocked, nBlocked)
@@ -171,7 +172,7 @@ func TestLiveMigrationQMP(t *testing.T) {
 	}
 	// aborted checks a failed migration left the source as it was and
 	// nothing on B.
-	aborted := func(what string, dst *VM) {
+	aborted := func(what string, dst *VM, n int) {
 		t.Helper()
 		a.cli(t, "migrate", "--abort", "migf", "--to", b.api, "--socket", a.api)
 		a.cli(t, "migrate", "--abort", "migc", "--to", b.api, "--socket", a.api)
@@ -183,6 +184,11 @@ func TestLiveMigrationQMP(t *testing.T) {
 		}
 		if ps := b.programs(t); len(ps) != 0 {
 			t.Errorf("%s: B keeps programs: %+v", what, ps)
+		}
+		for _, f := range []string{sock(fmt.Sprintf("b-f%d.sock", n)), sock(fmt.Sprintf("b-c%d.sock", n))} {
+			if _, err := os.Stat(f); err == nil {
+				t.Errorf("%s: B left its vhost-user socket %s", what, f)
+			}
 		}
 		for _, n := range []string{"migf", "migc"} {
 			vs := a.vm(t, n)
@@ -211,7 +217,7 @@ func TestLiveMigrationQMP(t *testing.T) {
 	if ms := waitMigration(t, qs, 30*time.Second, func(m migStatus) bool { return m.Status == "cancelled" || m.Status == "failed" }); ms.Status != "cancelled" {
 		t.Errorf("after migrate_cancel: %+v", ms)
 	}
-	aborted("migrate_cancel", dst)
+	aborted("migrate_cancel", dst, 1)
 
 	// 2. The destination QEMU killed half-way.
 	dst, _ = attempt(2, 16<<20)
@@ -222,7 +228,7 @@ func TestLiveMigrationQMP(t *testing.T) {
 	if ms := waitMigration(t, qs, 30*time.Second, func(m migStatus) bool { return m.Status == "cancelled" || m.Status == "failed" }); ms.Status != "failed" {
 		t.Errorf("after killing the destination: %+v", ms)
 	}
-	aborted("destination killed", dst)
+	aborted("destination killed", dst, 2)
 
 	// The stream went on through A across both.
 	st.retarget(wa, portFinal, "final")
@@ -251,9 +257,9 @@ func TestLiveMigrationQMP(t *testing.T) {
 	st.retarget(wb, portAfter, "after")
 	sentFinal := st.sent("final")
 	out := a.cli(t, "migrate", "--final", "migf", "--to", b.api, "--socket", a.api)
+	sentBeforeFinal := st.sent("after") // to B before the filter VM's program arrived there
 	out += a.cli(t, "migrate", "--final", "migc", "--to", b.api, "--socket", a.api)
 	finalDone := time.Now()
-	sentBeforeFinal := st.sent("after")
 	t.Logf("QEMU migrated in %v (QEMU: total %d ms, downtime %d ms, %d MiB); the final steps took %v more:\n%s",
 		completed.Sub(migStart).Round(time.Millisecond), ms.TotalTime, ms.Downtime, ms.RAM.Transferred>>20, finalDone.Sub(completed).Round(time.Millisecond), out)
 	if s, err := qd.Status(context.Background()); err != nil || s != "running" {
@@ -295,7 +301,11 @@ func TestLiveMigrationQMP(t *testing.T) {
 		t.Errorf("B's filter counts %d drops from %s, want %d (A's %d and B's %d)", dropsB, blocked, want, 3*nBlocked, nBlocked)
 	}
 	// The counter goes on from where A left it.
-	count0 := mapU64At(t, b.export(t, "migc"), "totals", []byte{0, 0, 0, 0})
+	doc := b.export(t, "migc")
+	count0 := mapU64At(t, doc, "totals", []byte{0, 0, 0, 0})
+	if globalB := bssU64(t, doc); globalB < globalA {
+		t.Errorf("the counter's global variable (.bss) went back: %d on A, %d on B after the migration", globalA, globalB)
+	}
 	seen0 := b.vm(t, "migc").Verdicts
 	wb.sendUDP(t, 1, mC, wireIP, gIP, portBlocked, "counted-b", nCounted)
 	var count1 uint64
@@ -310,7 +320,7 @@ func TestLiveMigrationQMP(t *testing.T) {
 	if d, v := count1-count0, seen1.Pass.Packets-seen0.Pass.Packets; d != v {
 		t.Errorf("B's counter counted %d frames while B passed %d to the VM", d, v)
 	}
-	t.Logf("counter: %d on A before migrating, %d on B after it, %d after %d more frames", countA, count0, count1, nCounted)
+	t.Logf("counter: %d on A before migrating (global %d), %d on B after it, %d after %d more frames", countA, globalA, count0, count1, nCounted)
 
 	// The stream went on through B's port.
 	time.Sleep(2 * time.Second) // stream after the final step, to measure
@@ -325,7 +335,7 @@ func TestLiveMigrationQMP(t *testing.T) {
 		t.Fatal(err)
 	}
 	vf := b.vm(t, "migf")
-	t.Logf("stream (100 datagrams/s): to A during the migration %d sent, %d arrived (%d lost); to B after QEMU completed %d sent (%d before the final steps ended), %d arrived (%d lost); B's filter VM: %+v",
+	t.Logf("stream (100 datagrams/s): to A during the migration %d sent, %d arrived (%d lost); to B after QEMU completed %d sent (%d before the filter VM's final step ended), %d arrived (%d lost); B's filter VM: %+v",
 		sentFinal, fin.Seqs, sentFinal-fin.Seqs, sentAfter, sentBeforeFinal, aft.Seqs, sentAfter-aft.Seqs, vf.Verdicts)
 	if fin.Seqs == 0 {
 		t.Error("no datagram of the stream reached the guest during the migration")
@@ -574,6 +584,19 @@ func mapU64At(t *testing.T, doc *migration.Document, name string, key []byte) ui
 		return val
 	}
 	t.Fatalf("VM %s: no map %s in the export", doc.VM.Name, name)
+	return 0
+}
+
+// bssU64 is the first 8 bytes of a document's .bss map (the counter's
+// global variable).
+func bssU64(t *testing.T, doc *migration.Document) uint64 {
+	t.Helper()
+	for _, m := range doc.Maps {
+		if strings.HasPrefix(m.Name, ".bss") && len(m.Entries) == 1 && len(m.Entries[0].Value) >= 8 {
+			return binary.LittleEndian.Uint64(m.Entries[0].Value)
+		}
+	}
+	t.Fatalf("VM %s: no .bss map in the export", doc.VM.Name)
 	return 0
 }
 
