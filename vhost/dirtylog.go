@@ -248,7 +248,7 @@ func (d *NetDevice) logging() bool { return d.features&FeatureLogAll != 0 }
 // startLog points q's batch at the current log. Called with d.mu held (read
 // or write) and, on the data path, q.mu.
 func (d *NetDevice) startLog(q *queue) *logBatch {
-	q.lb.log = d.dlog
+	q.lb.log, q.lb.mask = d.dlog, 0 // nothing pending from a call a fault ended
 	return &q.lb
 }
 

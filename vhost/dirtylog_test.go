@@ -3,11 +3,14 @@ package vhost
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -489,5 +492,57 @@ func TestSendRARP(t *testing.T) {
 	}
 	if f.do(ReqSendRARP, make([]byte, 8)) == 0 {
 		t.Error("SEND_RARP of the zero MAC acked")
+	}
+}
+
+// TestDirtyLogStopWhileDelivering: GET_VRING_BASE while frames stream into
+// the guest with logging on answers only once every used entry taken is
+// published and logged: the used index equals the base reported (single
+// buffer frames), every page written is marked, and nothing is written
+// after the reply.
+func TestDirtyLogStopWhileDelivering(t *testing.T) {
+	ts := startServer(t, NetConfig{})
+	f := dial(t, ts.path)
+	f.setup(setupOpts{size: 256})
+	l := f.startLogging()
+	rx := f.rings[0]
+	f.postRX(0, 250, bufSize)
+	l.reset()
+	snap := snapshot(f.g)
+	frames := [][]byte{frame(100, 1), frame(700, 2), frame(1400, 3)}
+	done := make(chan error, 1)
+	var placed atomic.Int64
+	go func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			n, err := ts.dev.Deliver(0, frames)
+			placed.Add(int64(n))
+			if err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- fmt.Errorf("Deliver never stopped")
+	}()
+	waitFor(t, "frames delivered", func() bool { return placed.Load() >= 30 })
+	if err := f.send(ReqGetVringBase, FlagVersion, state(0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	h, p, err := f.recv()
+	if err != nil || h.Request != ReqGetVringBase || len(p) != 8 {
+		t.Fatalf("GET_VRING_BASE reply %+v %x %v", h, p, err)
+	}
+	base := uint16(binary.LittleEndian.Uint32(p[4:]))
+	if used := rx.usedIdx(); used != base {
+		t.Errorf("GET_VRING_BASE answered base %d with used idx %d published", base, used)
+	}
+	after := snapshot(f.g)
+	if err := <-done; !errors.Is(err, ErrNotReady) {
+		t.Errorf("Deliver after the stop: %v, want ErrNotReady", err)
+	}
+	t.Logf("stopped at base %d after %d frames", base, placed.Load())
+	checkLogged(t, "stop", l, changedPages(f.g, snap), usedPages(rx)...)
+	if c := changedPages(f.g, after); len(c) != 0 {
+		t.Errorf("guest memory written after GET_VRING_BASE answered: pages %x", c)
 	}
 }
