@@ -519,3 +519,66 @@ func TestMigrateEveryMapKind(t *testing.T) {
 		}
 	}
 }
+
+// A vhost-user VM moves to b with b's socket (b serves it from the prepare
+// step on, for QEMU's -incoming); b's saved state leaves the arriving VM
+// out until the final step, then has it with its program's history, which
+// a restart of b brings back under the same ID.
+func TestMigrateVhostUserAndState(t *testing.T) {
+	testnet.RequireRoot(t)
+	dirA, dirB, state := t.TempDir(), t.TempDir(), filepath.Join(t.TempDir(), "state")
+	a := newMigHost(t, "a", fmt.Sprintf(`"vm_socket_dirs": [%q], `, dirA))
+	topoB := testnet.Topology(t, 2)
+	cfgB := fmt.Sprintf(`{"state_dir": %q, "vm_socket_dirs": [%q], "uplinks": [{"name": %q, "netns": %q, "vms": []}]}`, state, dirB, topoB.Uplink, topoB.HostNS)
+	var pb *daemonProc
+	startB := func() *migHost {
+		pb = runDaemonBinary(t, cfgB)
+		return &migHost{t: t, name: "b", topo: topoB, socket: pb.socket}
+	}
+	t.Cleanup(func() {
+		if pb != nil {
+			pb.stop(t)
+		}
+	})
+	b := startB()
+	const mac = "02:00:00:00:00:0f"
+	a.cli("vm", "add", "--uplink", a.topo.Uplink, "--name", "nfv", "--mac", mac, "--queues", "1", "--delivery", "vhost-user", "--vhost-user-socket", filepath.Join(dirA, "nfv.sock"))
+	a.cli("prog", "load", "--vm", "nfv", writeObject(t, false, "counter"))
+	srcID := a.vm("nfv").Program
+	savedVMs := func() string {
+		b, err := os.ReadFile(filepath.Join(state, "state.json"))
+		if err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	to := []string{"--to", b.socket, "--uplink", topoB.Uplink, "--vhost-user-socket", filepath.Join(dirB, "nfv.sock")}
+	a.cli(append([]string{"migrate", "nfv"}, to...)...)
+	vs := b.vm("nfv")
+	if !vs.Incoming || vs.Delivery != "vhost-user" || vs.VhostUserSocket != filepath.Join(dirB, "nfv.sock") || len(vs.Queues) != 1 || vs.Queues[0] != 1 {
+		t.Fatalf("b after prepare: %+v", vs)
+	}
+	if fi, err := os.Stat(vs.VhostUserSocket); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Errorf("b does not serve the arriving VM's vhost-user socket: %v", err)
+	}
+	if s := savedVMs(); strings.Contains(s, "nfv") {
+		t.Errorf("b's saved state has the arriving VM before the final step:\n%s", s)
+	}
+	a.cli(append([]string{"migrate", "--final", "nfv"}, to...)...)
+	id := b.vm("nfv").Program
+	if s := savedVMs(); !strings.Contains(s, `"nfv"`) || !strings.Contains(s, fmt.Sprintf(`"id": %d`, srcID)) {
+		t.Errorf("b's saved state after the final step lacks the VM or its history:\n%s", s)
+	}
+	if err := pb.stop(t); err != nil {
+		t.Fatalf("b: %v\n%s", err, pb.stderr.String())
+	}
+	pb = nil
+	b = startB()
+	vs = b.vm("nfv")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rec, err := b.client().Program(ctx, id)
+	if err != nil || vs.Incoming || vs.Program != id || len(rec.History) != 1 || rec.History[0].ID != srcID {
+		t.Errorf("b after a restart: VM %+v, program %+v (%v); want program %d with a's ID %d in its history", vs, rec, err, id, srcID)
+	}
+}
