@@ -5,6 +5,7 @@ import (
 	"context"
 	binenc "encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -345,6 +346,7 @@ func TestMigrateProgramAndMaps(t *testing.T) {
 	// A final step that fails half-way (b cannot register the VM: queue
 	// out of range): a is thawed and counts on, b keeps nothing.
 	code, _, errs := cli(t, append([]string{"migrate", "--final", "counter", "--tap", "qemuc", "--queues", "7", "--socket", a.socket}, to...)...)
+	t.Logf("failing final: %s", errs)
 	if code != 1 || !strings.Contains(errs, "queue 7") || !strings.Contains(errs, "runs here again") {
 		t.Errorf("failing final: exit %d\n%s", code, errs)
 	}
@@ -410,6 +412,7 @@ func TestMigrateRefusedByPolicy(t *testing.T) {
 			args = append(args, "--final")
 		}
 		code, _, errs := cli(t, append(args, to...)...)
+		t.Logf("final=%v: %s", final, errs)
 		if code != 1 || !strings.Contains(errs, "cost") {
 			t.Errorf("final=%v: exit %d, want a refusal naming the cost rule:\n%s", final, code, errs)
 		}
@@ -423,6 +426,28 @@ func TestMigrateRefusedByPolicy(t *testing.T) {
 		if vs := a.vm("filter"); vs.Frozen || vs.Program == 0 {
 			t.Errorf("final=%v: a's VM: %+v", final, vs)
 		}
+	}
+	// A document of another version is refused by the daemon (400) and
+	// by the CLI before it sends it, each naming the versions.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	raw, _, err := a.client().Export(ctx, "filter", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := bytes.Replace(raw, []byte(`"version":1`), []byte(`"version":2`), 1)
+	_, err = b.client().Import(ctx, daemon.ImportRequest{Document: v2})
+	var ce *client.Error
+	if !errors.As(err, &ce) || ce.Status != 400 || !strings.Contains(err.Error(), "version 2; this xdp-hostd reads version 1") {
+		t.Errorf("import of a version 2 document: %v", err)
+	}
+	file := filepath.Join(t.TempDir(), "v2.json")
+	os.WriteFile(file, v2, 0o644)
+	if code, _, errs := cli(t, "migrate", "import", "--socket", b.socket, file); code != 1 || !strings.Contains(errs, "version 2") {
+		t.Errorf("migrate import of a version 2 file: exit %d %s", code, errs)
+	}
+	if vms, err := b.client().VMs(ctx); err != nil || len(vms) != 0 {
+		t.Errorf("b keeps %+v (%v)", vms, err)
 	}
 	a.send(macFilter, blockedAddr, 20, 2)
 	a.send(macFilter, allowedAddr, 21, 3)
