@@ -543,6 +543,54 @@ func TestMigrateEveryMapKind(t *testing.T) {
 			}
 		}
 	}
+
+	// A source with one CPU more than this host: each per-CPU entry
+	// arrives as its sum over the source's CPUs, on CPU 0, zeros elsewhere.
+	sums := map[string]uint64{}
+	for i := range doc.Maps {
+		m := &doc.Maps[i]
+		if m.CPUs == 0 {
+			continue
+		}
+		m.CPUs++
+		for j := range m.Entries {
+			e := &m.Entries[j]
+			e.PerCPU = append(e.PerCPU, binenc.LittleEndian.AppendUint64(nil, 100))
+			for _, v := range e.PerCPU {
+				sums[m.Name+string(e.Key)] += binenc.LittleEndian.Uint64(v)
+			}
+		}
+	}
+	raw, err := doc.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.cli("vm", "rm", "kinds")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := b.client().Import(ctx, daemon.ImportRequest{Document: raw, Final: true, Tap: "qemuk"}); err != nil {
+		t.Fatal(err)
+	}
+	checked := 0
+	for _, m := range b.export("kinds").Maps {
+		for _, e := range m.Entries {
+			if m.CPUs == 0 {
+				continue
+			}
+			checked++
+			if got := binenc.LittleEndian.Uint64(e.PerCPU[0]); got != sums[m.Name+string(e.Key)] {
+				t.Errorf("%s[%x]: CPU 0 has %d, want the sum %d", m.Name, []byte(e.Key), got, sums[m.Name+string(e.Key)])
+			}
+			for c, v := range e.PerCPU[1:] {
+				if binenc.LittleEndian.Uint64(v) != 0 {
+					t.Errorf("%s[%x]: CPU %d has %d, want 0", m.Name, []byte(e.Key), c+1, binenc.LittleEndian.Uint64(v))
+				}
+			}
+		}
+	}
+	if checked != 1+3+3 { // frames_pc, and three sources in each per-CPU hash
+		t.Errorf("checked %d per-CPU entries, want 7", checked)
+	}
 }
 
 // A vhost-user VM moves to b with b's socket (b serves it from the prepare
