@@ -290,7 +290,9 @@ func TestMigrateProgramAndMaps(t *testing.T) {
 	}
 
 	// Final: a freezes and removes it; b runs it with a's prefixes and counts.
+	start := time.Now()
 	out = a.cli(append([]string{"migrate", "--final", "filter", "--tap", "qemuf"}, to...)...)
+	t.Logf("final step of the filter (CLI start to exit: freeze, export, import, attach, remove on a): %v", time.Since(start))
 	if !strings.Contains(out, fmt.Sprintf("it was program %d here", filterID)) {
 		t.Errorf("final says:\n%s", out)
 	}
