@@ -18,6 +18,7 @@ import (
 	"github.com/xdp-hostd/xdp-hostd/daemon"
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
+	"github.com/xdp-hostd/xdp-hostd/migration"
 )
 
 // Client is a connection to the daemon's API.
@@ -98,7 +99,7 @@ func (c *Client) doType(ctx context.Context, method, path string, query url.Valu
 		return fmt.Errorf("xdp-hostd at %s: %w", c.socket, err)
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, migration.MaxSize+(1<<20)))
 	if err != nil {
 		return fmt.Errorf("read the daemon's answer: %w", err)
 	}
@@ -236,4 +237,42 @@ func (c *Client) AddPortRequest(ctx context.Context, vm string, req daemon.AddPo
 // RemovePort removes port n from a VM's port table.
 func (c *Client) RemovePort(ctx context.Context, vm string, n uint32) error {
 	return c.do(ctx, http.MethodDelete, "/vms/"+url.PathEscape(vm)+"/ports/"+strconv.FormatUint(uint64(n), 10), nil, nil, nil)
+}
+
+// Export returns a VM's migration document as the daemon wrote it. final
+// freezes the VM's program first (see daemon.Daemon.Export).
+func (c *Client) Export(ctx context.Context, vm string, final bool) (json.RawMessage, *migration.Document, error) {
+	q := url.Values{}
+	if final {
+		q.Set("final", "true")
+	}
+	var raw json.RawMessage
+	if err := c.do(ctx, http.MethodPost, "/vms/"+url.PathEscape(vm)+"/export", q, nil, &raw); err != nil {
+		return nil, nil, err
+	}
+	doc, err := migration.Decode(raw)
+	if err != nil {
+		return nil, nil, fmt.Errorf("the daemon's export: %w", err)
+	}
+	return raw, doc, nil
+}
+
+// Thaw puts a VM's program back after a final export.
+func (c *Client) Thaw(ctx context.Context, vm string) error {
+	return c.do(ctx, http.MethodPost, "/vms/"+url.PathEscape(vm)+"/thaw", nil, nil, nil)
+}
+
+// Import sets a VM up from a migration document (prepare, or final).
+func (c *Client) Import(ctx context.Context, req daemon.ImportRequest) (*daemon.ImportResult, error) {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	var res daemon.ImportResult
+	return &res, c.do(ctx, http.MethodPost, "/migrations", nil, b, &res)
+}
+
+// AbortImport removes a VM an unfinished import registered.
+func (c *Client) AbortImport(ctx context.Context, vm string) error {
+	return c.do(ctx, http.MethodDelete, "/migrations/"+url.PathEscape(vm), nil, nil, nil)
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
+	"github.com/xdp-hostd/xdp-hostd/migration"
 )
 
 // DefaultSocket is where the daemon serves its API.
@@ -81,6 +82,11 @@ type VMStatus struct {
 	Warnings []string `json:"warnings,omitempty"`
 	// Cost is the run-time cost of the VM's program per packet.
 	Cost ProgramCost `json:"program_cost"`
+	// Frozen: a final export froze the VM's program for a migration (it
+	// drops the VM's frames); Incoming: the VM is arriving by migration and
+	// waits for its final import (it drops its frames until then).
+	Frozen   bool `json:"frozen,omitempty"`
+	Incoming bool `json:"incoming,omitempty"`
 }
 
 // API serves the daemon's local API on a unix socket.
@@ -271,6 +277,7 @@ func newHandler(d *Daemon) http.Handler {
 		w.WriteHeader(http.StatusNoContent)
 	})
 	addVMRoutes(mux, d, p)
+	addMigrationRoutes(mux, d, p)
 	return mux
 }
 
@@ -305,6 +312,7 @@ func (d *Daemon) vmStatus(vm *hostnet.VM) VMStatus {
 	vs.ProgramProblem = d.Programs.Problem(vm.Name())
 	vs.Verdicts, _ = vm.Verdicts()
 	vs.Cost = d.programCost(vm)
+	vs.Frozen, vs.Incoming = vm.Frozen(), d.Incoming(vm.Name())
 	if vm.Tap() != nil {
 		vs.TX, _ = vm.TXStats()
 	}
@@ -559,7 +567,11 @@ func writeErr(w http.ResponseWriter, err error) {
 		code, body.VerifierLog = http.StatusUnprocessableEntity, verr.Log
 	case errors.Is(err, guestprog.ErrOverQuota):
 		code = http.StatusUnprocessableEntity // the kernel charged more than the quota: unloaded
-	case errors.Is(err, guestprog.ErrInvalidObject), errors.Is(err, errBadRequest), errors.Is(err, ErrConfig), errors.Is(err, hostnet.ErrInvalid):
+	case errors.Is(err, migration.ErrNotCarried):
+		code = http.StatusUnprocessableEntity
+	case errors.Is(err, ErrNotMigratable):
+		code = http.StatusConflict
+	case errors.Is(err, migration.ErrDocument), errors.Is(err, guestprog.ErrInvalidObject), errors.Is(err, errBadRequest), errors.Is(err, ErrConfig), errors.Is(err, hostnet.ErrInvalid):
 		code = http.StatusBadRequest
 	case errors.Is(err, ErrNoSuchVM), errors.Is(err, ErrNoSuchUplink), errors.Is(err, ErrNoSuchProgram), errors.Is(err, hostnet.ErrNotFound), errors.Is(err, hostnet.ErrNoSuchInterface):
 		code = http.StatusNotFound
@@ -569,4 +581,61 @@ func writeErr(w http.ResponseWriter, err error) {
 		code = http.StatusUnsupportedMediaType
 	}
 	writeJSON(w, code, body)
+}
+
+func addMigrationRoutes(mux *http.ServeMux, d *Daemon, p string) {
+	mux.HandleFunc("POST "+p+"/vms/{vm}/export", func(w http.ResponseWriter, r *http.Request) {
+		final := false
+		if s := r.URL.Query().Get("final"); s != "" {
+			var err error
+			if final, err = strconv.ParseBool(s); err != nil {
+				writeErr(w, fmt.Errorf("%w: final: %q is not true or false", errBadRequest, s))
+				return
+			}
+		}
+		doc, err := d.Export(r.PathValue("vm"), final)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, doc)
+	})
+	mux.HandleFunc("POST "+p+"/vms/{vm}/thaw", func(w http.ResponseWriter, r *http.Request) {
+		if err := d.Thaw(r.PathValue("vm")); err != nil {
+			writeErr(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST "+p+"/migrations", func(w http.ResponseWriter, r *http.Request) {
+		if err := requireContentType(r, "application/json"); err != nil {
+			writeErr(w, err)
+			return
+		}
+		body := &countingReader{r: io.LimitReader(r.Body, MaxImportBody+1)}
+		dec := json.NewDecoder(body)
+		dec.DisallowUnknownFields()
+		var req ImportRequest
+		if err := dec.Decode(&req); err != nil {
+			if body.n > MaxImportBody {
+				writeErr(w, fmt.Errorf("%w: request body: larger than %d bytes", errBadRequest, MaxImportBody))
+				return
+			}
+			writeErr(w, fmt.Errorf("%w: request body: %v", errBadRequest, err))
+			return
+		}
+		res, err := d.Import(r.Context(), req)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	})
+	mux.HandleFunc("DELETE "+p+"/migrations/{vm}", func(w http.ResponseWriter, r *http.Request) {
+		if err := d.AbortImport(r.PathValue("vm")); err != nil {
+			writeErr(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
 }

@@ -127,6 +127,10 @@ type VMConfig struct {
 	// port into another VM, which its program can then send straight
 	// into). Any other port that is another VM's tap is refused.
 	CrossVMPorts []uint32 `json:"cross_vm_ports,omitempty"`
+
+	// closed starts the VM with the drop program (a VM arriving by
+	// migration; see hostnet.VMSpec.Closed). Never in a file.
+	closed bool
 }
 
 var uuidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
@@ -267,7 +271,7 @@ func (vm *VMConfig) spec() (hostnet.VMSpec, error) {
 	if err != nil {
 		return hostnet.VMSpec{}, fmt.Errorf("mac: %w", err)
 	}
-	s := hostnet.VMSpec{Name: vm.Name, MAC: mac, Queues: vm.Queues, Tap: vm.Tap, TapQueues: vm.TapQueues}
+	s := hostnet.VMSpec{Name: vm.Name, MAC: mac, Queues: vm.Queues, Tap: vm.Tap, TapQueues: vm.TapQueues, Closed: vm.closed}
 	if vm.Delivery == "vhost-user" {
 		s.Delivery = guestprog.DeliverXSK
 	}

@@ -10,8 +10,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
+	"github.com/xdp-hostd/xdp-hostd/migration"
 )
 
 // Errors of the program registry; API errors map them to status codes.
@@ -51,6 +54,10 @@ type ProgramRecord struct {
 	// VM fails closed (drops every frame). Loading the program again
 	// (replace with this ID as expect) clears it.
 	Problem string `json:"problem,omitempty"`
+	// History are the IDs the program had on other daemons before it came
+	// here with its VM (live migration), oldest first: the daemon's ID
+	// above is this daemon's own.
+	History []migration.Origin `json:"history,omitempty"`
 }
 
 // Registry gives guest programs their identity (IDs, hashes) and applies
@@ -67,6 +74,7 @@ type Registry struct {
 	vms    map[string]*hostnet.VM
 	byVM   map[string]*ProgramRecord
 	parsed map[string]*guestprog.Object // each VM's current guest program, for rollback
+	objs   map[string][]byte            // each VM's current guest object as submitted, for export
 
 	// persist, if set, makes the registry durable: putObject stores an
 	// object before it is installed; save writes the next ID and the
@@ -80,7 +88,7 @@ func NewRegistry(log *slog.Logger, limits guestprog.Limits, next uint64) *Regist
 	if next == 0 {
 		next = 1
 	}
-	return &Registry{log: log, limits: limits, nextID: next, vms: map[string]*hostnet.VM{}, byVM: map[string]*ProgramRecord{}, parsed: map[string]*guestprog.Object{}}
+	return &Registry{log: log, limits: limits, nextID: next, vms: map[string]*hostnet.VM{}, byVM: map[string]*ProgramRecord{}, parsed: map[string]*guestprog.Object{}, objs: map[string][]byte{}}
 }
 
 // persistLocked saves the registry's state; the caller holds r.mu.
@@ -90,7 +98,7 @@ func (r *Registry) persistLocked() error {
 	}
 	progs := make(map[string]*StateProgram, len(r.byVM))
 	for name, rec := range r.byVM {
-		progs[name] = &StateProgram{ID: rec.ID, SHA256: rec.SHA256, Entry: rec.Entry, Size: rec.Size, LoadedAt: rec.LoadedAt}
+		progs[name] = &StateProgram{ID: rec.ID, SHA256: rec.SHA256, Entry: rec.Entry, Size: rec.Size, LoadedAt: rec.LoadedAt, History: rec.History}
 	}
 	return r.save(r.nextID, progs)
 }
@@ -99,8 +107,13 @@ func (r *Registry) persistLocked() error {
 // could not be saved; the caller holds r.mu. A previous program the
 // registry has no object of (kept running or failed closed after a
 // restart) cannot be loaded again: the VM fails closed.
-func (r *Registry) rollbackLocked(vm *hostnet.VM, prev *ProgramRecord, prevObj *guestprog.Object) {
+func (r *Registry) rollbackLocked(vm *hostnet.VM, prev *ProgramRecord, prevObj *guestprog.Object, prevRaw []byte) {
 	name := vm.Name()
+	if prevRaw != nil {
+		r.objs[name] = prevRaw
+	} else {
+		delete(r.objs, name)
+	}
 	var err error
 	if prev != nil && prevObj == nil {
 		var kid uint32
@@ -145,6 +158,7 @@ func (r *Registry) RemoveVM(name string) {
 	delete(r.vms, name)
 	delete(r.byVM, name)
 	delete(r.parsed, name)
+	delete(r.objs, name)
 }
 
 // restore reinstalls a program the state names, with its ID, on a VM the
@@ -171,9 +185,10 @@ func (r *Registry) restore(vmName string, p *StateProgram, obj []byte) error {
 	}
 	r.byVM[vmName] = &ProgramRecord{
 		ID: p.ID, SHA256: p.SHA256, KernelID: kid, VM: vmName, Uplink: vm.Uplink(), Queues: vm.Queues(),
-		Entry: parsed.Entry, Size: len(obj), LoadedAt: p.LoadedAt,
+		Entry: parsed.Entry, Size: len(obj), LoadedAt: p.LoadedAt, History: p.History,
 	}
 	r.parsed[vmName] = parsed
+	r.objs[vmName] = obj
 	if p.ID >= r.nextID {
 		r.nextID = p.ID + 1
 	}
@@ -196,7 +211,7 @@ func (r *Registry) restoreLost(vmName string, p *StateProgram, cause error) erro
 		return err
 	}
 	rec := &ProgramRecord{ID: p.ID, SHA256: p.SHA256, VM: vmName, Uplink: vm.Uplink(), Queues: vm.Queues(),
-		Entry: p.Entry, Size: p.Size, LoadedAt: p.LoadedAt}
+		Entry: p.Entry, Size: p.Size, LoadedAt: p.LoadedAt, History: p.History}
 	kid, aerr := vm.AdoptPinnedProgram(p.ID)
 	if aerr == nil {
 		rec.Problem = fmt.Sprintf("its stored object could not be used (%v); the copy the previous daemon left running on the pins is kept; load the program again (replace, expect %d) so that a restart without pins can restore it", cause, p.ID)
@@ -211,6 +226,7 @@ func (r *Registry) restoreLost(vmName string, p *StateProgram, cause error) erro
 	rec.KernelID = kid
 	r.byVM[vmName] = rec
 	delete(r.parsed, vmName)
+	delete(r.objs, vmName)
 	if p.ID >= r.nextID {
 		r.nextID = p.ID + 1
 	}
@@ -288,11 +304,12 @@ func (r *Registry) Remove(vmName string, expect uint64) error {
 	if err := vm.ResetProgram(); err != nil {
 		return fmt.Errorf("remove program %d from VM %s: %w", expect, vmName, err)
 	}
-	prev, prevObj := r.byVM[vmName], r.parsed[vmName]
+	prev, prevObj, prevRaw := r.byVM[vmName], r.parsed[vmName], r.objs[vmName]
 	delete(r.byVM, vmName)
 	delete(r.parsed, vmName)
+	delete(r.objs, vmName)
 	if err := r.persistLocked(); err != nil {
-		r.rollbackLocked(vm, prev, prevObj)
+		r.rollbackLocked(vm, prev, prevObj, prevRaw)
 		return fmt.Errorf("program %d not removed: %w", expect, err)
 	}
 	r.log.Info("audit: prog_remove", "audit", "prog_remove", "vm", vmName, "id", expect)
@@ -313,6 +330,13 @@ func (r *Registry) checkCurrent(vmName string, expect uint64) error {
 // install checks, loads and swaps in a program; the caller holds r.mu. On
 // error the VM keeps its current program and no ID is used up.
 func (r *Registry) install(vm *hostnet.VM, replaces uint64, obj []byte, entry string) (*ProgramRecord, error) {
+	return r.installWith(vm, replaces, obj, entry, nil, nil)
+}
+
+// installWith is install with the program's state maps given (filled by
+// the caller, see hostnet.VM.SetGuestProgramWith) and the IDs the program
+// had on other daemons; the caller holds r.mu.
+func (r *Registry) installWith(vm *hostnet.VM, replaces uint64, obj []byte, entry string, maps map[string]*ebpf.Map, history []migration.Origin) (*ProgramRecord, error) {
 	report, parsed, err := r.Verify(obj, entry)
 	if err != nil {
 		return nil, err
@@ -330,7 +354,7 @@ func (r *Registry) install(vm *hostnet.VM, replaces uint64, obj []byte, entry st
 			return nil, err
 		}
 	}
-	kid, err := vm.SetGuestProgram(parsed, "guest", r.nextID)
+	kid, err := vm.SetGuestProgramWith(parsed, "guest", r.nextID, maps)
 	if err != nil {
 		r.counters.reject("verifier")
 		r.log.Info("audit: prog_refused", "audit", "prog_refused", "vm", vm.Name(), "sha256", hex.EncodeToString(sum[:]), "reason", "kernel verifier")
@@ -339,19 +363,22 @@ func (r *Registry) install(vm *hostnet.VM, replaces uint64, obj []byte, entry st
 	rec := &ProgramRecord{
 		ID: r.nextID, SHA256: hex.EncodeToString(sum[:]), KernelID: kid,
 		VM: vm.Name(), Uplink: vm.Uplink(), Queues: vm.Queues(), Entry: parsed.Entry, Size: len(obj),
-		LoadedAt: time.Now().UTC(),
+		LoadedAt: time.Now().UTC(), History: history,
 	}
-	prev, prevObj := r.byVM[vm.Name()], r.parsed[vm.Name()]
+	prev, prevObj, prevRaw := r.byVM[vm.Name()], r.parsed[vm.Name()], r.objs[vm.Name()]
 	r.nextID++
-	r.byVM[vm.Name()], r.parsed[vm.Name()] = rec, parsed
+	r.byVM[vm.Name()], r.parsed[vm.Name()], r.objs[vm.Name()] = rec, parsed, obj
 	if err := r.persistLocked(); err != nil {
 		r.nextID--
-		r.rollbackLocked(vm, prev, prevObj)
+		r.rollbackLocked(vm, prev, prevObj, prevRaw)
 		return nil, fmt.Errorf("program not installed: %w", err)
 	}
 	r.counters.load()
 	event := "prog_load"
-	if replaces != 0 {
+	switch {
+	case len(history) > 0:
+		event = "prog_import"
+	case replaces != 0:
 		event = "prog_replace"
 	}
 	r.log.Info("audit: "+event, "audit", event, "vm", rec.VM, "id", rec.ID, "replaces", replaces, "sha256", rec.SHA256, "kernel_id", kid, "entry", rec.Entry)

@@ -57,6 +57,11 @@ type Daemon struct {
 	pending map[string]bool
 
 	redirects redirectWarnings // devices that drop what a VM redirects into them
+	// incoming are VMs an import registered that wait for their final
+	// import (see migrate.go); they are pending too. migMu serializes
+	// imports.
+	incoming map[string]bool
+	migMu    sync.Mutex
 }
 
 // vmEntry is how a VM was asked for, as the state records it.

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/xdp-hostd/xdp-hostd/migration"
 )
 
 // The daemon's durable state: a JSON document (state.json) plus the guest
@@ -60,6 +62,8 @@ type StateProgram struct {
 	Entry    string    `json:"entry"`
 	Size     int       `json:"size"`
 	LoadedAt time.Time `json:"loaded_at"`
+	// History are the IDs the program had on other daemons (migration).
+	History []migration.Origin `json:"history,omitempty"`
 }
 
 func (s *State) vm(name string) *StateVM {

@@ -212,3 +212,7 @@ func VerifyInKernel(o *Object) error {
 	}
 	return p.Close()
 }
+
+// IsStateMap reports whether the guest map name of type typ holds state a
+// later load can be given (see StateMaps): what a migration carries.
+func IsStateMap(name string, typ ebpf.MapType) bool { return isStateMap(name, typ) }

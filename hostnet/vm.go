@@ -41,6 +41,11 @@ type VMSpec struct {
 	// the host creates the tap) or DeliverXSK (AF_XDP sockets on the VM's
 	// dedicated queues, set with SetSocket; for vhost-user).
 	Delivery guestprog.Delivery
+	// Closed starts the VM with the built-in drop program instead of the
+	// pass program: every frame for it is dropped until a program is
+	// installed. A VM arriving by migration starts so, and gets its program
+	// (with its maps filled) at the final import.
+	Closed bool
 }
 
 var vmNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -95,6 +100,7 @@ type VM struct {
 
 	mu      sync.Mutex // serializes program changes and port changes
 	prog    *guestprog.Program
+	frozen  *guestprog.Program // the drop program standing in for prog (Freeze), nil when not frozen
 	progSet time.Time
 	progPin string // pin directory of prog's maps ("" when none)
 	ports   map[uint32]Port
@@ -200,11 +206,16 @@ func (d *Dataplane) AddVM(spec VMSpec) (_ *VM, err error) {
 		}
 	}
 
-	obj, err := builtinProgram()
+	obj, what := (*guestprog.Object)(nil), "built-in"
+	if spec.Closed {
+		obj, what, err = dropProgram()
+	} else {
+		obj, err = builtinProgram()
+	}
 	if err != nil {
 		return nil, err
 	}
-	if err := vm.install(obj, "built-in", 0); err != nil {
+	if err := vm.install(obj, what, 0, nil); err != nil {
 		return nil, fmt.Errorf("VM %s: %w", spec.Name, err)
 	}
 
@@ -309,6 +320,18 @@ type tapCfg struct {
 	Pad  uint32
 }
 
+func dropProgram() (*guestprog.Object, string, error) {
+	b, err := hostbpf.Guest("drop")
+	if err != nil {
+		return nil, "", err
+	}
+	obj, err := guestprog.Parse(b, "")
+	if err != nil {
+		return nil, "", fmt.Errorf("built-in drop program: %w", err)
+	}
+	return obj, "fail-closed", nil
+}
+
 func builtinProgram() (*guestprog.Object, error) {
 	b, err := hostbpf.Guest("pass")
 	if err != nil {
@@ -388,6 +411,13 @@ func (vm *VM) teardown() error {
 	if cur, err := lookupU32(d.dispatch.VmProgs, uint32(vm.slot)); err == nil && vm.prog != nil && cur == uint32(vm.prog.KernelID) {
 		ignoreMissing(d.dispatch.VmProgs.Delete(uint32(vm.slot)))
 	}
+	if vm.frozen != nil {
+		if cur, err := lookupU32(d.dispatch.VmProgs, uint32(vm.slot)); err == nil && cur == uint32(vm.frozen.KernelID) {
+			ignoreMissing(d.dispatch.VmProgs.Delete(uint32(vm.slot)))
+		}
+		errs = append(errs, vm.frozen.Close())
+		vm.frozen = nil
+	}
 	if vm.prog != nil {
 		d.unpinGuest(vm.progPin)
 		errs = append(errs, vm.prog.Close())
@@ -430,14 +460,33 @@ func lookupU32(m *ebpf.Map, key any) (uint32, error) {
 // map update; the previous program is released after the swap. key is the
 // daemon's ID of the program (0: none): its maps are pinned under it, and
 // maps a previous daemon pinned under it are loaded back (a restore).
-func (vm *VM) install(obj *guestprog.Object, what string, key uint64) error {
+// given, if not nil, are the maps the program must use (filled by the
+// caller, see SetGuestProgramWith): a map of them the program cannot use
+// is an error, and nothing is installed.
+func (vm *VM) install(obj *guestprog.Object, what string, key uint64, given map[string]*ebpf.Map) error {
 	kept := vm.d.pinnedStateMaps(key)
+	if given != nil {
+		for _, m := range kept {
+			m.Close()
+		}
+		kept = given
+	}
 	prog, skipped, err := guestprog.LoadKeeping(obj, vm.maps, kept)
-	for _, m := range kept {
-		m.Close() // the program holds its own reference
+	if given == nil {
+		for _, m := range kept {
+			m.Close() // the program holds its own reference
+		}
 	}
 	if err != nil {
 		return err
+	}
+	if given != nil && len(skipped) > 0 {
+		prog.Close()
+		var errs []error
+		for name, why := range skipped {
+			errs = append(errs, fmt.Errorf("map %s: %w", name, why))
+		}
+		return fmt.Errorf("%w: the program cannot use the maps given: %w", ErrInvalid, errors.Join(errs...))
 	}
 	for name, why := range skipped {
 		vm.d.log.Warn("a map of the restored program starts empty", "vm", vm.name, "program", key, "map", name, "reason", why)
@@ -464,6 +513,10 @@ func (vm *VM) install(obj *guestprog.Object, what string, key uint64) error {
 		vm.d.unpinGuest(oldPin)
 		old.Close()
 	}
+	if vm.frozen != nil { // a new program ends a freeze
+		vm.frozen.Close()
+		vm.frozen = nil
+	}
 	vm.d.audit("prog_install", "vm", vm.name, "slot", vm.slot, "program", what, "entry", obj.Entry, "kernel_id", prog.KernelID,
 		"maps_kept", len(kept)-len(skipped))
 	return nil
@@ -484,12 +537,99 @@ func (vm *VM) SetProgram(obj *guestprog.Object, what string) (uint32, error) {
 // so what it stored survives. A map the object declares differently is
 // created empty (logged).
 func (vm *VM) SetGuestProgram(obj *guestprog.Object, what string, id uint64) (uint32, error) {
+	return vm.SetGuestProgramWith(obj, what, id, nil)
+}
+
+// SetGuestProgramWith is SetGuestProgram with the program's state maps
+// given (by name, see guestprog.Program.StateMaps): the caller created
+// and filled them, so the program sees their contents from its first
+// packet (a program arriving by migration). A given map the program
+// cannot use (declared differently) is an error; on any error the VM
+// keeps its current program. The program holds its own references: the
+// caller still closes the maps it gave.
+func (vm *VM) SetGuestProgramWith(obj *guestprog.Object, what string, id uint64, maps map[string]*ebpf.Map) (uint32, error) {
 	vm.mu.Lock()
 	defer vm.mu.Unlock()
-	if err := vm.install(obj, what, id); err != nil {
+	if err := vm.install(obj, what, id, maps); err != nil {
 		return 0, fmt.Errorf("VM %s: %w", vm.name, err)
 	}
 	return uint32(vm.prog.KernelID), nil
+}
+
+// Freeze stops the VM's program without unloading it: the built-in drop
+// program takes its slot, every frame for the VM is dropped, and once
+// Freeze returns no CPU runs the program any more (it waits for the
+// programs running to finish), so its maps no longer change and can be
+// read whole. Thaw puts the program back, with its maps as they were;
+// installing another program ends the freeze too. Freezing a frozen VM
+// does nothing.
+func (vm *VM) Freeze() error {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	if vm.frozen != nil {
+		return nil
+	}
+	obj, _, err := dropProgram()
+	if err != nil {
+		return err
+	}
+	drop, err := guestprog.Load(obj, vm.maps)
+	if err != nil {
+		return fmt.Errorf("VM %s: freeze: %w", vm.name, err)
+	}
+	if err := vm.d.dispatch.VmProgs.Put(uint32(vm.slot), drop.Entry); err != nil {
+		drop.Close()
+		return fmt.Errorf("VM %s: freeze: put the drop program into slot %d: %w", vm.name, vm.slot, err)
+	}
+	vm.frozen = drop
+	vm.d.audit("prog_freeze", "vm", vm.name, "slot", vm.slot, "kernel_id", drop.KernelID)
+	if err := WaitForPrograms(); err != nil {
+		return fmt.Errorf("VM %s: freeze: %w", vm.name, err)
+	}
+	return nil
+}
+
+// Thaw ends a Freeze: the VM's program runs again. Thawing a VM that is
+// not frozen does nothing.
+func (vm *VM) Thaw() error {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	if vm.frozen == nil {
+		return nil
+	}
+	if err := vm.d.dispatch.VmProgs.Put(uint32(vm.slot), vm.prog.Entry); err != nil {
+		return fmt.Errorf("VM %s: thaw: put program %d back into slot %d: %w", vm.name, vm.prog.KernelID, vm.slot, err)
+	}
+	vm.frozen.Close()
+	vm.frozen = nil
+	vm.d.audit("prog_thaw", "vm", vm.name, "slot", vm.slot, "kernel_id", vm.prog.KernelID)
+	return nil
+}
+
+// Frozen reports whether the VM's program is frozen (see Freeze).
+func (vm *VM) Frozen() bool {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	return vm.frozen != nil
+}
+
+// StateMaps are the state maps of the VM's current program (see
+// guestprog.Program.StateMaps), each a new handle the caller closes.
+func (vm *VM) StateMaps() (map[string]*ebpf.Map, error) {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	out := map[string]*ebpf.Map{}
+	for name, m := range vm.prog.StateMaps() {
+		c, err := m.Clone()
+		if err != nil {
+			for _, o := range out {
+				o.Close()
+			}
+			return nil, fmt.Errorf("VM %s: map %s: %w", vm.name, name, err)
+		}
+		out[name] = c
+	}
+	return out, nil
 }
 
 // ResetProgram puts the built-in program back.

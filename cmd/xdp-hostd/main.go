@@ -58,6 +58,7 @@ func init() {
 		{"caps", "caps [--vm VM]: the capability document guest programs are written against", runCaps},
 		{"status", "status [--json]: the running daemon's uplinks, VMs and counters", runStatus},
 		{"hook", "hook qemu DOMAIN OP SUBOP: libvirt's qemu hook (domain XML on stdin)", runHook},
+		{"migrate", "migrate [--final|--abort] VM --to DEST_SOCKET: move a VM's registration, program and maps to another daemon (live migration); migrate export|import", runMigrate},
 		{"qemu-args", "qemu-args VM: the QEMU arguments that connect a VM to the daemon", runQEMUArgs},
 		{"version", "version: print the version and the guest ABI version", runVersion},
 	}
