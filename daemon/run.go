@@ -57,7 +57,6 @@ type Daemon struct {
 	pending map[string]bool
 
 	redirects redirectWarnings // devices that drop what a VM redirects into them
-
 	// incoming are VMs an import registered that wait for their final
 	// import (see migrate.go); they are pending too. migMu serializes
 	// imports.

@@ -158,7 +158,7 @@ func Open(cfg Config) (_ *Dataplane, err error) {
 	if f := d.inv.XDP; f.Source == "netdev-netlink" && !f.Basic {
 		switch mode {
 		case AttachNative:
-			return nil, fmt.Errorf("%w: uplink %s: its driver has no native XDP support (XDP features: %s); use --xdp-mode generic, or auto to fall back by itself", ErrNotSupported, cfg.Uplink, f)
+			return nil, fmt.Errorf("%w: uplink %s: its driver has no native XDP support (XDP features: %s); set the uplink's \"xdp_mode\" to \"generic\" in the configuration, or to \"auto\" to fall back by itself", ErrNotSupported, cfg.Uplink, f)
 		case AttachAuto:
 			d.log.Warn("the uplink's driver has no native XDP support: using generic (skb) mode, which is slower", "xdp_features", f.String())
 			mode = AttachGeneric
@@ -224,12 +224,12 @@ func (d *Dataplane) checkExisting(attrs *netlink.LinkAttrs) error {
 	}
 	id := attrs.Xdp.ProgId
 	if !d.cfg.Force {
-		return fmt.Errorf("%w: uplink %s already runs XDP program id %d; xdp-hostd does not replace it blindly: remove it (ip link set dev %s xdp off) or pass --force", ErrBusy, d.cfg.Uplink, id, d.cfg.Uplink)
+		return fmt.Errorf("%w: uplink %s already runs XDP program id %d; xdp-hostd does not replace it blindly: remove it (ip link set dev %s xdp off) or set the uplink's \"force\": true in the configuration", ErrBusy, d.cfg.Uplink, id, d.cfg.Uplink)
 	}
 	if linkID, err := XDPLinkHolding(attrs.Index, id); err == nil && linkID != 0 {
-		return fmt.Errorf("%w: uplink %s runs XDP program id %d through bpf_link id %d, which its owner holds; even --force cannot replace it: stop its owner (bpftool link show id %d)", ErrBusy, d.cfg.Uplink, id, linkID, linkID)
+		return fmt.Errorf("%w: uplink %s runs XDP program id %d through bpf_link id %d, which its owner holds; even \"force\" cannot replace it: stop its owner (bpftool link show id %d)", ErrBusy, d.cfg.Uplink, id, linkID, linkID)
 	}
-	d.log.Warn("replacing the uplink's XDP program as told (--force)", "prog_id", id)
+	d.log.Warn("replacing the uplink's XDP program as told (\"force\": true)", "prog_id", id)
 	return d.ns.Do(func() error {
 		for _, flags := range []int{0, xdpFlagsSKB, xdpFlagsDrv} {
 			_ = netlink.LinkSetXdpFdWithFlags(d.uplink, -1, flags)
@@ -262,7 +262,7 @@ func (d *Dataplane) attach(prog *ebpf.Program, ifindex int, ifname string, mode 
 		return l, AttachGeneric, nil
 	case AttachNative:
 		if err := try(link.XDPDriverMode); err != nil {
-			return nil, 0, fmt.Errorf("%w: attach to %s in native mode: %w (the driver may lack XDP support; use --xdp-mode generic or auto)", ErrNotSupported, ifname, err)
+			return nil, 0, fmt.Errorf("%w: attach to %s in native mode: %w (the driver may lack XDP support; set the uplink's \"xdp_mode\" to \"generic\" or \"auto\" in the configuration)", ErrNotSupported, ifname, err)
 		}
 		return l, AttachNative, nil
 	default:

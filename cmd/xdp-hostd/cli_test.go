@@ -191,7 +191,7 @@ func TestRunErrors(t *testing.T) {
 				}
 				return fmt.Sprintf(`{"uplinks": [{"name": "br0", "netns": %q, "xdp_mode": "native", "vms": []}]}`, topo.HostNS), []string{"br0"}
 			},
-			want: []string{"br0", "no native XDP support", "--xdp-mode generic"},
+			want: []string{"br0", "no native XDP support", `"xdp_mode" to "generic"`},
 		},
 		{
 			name: "queue out of range",
@@ -286,7 +286,7 @@ func TestRunRefusesTakeover(t *testing.T) {
 		t.Fatal(err)
 	}
 	res := runDaemon(t, uplinkJSON(topo, "", vmJSON("vm1", "02:00:00:00:00:01", "[1]")), nil)
-	if res.code != 1 || !strings.Contains(res.stderr, "already runs XDP program") || !strings.Contains(res.stderr, "--force") {
+	if res.code != 1 || !strings.Contains(res.stderr, "already runs XDP program") || !strings.Contains(res.stderr, `"force": true`) {
 		t.Errorf("exit %d, stderr:\n%s", res.code, res.stderr)
 	}
 	l := leftovers(t, topo)

@@ -1,15 +1,20 @@
 // Command xdp-hostd is the host daemon that runs VM owners' XDP programs on
 // their VMs' dedicated uplink queues and delivers what they pass into the VMs.
 //
-// Subcommands:
+// Subcommands (each prints its flags with -h):
 //
-//	run --config F run the dataplane the configuration file declares
-//	prog ...       verify, load, replace, remove, list and show guest programs
-//	caps           the capability document for guest programs
-//	status         the running daemon's uplinks and VMs
-//	demo           run the dataplane on an embedded topology of its own and show per-VM results
-//	bench dispatch measure the cost of the dispatch path and the tap delivery path
-//	version        print the version and the guest ABI version
+//	run --config F   run the dataplane the configuration file declares
+//	down --config F  remove what the daemon left behind (pins, state, sockets)
+//	demo             run two VMs on an embedded topology and show per-VM results
+//	bench            dispatch|vhost: benchmarks, separate from the tests
+//	vm               add|rm|list|show|attach|detach|check: the running daemon's VMs
+//	port             add|rm|list: a VM's port table
+//	prog             verify|load|replace|rm|list|show: guest programs
+//	caps             the capability document for guest programs
+//	status           the running daemon's uplinks, VMs and counters
+//	hook             libvirt's qemu hook (/etc/libvirt/hooks/qemu)
+//	qemu-args        the QEMU arguments that connect a VM to the daemon
+//	version          the version and the guest ABI version
 package main
 
 import (

@@ -5,6 +5,7 @@ import (
 	"context"
 	binenc "encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -289,7 +290,9 @@ func TestMigrateProgramAndMaps(t *testing.T) {
 	}
 
 	// Final: a freezes and removes it; b runs it with a's prefixes and counts.
+	start := time.Now()
 	out = a.cli(append([]string{"migrate", "--final", "filter", "--tap", "qemuf"}, to...)...)
+	t.Logf("final step of the filter (CLI start to exit: freeze, export, import, attach, remove on a): %v", time.Since(start))
 	if !strings.Contains(out, fmt.Sprintf("it was program %d here", filterID)) {
 		t.Errorf("final says:\n%s", out)
 	}
@@ -345,6 +348,7 @@ func TestMigrateProgramAndMaps(t *testing.T) {
 	// A final step that fails half-way (b cannot register the VM: queue
 	// out of range): a is thawed and counts on, b keeps nothing.
 	code, _, errs := cli(t, append([]string{"migrate", "--final", "counter", "--tap", "qemuc", "--queues", "7", "--socket", a.socket}, to...)...)
+	t.Logf("failing final: %s", errs)
 	if code != 1 || !strings.Contains(errs, "queue 7") || !strings.Contains(errs, "runs here again") {
 		t.Errorf("failing final: exit %d\n%s", code, errs)
 	}
@@ -410,6 +414,7 @@ func TestMigrateRefusedByPolicy(t *testing.T) {
 			args = append(args, "--final")
 		}
 		code, _, errs := cli(t, append(args, to...)...)
+		t.Logf("final=%v: %s", final, errs)
 		if code != 1 || !strings.Contains(errs, "cost") {
 			t.Errorf("final=%v: exit %d, want a refusal naming the cost rule:\n%s", final, code, errs)
 		}
@@ -423,6 +428,28 @@ func TestMigrateRefusedByPolicy(t *testing.T) {
 		if vs := a.vm("filter"); vs.Frozen || vs.Program == 0 {
 			t.Errorf("final=%v: a's VM: %+v", final, vs)
 		}
+	}
+	// A document of another version is refused by the daemon (400) and
+	// by the CLI before it sends it, each naming the versions.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	raw, _, err := a.client().Export(ctx, "filter", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := bytes.Replace(raw, []byte(`"version":1`), []byte(`"version":2`), 1)
+	_, err = b.client().Import(ctx, daemon.ImportRequest{Document: v2})
+	var ce *client.Error
+	if !errors.As(err, &ce) || ce.Status != 400 || !strings.Contains(err.Error(), "version 2; this xdp-hostd reads version 1") {
+		t.Errorf("import of a version 2 document: %v", err)
+	}
+	file := filepath.Join(t.TempDir(), "v2.json")
+	os.WriteFile(file, v2, 0o644)
+	if code, _, errs := cli(t, "migrate", "import", "--socket", b.socket, file); code != 1 || !strings.Contains(errs, "version 2") {
+		t.Errorf("migrate import of a version 2 file: exit %d %s", code, errs)
+	}
+	if vms, err := b.client().VMs(ctx); err != nil || len(vms) != 0 {
+		t.Errorf("b keeps %+v (%v)", vms, err)
 	}
 	a.send(macFilter, blockedAddr, 20, 2)
 	a.send(macFilter, allowedAddr, 21, 3)
@@ -517,5 +544,116 @@ func TestMigrateEveryMapKind(t *testing.T) {
 				t.Errorf("recent_s: last bytes of sources %v, want [3 3 2 2]", got)
 			}
 		}
+	}
+
+	// A source with one CPU more than this host: each per-CPU entry
+	// arrives as its sum over the source's CPUs, on CPU 0, zeros elsewhere.
+	sums := map[string]uint64{}
+	for i := range doc.Maps {
+		m := &doc.Maps[i]
+		if m.CPUs == 0 {
+			continue
+		}
+		m.CPUs++
+		for j := range m.Entries {
+			e := &m.Entries[j]
+			e.PerCPU = append(e.PerCPU, binenc.LittleEndian.AppendUint64(nil, 100))
+			for _, v := range e.PerCPU {
+				sums[m.Name+string(e.Key)] += binenc.LittleEndian.Uint64(v)
+			}
+		}
+	}
+	raw, err := doc.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.cli("vm", "rm", "kinds")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := b.client().Import(ctx, daemon.ImportRequest{Document: raw, Final: true, Tap: "qemuk"}); err != nil {
+		t.Fatal(err)
+	}
+	checked := 0
+	for _, m := range b.export("kinds").Maps {
+		for _, e := range m.Entries {
+			if m.CPUs == 0 {
+				continue
+			}
+			checked++
+			if got := binenc.LittleEndian.Uint64(e.PerCPU[0]); got != sums[m.Name+string(e.Key)] {
+				t.Errorf("%s[%x]: CPU 0 has %d, want the sum %d", m.Name, []byte(e.Key), got, sums[m.Name+string(e.Key)])
+			}
+			for c, v := range e.PerCPU[1:] {
+				if binenc.LittleEndian.Uint64(v) != 0 {
+					t.Errorf("%s[%x]: CPU %d has %d, want 0", m.Name, []byte(e.Key), c+1, binenc.LittleEndian.Uint64(v))
+				}
+			}
+		}
+	}
+	if checked != 1+3+3 { // frames_pc, and three sources in each per-CPU hash
+		t.Errorf("checked %d per-CPU entries, want 7", checked)
+	}
+}
+
+// A vhost-user VM moves to b with b's socket (b serves it from the prepare
+// step on, for QEMU's -incoming); b's saved state leaves the arriving VM
+// out until the final step, then has it with its program's history, which
+// a restart of b brings back under the same ID.
+func TestMigrateVhostUserAndState(t *testing.T) {
+	testnet.RequireRoot(t)
+	dirA, dirB, state := t.TempDir(), t.TempDir(), filepath.Join(t.TempDir(), "state")
+	a := newMigHost(t, "a", fmt.Sprintf(`"vm_socket_dirs": [%q], `, dirA))
+	topoB := testnet.Topology(t, 2)
+	cfgB := fmt.Sprintf(`{"state_dir": %q, "vm_socket_dirs": [%q], "uplinks": [{"name": %q, "netns": %q, "vms": []}]}`, state, dirB, topoB.Uplink, topoB.HostNS)
+	var pb *daemonProc
+	startB := func() *migHost {
+		pb = runDaemonBinary(t, cfgB)
+		return &migHost{t: t, name: "b", topo: topoB, socket: pb.socket}
+	}
+	t.Cleanup(func() {
+		if pb != nil {
+			pb.stop(t)
+		}
+	})
+	b := startB()
+	const mac = "02:00:00:00:00:0f"
+	a.cli("vm", "add", "--uplink", a.topo.Uplink, "--name", "nfv", "--mac", mac, "--queues", "1", "--delivery", "vhost-user", "--vhost-user-socket", filepath.Join(dirA, "nfv.sock"))
+	a.cli("prog", "load", "--vm", "nfv", writeObject(t, false, "counter"))
+	srcID := a.vm("nfv").Program
+	savedVMs := func() string {
+		b, err := os.ReadFile(filepath.Join(state, "state.json"))
+		if err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	to := []string{"--to", b.socket, "--uplink", topoB.Uplink, "--vhost-user-socket", filepath.Join(dirB, "nfv.sock")}
+	a.cli(append([]string{"migrate", "nfv"}, to...)...)
+	vs := b.vm("nfv")
+	if !vs.Incoming || vs.Delivery != "vhost-user" || vs.VhostUserSocket != filepath.Join(dirB, "nfv.sock") || len(vs.Queues) != 1 || vs.Queues[0] != 1 {
+		t.Fatalf("b after prepare: %+v", vs)
+	}
+	if fi, err := os.Stat(vs.VhostUserSocket); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Errorf("b does not serve the arriving VM's vhost-user socket: %v", err)
+	}
+	if s := savedVMs(); strings.Contains(s, "nfv") {
+		t.Errorf("b's saved state has the arriving VM before the final step:\n%s", s)
+	}
+	a.cli(append([]string{"migrate", "--final", "nfv"}, to...)...)
+	id := b.vm("nfv").Program
+	if s := savedVMs(); !strings.Contains(s, `"nfv"`) || !strings.Contains(s, fmt.Sprintf(`"id": %d`, srcID)) {
+		t.Errorf("b's saved state after the final step lacks the VM or its history:\n%s", s)
+	}
+	if err := pb.stop(t); err != nil {
+		t.Fatalf("b: %v\n%s", err, pb.stderr.String())
+	}
+	pb = nil
+	b = startB()
+	vs = b.vm("nfv")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rec, err := b.client().Program(ctx, id)
+	if err != nil || vs.Incoming || vs.Program != id || len(rec.History) != 1 || rec.History[0].ID != srcID {
+		t.Errorf("b after a restart: VM %+v, program %+v (%v); want program %d with a's ID %d in its history", vs, rec, err, id, srcID)
 	}
 }
