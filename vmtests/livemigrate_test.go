@@ -256,6 +256,7 @@ func TestLiveMigrationQMP(t *testing.T) {
 	// The network would learn the move now: the stream goes to B's wire.
 	st.retarget(wb, portAfter, "after")
 	sentFinal := st.sent("final")
+	arp0, rarp0 := announce()
 	out := a.cli(t, "migrate", "--final", "migf", "--to", b.api, "--socket", a.api)
 	sentBeforeFinal := st.sent("after") // to B before the filter VM's program arrived there
 	out += a.cli(t, "migrate", "--final", "migc", "--to", b.api, "--socket", a.api)
@@ -343,10 +344,10 @@ func TestLiveMigrationQMP(t *testing.T) {
 	if after := sentAfter - sentBeforeFinal; aft.Seqs < after*9/10 {
 		t.Errorf("after the final steps %d datagrams went to B, the guest got %d of %d in all", after, aft.Seqs, sentAfter)
 	}
-	if n := announce(); n == 0 {
+	if arp, rarp := announce(); arp+rarp == 0 {
 		t.Error("B's wire saw no announcement (RARP or gratuitous ARP) from the guest's MAC after the migration")
 	} else {
-		t.Logf("B's wire saw %d announcement frames from %s", n, macF)
+		t.Logf("B's wire saw the guest's announcements from %s: %d ARP, %d RARP (%d, %d before the final steps)", macF, arp, rarp, arp0, rarp0)
 	}
 	t.Logf("whole test: %v", time.Since(start).Round(time.Millisecond))
 }
@@ -756,15 +757,15 @@ func (s *stream) stop() {
 
 // watchAnnounce counts the ARP and RARP frames from mac arriving on the
 // wire side of topo (how a migrated guest, or QEMU for it, tells the
-// network where it is now) until the test ends; it returns the count so far.
-func watchAnnounce(t *testing.T, topo *hostnet.Topology, mac net.HardwareAddr) func() int {
+// network where it is now) until the test ends; it returns the counts so far.
+func watchAnnounce(t *testing.T, topo *hostnet.Topology, mac net.HardwareAddr) func() (arp, rarp int) {
 	t.Helper()
 	f, err := traffic.OpenPacketSocket(topo.WireNS, topo.Wire)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var mu sync.Mutex
-	n := 0
+	var arp, rarp int
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -779,11 +780,14 @@ func watchAnnounce(t *testing.T, topo *hostnet.Topology, mac net.HardwareAddr) f
 				return
 			}
 			if k >= 14 && bytes.Equal(buf[6:12], mac) {
-				if et := binary.BigEndian.Uint16(buf[12:]); et == 0x0806 || et == 0x8035 {
-					mu.Lock()
-					n++
-					mu.Unlock()
+				mu.Lock()
+				switch binary.BigEndian.Uint16(buf[12:]) {
+				case 0x0806:
+					arp++
+				case 0x8035:
+					rarp++
 				}
+				mu.Unlock()
 			}
 		}
 	}()
@@ -791,10 +795,10 @@ func watchAnnounce(t *testing.T, topo *hostnet.Topology, mac net.HardwareAddr) f
 		f.Close()
 		<-done
 	})
-	return func() int {
+	return func() (int, int) {
 		mu.Lock()
 		defer mu.Unlock()
-		return n
+		return arp, rarp
 	}
 }
 
