@@ -339,8 +339,9 @@ func TestLiveMigrationQMP(t *testing.T) {
 		t.Fatal(err)
 	}
 	vf := b.vm(t, "migf")
-	t.Logf("stream (100 datagrams/s): to A during the migration %d sent, %d arrived (%d lost); to B after QEMU completed %d sent (%d before the filter VM's final step ended), %d arrived (%d lost); B's filter VM: %+v",
-		sentFinal, fin.Seqs, sentFinal-fin.Seqs, sentAfter, sentBeforeFinal, aft.Seqs, sentAfter-aft.Seqs, vf.Verdicts)
+	t.Logf("stream (%d datagrams/s): to A during the migration %d sent, %d arrived (%d lost); to B after QEMU completed %d sent (%d before the filter VM's final step ended), %d arrived (%d lost; B dropped %d before the program arrived); B's filter VM: %+v",
+		streamBurst*int(time.Second/streamTick), sentFinal, fin.Seqs, sentFinal-fin.Seqs, sentAfter, sentBeforeFinal, aft.Seqs, sentAfter-aft.Seqs,
+		vf.Verdicts.Drop.Packets-nBlocked, vf.Verdicts)
 	if fin.Seqs == 0 {
 		t.Error("no datagram of the stream reached the guest during the migration")
 	}
@@ -709,8 +710,15 @@ func (w *wire) ping(dstMAC net.HardwareAddr, dst netip.Addr, timeout time.Durati
 	return 0, fmt.Errorf("no echo reply from %s within %v", dst, timeout)
 }
 
-// stream sends a steady UDP stream, 2 datagrams every 20 ms, to the
-// current target until stopped; each target has its marker and counts.
+// streamBurst datagrams go out every streamTick: 500 datagrams/s.
+const (
+	streamBurst = 10
+	streamTick  = 20 * time.Millisecond
+)
+
+// stream sends a steady UDP stream, streamBurst datagrams every streamTick,
+// to the current target until stopped; each target has its marker and
+// counts.
 type stream struct {
 	dst          net.HardwareAddr
 	srcIP, dstIP netip.Addr
@@ -735,7 +743,7 @@ func startStream(t *testing.T, w *wire, dst net.HardwareAddr, srcIP, dstIP netip
 
 func (s *stream) run() {
 	defer close(s.done)
-	tick := time.NewTicker(20 * time.Millisecond)
+	tick := time.NewTicker(streamTick)
 	defer tick.Stop()
 	for {
 		select {
@@ -745,7 +753,7 @@ func (s *stream) run() {
 		}
 		s.mu.Lock()
 		seq := s.counts[s.marker]
-		frames := udpFrames(s.w, s.dst, s.srcIP, s.dstIP, s.port, s.marker, seq, 2)
+		frames := udpFrames(s.w, s.dst, s.srcIP, s.dstIP, s.port, s.marker, seq, streamBurst)
 		if s.w.send(0, frames) == nil {
 			s.counts[s.marker] += len(frames)
 		}
