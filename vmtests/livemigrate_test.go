@@ -71,19 +71,20 @@ func TestLiveMigrationQMP(t *testing.T) {
 	sockDir := filepath.Dir(TempSocketPath(t, "x"))
 	sock := func(name string) string { return filepath.Join(sockDir, name) }
 	a := startHostd(t, bin, "A", topoA, sockDir, fmt.Sprintf(`
-		{"name": "migf", "mac": %q, "queues": [0], "delivery": "vhost-user", "vhost_user_socket": %q},
+		{"name": "migf", "mac": %q, "queues": [0], "delivery": "vhost-user", "vhost_user_socket": %q, "agent_socket": %q},
 		{"name": "migc", "mac": %q, "queues": [1], "delivery": "vhost-user", "vhost_user_socket": %q}`,
-		macF, sock("a-f.sock"), macC, sock("a-c.sock")))
+		macF, sock("a-f.sock"), sock("a-ag.sock"), macC, sock("a-c.sock")))
 	b := startHostd(t, bin, "B", topoB, sockDir, "")
 
 	// Programs on A: the DDoS filter blocks 10.66.0.0/16, the counter counts.
 	a.cli(t, "prog", "load", "--socket", a.api, "--vm", "migf", writeExample(t, true, "ddos_filter"))
 	a.cli(t, "prog", "load", "--socket", a.api, "--vm", "migc", writeExample(t, false, "counter"))
 	idF := a.program(t, "migf")
+	idC := a.program(t, "migc")
 	blockPrefix16(t, idF.KernelID, netip.MustParseAddr(blocked))
 
 	srcQMP := sock("qmp-src.sock")
-	src := StartT(t, WithName("src"), WithQMP(srcQMP),
+	src := StartT(t, WithName("src"), WithQMP(srcQMP), WithXDPHostdAgent(sock("a-ag.sock")),
 		WithVhostUserNIC(VhostUserNIC{Socket: sock("a-f.sock"), MAC: macF}),
 		WithVhostUserNIC(VhostUserNIC{Socket: sock("a-c.sock"), MAC: macC}))
 	wireIP, _ := netip.AddrFromSlice(topoA.WireIP) // the same on B's wire
@@ -108,6 +109,10 @@ func TestLiveMigrationQMP(t *testing.T) {
 		if _, err := src.Do(vmproto.UDPListen{Port: p}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// The guest's agent talks to A: its VM, A's program ID.
+	if r := agent(t, src, "status"); r.ExitCode != 0 || !strings.Contains(r.Output, "vm: migf") || !strings.Contains(r.Output, fmt.Sprintf("id: %d", idF.ID)) {
+		t.Fatalf("the guest agent's status on A: %+v", r)
 	}
 	wa, wb := newWire(t, topoA), newWire(t, topoB)
 	if rtt, err := wa.ping(mF, gIP, 15*time.Second); err != nil {
@@ -147,14 +152,14 @@ func TestLiveMigrationQMP(t *testing.T) {
 	// attempt prepares B, starts the destination QEMU and migrates to it.
 	attempt := func(n int, bandwidth int64) (*VM, *qmp.Client) {
 		t.Helper()
-		f, c := sock(fmt.Sprintf("b-f%d.sock", n)), sock(fmt.Sprintf("b-c%d.sock", n))
-		a.cli(t, "migrate", "migf", "--to", b.api, "--socket", a.api, "--uplink", topoB.Uplink, "--queues", "0", "--vhost-user-socket", f)
+		f, c, ag := sock(fmt.Sprintf("b-f%d.sock", n)), sock(fmt.Sprintf("b-c%d.sock", n)), sock(fmt.Sprintf("b-ag%d.sock", n))
+		a.cli(t, "migrate", "migf", "--to", b.api, "--socket", a.api, "--uplink", topoB.Uplink, "--queues", "0", "--vhost-user-socket", f, "--agent-socket", ag)
 		a.cli(t, "migrate", "migc", "--to", b.api, "--socket", a.api, "--uplink", topoB.Uplink, "--queues", "1", "--vhost-user-socket", c)
 		if vs := b.vm(t, "migf"); !vs.Incoming {
 			t.Fatalf("B: migf after the prepare: %+v, want incoming", vs)
 		}
 		migSock, dstQMP := sock(fmt.Sprintf("mig%d.sock", n)), sock(fmt.Sprintf("qmp-dst%d.sock", n))
-		dst := StartT(t, WithName(fmt.Sprintf("dst%d", n)), WithQMP(dstQMP), WithIncoming("unix:"+migSock),
+		dst := StartT(t, WithName(fmt.Sprintf("dst%d", n)), WithQMP(dstQMP), WithIncoming("unix:"+migSock), WithXDPHostdAgent(ag),
 			WithVhostUserNIC(VhostUserNIC{Socket: f, MAC: macF}),
 			WithVhostUserNIC(VhostUserNIC{Socket: c, MAC: macC}))
 		waitFor(t, "the destination's QMP socket", 20*time.Second, func() bool { _, err := os.Stat(dstQMP); return err == nil })
@@ -185,9 +190,9 @@ func TestLiveMigrationQMP(t *testing.T) {
 		if ps := b.programs(t); len(ps) != 0 {
 			t.Errorf("%s: B keeps programs: %+v", what, ps)
 		}
-		for _, f := range []string{sock(fmt.Sprintf("b-f%d.sock", n)), sock(fmt.Sprintf("b-c%d.sock", n))} {
+		for _, f := range []string{sock(fmt.Sprintf("b-f%d.sock", n)), sock(fmt.Sprintf("b-c%d.sock", n)), sock(fmt.Sprintf("b-ag%d.sock", n))} {
 			if _, err := os.Stat(f); err == nil {
-				t.Errorf("%s: B left its vhost-user socket %s", what, f)
+				t.Errorf("%s: B left its socket %s", what, f)
 			}
 		}
 		for _, n := range []string{"migf", "migc"} {
@@ -289,9 +294,15 @@ func TestLiveMigrationQMP(t *testing.T) {
 		}
 	}
 	for _, p := range b.programs(t) {
-		if len(p.History) != 1 || p.History[0].ID == 0 {
-			t.Errorf("B's program %d (VM %s) has history %+v, want its ID on A", p.ID, p.VM, p.History)
+		want := map[string]uint64{"migf": idF.ID, "migc": idC.ID}[p.VM]
+		if len(p.History) != 1 || p.History[0].ID != want || p.History[0].SHA256 != p.SHA256 {
+			t.Errorf("B's program %d (VM %s) has history %+v, want its ID on A, %d", p.ID, p.VM, p.History, want)
 		}
+	}
+	// The guest's agent channel came along: it talks to B now.
+	if r := agent(t, dst, "status"); r.ExitCode != 0 || !strings.Contains(r.Output, "vm: migf") ||
+		!strings.Contains(r.Output, fmt.Sprintf("id: %d", b.program(t, "migf").ID)) {
+		t.Errorf("the guest agent's status after migrating: %+v (want B's program %d)", r, b.program(t, "migf").ID)
 	}
 
 	// The filter's prefix is still blocked on B, and its drop count goes on.
