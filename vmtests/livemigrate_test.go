@@ -52,7 +52,11 @@ import (
 // and B keeps nothing. Then one succeeds: the guest keeps its IP (pings
 // through B's wire), the stream continues through B's port (loss is
 // measured and logged), a blocked prefix is still dropped on B with its
-// drop count going on, and the counter's count goes on from A's.
+// drop count going on, the counter's count goes on from A's, the guest's
+// agent channel talks to B, and B's wire sees the guest's announcements.
+// Last, the VM goes back from B's QEMU to a third QEMU on A: A takes back
+// the VM it gave away, under new program IDs with both hosts' in their
+// history, its maps still going on.
 func TestLiveMigrationQMP(t *testing.T) {
 	SkipWithoutQEMU(t)
 	testnet.RequireRoot(t)
@@ -299,6 +303,7 @@ func TestLiveMigrationQMP(t *testing.T) {
 			t.Errorf("B's program %d (VM %s) has history %+v, want its ID on A, %d", p.ID, p.VM, p.History, want)
 		}
 	}
+	b0F := b.program(t, "migf")
 	// The guest's agent channel came along: it talks to B now.
 	if r := agent(t, dst, "status"); r.ExitCode != 0 || !strings.Contains(r.Output, "vm: migf") ||
 		!strings.Contains(r.Output, fmt.Sprintf("id: %d", b.program(t, "migf").ID)) {
@@ -376,6 +381,66 @@ func TestLiveMigrationQMP(t *testing.T) {
 		// than this test does (at "completed").
 		t.Logf("B's wire saw the guest's announcements from %s: %d ARP, %d RARP (%d before the final steps), the first %v after QEMU's migration completed",
 			macF, an.ARP, an.RARP, early.ARP+early.RARP, an.First.Sub(completed).Round(time.Millisecond))
+	}
+
+	// 4. And back: A takes the VM it gave away, from B's QEMU.
+	fA, cA, agA := sock("a2-f.sock"), sock("a2-c.sock"), sock("a2-ag.sock")
+	b.cli(t, "migrate", "migf", "--to", a.api, "--socket", b.api, "--uplink", topoA.Uplink, "--queues", "0", "--vhost-user-socket", fA, "--agent-socket", agA)
+	b.cli(t, "migrate", "migc", "--to", a.api, "--socket", b.api, "--uplink", topoA.Uplink, "--queues", "1", "--vhost-user-socket", cA)
+	backMig, backQMP := sock("mig-back.sock"), sock("qmp-back.sock")
+	back := StartT(t, WithName("back"), WithQMP(backQMP), WithIncoming("unix:"+backMig), WithXDPHostdAgent(agA),
+		WithVhostUserNIC(VhostUserNIC{Socket: fA, MAC: macF}),
+		WithVhostUserNIC(VhostUserNIC{Socket: cA, MAC: macC}))
+	waitFor(t, "the QMP socket of the QEMU back on A", 20*time.Second, func() bool { _, err := os.Stat(backQMP); return err == nil })
+	qb, err := qmp.Dial(backQMP, 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { qb.Close() })
+	backStart := time.Now()
+	qmpRun(t, qd, "migrate", map[string]any{"uri": "unix:" + backMig})
+	if ms := waitMigration(t, qd, 90*time.Second, func(m migStatus) bool {
+		return m.Status == "completed" || m.Status == "failed" || m.Status == "cancelled"
+	}); ms.Status != "completed" {
+		t.Fatalf("migration back to A: %+v", ms)
+	}
+	b.cli(t, "migrate", "--final", "migf", "--to", a.api, "--socket", b.api)
+	b.cli(t, "migrate", "--final", "migc", "--to", a.api, "--socket", b.api)
+	t.Logf("back on A after %v", time.Since(backStart).Round(time.Millisecond))
+	if s, err := qb.Status(context.Background()); err != nil || s != "running" {
+		t.Errorf("the VM back on A is %q (%v), want running", s, err)
+	}
+	if vms := b.vms(t); len(vms) != 0 {
+		t.Errorf("B still has VMs after the VM went back: %+v", vms)
+	}
+	if _, err := wa.ping(mF, gIP, 15*time.Second); err != nil {
+		t.Errorf("ping through A after the VM came back: %v", err)
+	}
+	idB := b0F.ID
+	for _, p := range a.programs(t) {
+		first := map[string]uint64{"migf": idF.ID, "migc": idC.ID}[p.VM]
+		if len(p.History) != 2 || p.History[0].ID != first || p.History[1].ID == 0 {
+			t.Errorf("A's program %d (VM %s) has history %+v, want its IDs on A (%d) and B", p.ID, p.VM, p.History, first)
+		}
+		if p.ID <= max(idF.ID, idC.ID) {
+			t.Errorf("A gave the returning program %d (VM %s) an ID it had used already", p.ID, p.VM)
+		}
+		if p.VM == "migf" && len(p.History) == 2 && p.History[1].ID != idB {
+			t.Errorf("A's program %d: history %+v, want B's ID %d second", p.ID, p.History, idB)
+		}
+	}
+	wa.sendUDP(t, 0, mF, netip.MustParseAddr(blocked), gIP, portBlocked, "blocked-back", nBlocked)
+	waitFor(t, "A's filter to drop the blocked frames again", 10*time.Second, func() bool {
+		return mapU64At(t, a.export(t, "migf"), "blocked", prefixKey(32, netip.MustParseAddr(blocked))) >= 5*nBlocked
+	})
+	if n := mapU64At(t, a.export(t, "migf"), "blocked", prefixKey(32, netip.MustParseAddr(blocked))); n != 5*nBlocked {
+		t.Errorf("back on A, the filter counts %d drops, want %d", n, 5*nBlocked)
+	}
+	if n := mapU64At(t, a.export(t, "migc"), "totals", []byte{0, 0, 0, 0}); n < count1 {
+		t.Errorf("back on A, the counter is at %d, it was at %d on B", n, count1)
+	}
+	if r := agent(t, back, "status"); r.ExitCode != 0 || !strings.Contains(r.Output, fmt.Sprintf("id: %d", a.program(t, "migf").ID)) {
+		t.Errorf("the guest agent's status back on A: %+v", r)
 	}
 	t.Logf("whole test: %v", time.Since(start).Round(time.Millisecond))
 }
