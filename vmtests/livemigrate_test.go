@@ -105,7 +105,8 @@ func TestLiveMigrationQMP(t *testing.T) {
 	if r, err := Call[vmproto.ConfigureResult](src, vmproto.Configure{MAC: macC}); err != nil || !r.Carrier {
 		t.Fatalf("configure the counter NIC: %+v %v", r, err)
 	}
-	// Room for a stream of minutes in the guest's socket buffers.
+	// Room for the stream in the guest's socket buffers (the guest reads
+	// each phase's datagrams only at its end).
 	if r, err := Call[vmproto.ExecResult](src, vmproto.Exec{Argv: []string{"sh", "-c", "echo 16777216 > /proc/sys/net/core/rmem_max"}}); err != nil || r.ExitCode != 0 {
 		t.Fatalf("raise rmem_max in the guest: %+v %v", r, err)
 	}
