@@ -6,6 +6,11 @@
 // served by a backend of the test's choice (ours, or DPDK testpmd through
 // StartTestpmd).
 //
+// Live migration: WithQMP gives a VM a QMP socket (package qmp) and
+// WithIncoming starts a destination QEMU (-incoming) that StartT returns
+// without waiting for a ready event; once QMP migrate completed, the
+// destination's VM answers the guest's commands (TestLiveMigrationQMP).
+//
 // The guest image (Debian cloud kernel, busybox, virtio modules, the guest
 // program) is built and cached by package vmtests/image on first use.
 //
