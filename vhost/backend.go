@@ -264,6 +264,7 @@ func (d *NetDevice) stopQueue(idx uint32) (uint16, error) {
 	defer d.mu.Unlock()
 	if q.vq != nil {
 		q.base = q.vq.LastAvail()
+		d.log.Debug("vhost: queue stopped", "queue", q.index, "base", q.base, "used_idx", q.vq.pubUsed, "pushed", q.vq.nextUsed)
 		q.vq = nil
 	}
 	d.setKick(q, -1)
@@ -389,7 +390,7 @@ func (d *NetDevice) startQueue(q *queue, log *slog.Logger) (err error) {
 	if d.features&FeatureProtocolFeatures == 0 {
 		q.enabled = true // rings start enabled without protocol features
 	}
-	log.Debug("vhost: queue started", "queue", q.index, "size", q.num, "base", q.base, "enabled", q.enabled)
+	log.Debug("vhost: queue started", "queue", q.index, "size", q.num, "base", q.base, "used_idx", vq.nextUsed, "enabled", q.enabled)
 	return nil
 }
 
