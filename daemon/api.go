@@ -453,7 +453,14 @@ func addVMRoutes(mux *http.ServeMux, d *Daemon, p string) {
 		writeJSON(w, http.StatusCreated, out)
 	})
 	mux.HandleFunc("DELETE "+p+"/vms/{vm}", func(w http.ResponseWriter, r *http.Request) {
-		if err := d.RemoveVM(r.PathValue("vm")); err != nil {
+		remove := d.RemoveVM
+		if q := r.URL.Query(); q.Has("uuid") || q.Has("mac") {
+			// Only if its owner registered it (the libvirt hook's release).
+			remove = func(name string) error {
+				return d.RemoveOwnedVM(name, VMOwner{UUID: q.Get("uuid"), MAC: q.Get("mac")})
+			}
+		}
+		if err := remove(r.PathValue("vm")); err != nil {
 			writeErr(w, err)
 			return
 		}
@@ -466,6 +473,23 @@ func addVMRoutes(mux *http.ServeMux, d *Daemon, p string) {
 			return
 		}
 		writeJSON(w, http.StatusOK, vm.Ports())
+	})
+	mux.HandleFunc("POST "+p+"/vms/{vm}/tap", func(w http.ResponseWriter, r *http.Request) {
+		var req AttachTapRequest
+		if err := decodeJSON(r, &req); err != nil {
+			writeErr(w, err)
+			return
+		}
+		if err := d.AttachTap(r.PathValue("vm"), req.Tap, req.Owner); err != nil {
+			writeErr(w, err)
+			return
+		}
+		vm, ok := d.VM(r.PathValue("vm"))
+		if !ok {
+			writeErr(w, fmt.Errorf("%w: %q", ErrNoSuchVM, r.PathValue("vm")))
+			return
+		}
+		writeJSON(w, http.StatusOK, d.vmStatus(vm))
 	})
 	mux.HandleFunc("POST "+p+"/vms/{vm}/ports", func(w http.ResponseWriter, r *http.Request) {
 		vm, ok := d.VM(r.PathValue("vm"))
@@ -558,6 +582,8 @@ func writeErr(w http.ResponseWriter, err error) {
 	case errors.Is(err, ErrNoSuchVM), errors.Is(err, ErrNoSuchProgram), errors.Is(err, hostnet.ErrNotFound), errors.Is(err, hostnet.ErrNoSuchInterface):
 		code = http.StatusNotFound
 	case errors.Is(err, ErrStale), errors.Is(err, ErrHasProgram), errors.Is(err, hostnet.ErrExists):
+		code = http.StatusConflict
+	case errors.Is(err, ErrNotOwner):
 		code = http.StatusConflict
 	case errors.Is(err, errUnsupportedMedia):
 		code = http.StatusUnsupportedMediaType

@@ -405,7 +405,9 @@ func (d *Dataplane) Release() error {
 	d.mu.Lock()
 	var errs []error
 	for _, vm := range d.vms {
-		if vm.tap != nil {
+		// A persistent tap (QEMU's, TapQEMU) stays: QEMU keeps using it
+		// and the next daemon adopts it.
+		if vm.tap != nil && !vm.tap.Persistent() {
 			errs = append(errs, vm.tap.Close())
 		}
 		if vm.tapLink != nil {
