@@ -61,6 +61,15 @@ type VMStatus struct {
 	// FrontEndConnected says whether a front-end (the VM's QEMU, or DPDK)
 	// is connected to VhostUserSocket now; a socket serves one at a time.
 	FrontEndConnected bool `json:"front_end_connected,omitempty"`
+	// NoFrontEndSeconds is how long the VM has had no front-end (since
+	// its socket was served, or its last front-end left); 0 while one is
+	// connected.
+	NoFrontEndSeconds float64 `json:"no_front_end_seconds,omitempty"`
+	// TapMode is the tap_mode the VM was added with; TapWaiting says that
+	// its tap, which libvirt or QEMU creates ("external"), has not been
+	// attached yet: frames to the VM are not delivered.
+	TapMode    string `json:"tap_mode,omitempty"`
+	TapWaiting bool   `json:"tap_waiting,omitempty"`
 	// VhostQueueBreaks counts the times one of the VM's virtqueues broke
 	// (a bad ring, or guest memory that faulted: the connection was closed).
 	VhostQueueBreaks uint64 `json:"vhost_queue_breaks,omitempty"`
@@ -277,6 +286,9 @@ func (d *Daemon) vmStatus(vm *hostnet.VM) VMStatus {
 		if p := d.ports[vm.Name()]; p != nil {
 			vs.VhostUserSocket = p.Socket()
 			vs.FrontEndConnected = p.FrontEndConnected()
+			if t := p.NoFrontEndSince(); !t.IsZero() {
+				vs.NoFrontEndSeconds = time.Since(t).Round(time.Second).Seconds()
+			}
 			for _, q := range p.Device().Stats() {
 				vs.VhostQueueBreaks += q.Broken
 			}
@@ -285,6 +297,8 @@ func (d *Daemon) vmStatus(vm *hostnet.VM) VMStatus {
 	}
 	if vm.Tap() != nil {
 		vs.Tap = vm.Tap().Name()
+	} else if vm.Delivery() == guestprog.DeliverTap {
+		vs.TapWaiting = true
 	}
 	d.mu.Lock()
 	if a := d.agents[vm.Name()]; a != nil {
@@ -293,7 +307,7 @@ func (d *Daemon) vmStatus(vm *hostnet.VM) VMStatus {
 	d.mu.Unlock()
 	d.smu.Lock()
 	if e := d.entries[vm.Name()]; e != nil {
-		vs.UUID = e.cfg.UUID
+		vs.UUID, vs.TapMode = e.cfg.UUID, e.cfg.TapMode
 	}
 	d.smu.Unlock()
 	vs.Program, _ = d.Programs.Current(vm.Name())
