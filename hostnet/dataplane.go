@@ -383,6 +383,11 @@ func (d *Dataplane) Close() error {
 	d.mu.Lock()
 	var errs []error
 	for _, vm := range d.vms {
+		if vm.tap != nil && vm.tap.Persistent() {
+			// QEMU's tap (TapQEMU) outlives the daemon: QEMU still uses
+			// it, and the next daemon takes it again.
+			vm.tap.Keep()
+		}
 		errs = append(errs, d.removeLocked(vm))
 	}
 	d.mu.Unlock()

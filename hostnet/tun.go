@@ -233,8 +233,38 @@ func (t *Tap) Index() int { return t.index }
 // them and writes frames to them. An adopted tap has none.
 func (t *Tap) Queues() []*os.File { return t.queues }
 
-// Persistent reports whether the tap is one CreatePersistentTap made.
+// Persistent reports whether the tap is one CreatePersistentTap made (or
+// one TakePersistentTap took): Close deletes it.
 func (t *Tap) Persistent() bool { return t.persistent }
+
+// Keep makes Close leave a persistent tap in place (the daemon stops;
+// QEMU goes on using the tap, and the next daemon takes it again).
+func (t *Tap) Keep() { t.persistent = false }
+
+// TakePersistentTap takes an existing persistent tap (one a previous
+// daemon made with CreatePersistentTap and left to QEMU, or one made with
+// 'ip tuntap add') as this process's own: Close deletes it. A tap that is
+// not persistent (QEMU's or libvirt's own) is adopted as AdoptTap does.
+func TakePersistentTap(nsPath, name string) (*Tap, error) {
+	t, err := AdoptTap(nsPath, name)
+	if err != nil {
+		return nil, err
+	}
+	err = nsrun.Do(nsPath, func() error {
+		l, err := netlink.LinkByIndex(t.index)
+		if err != nil {
+			return fmt.Errorf("tap %q: %w", name, err)
+		}
+		if tt, ok := l.(*netlink.Tuntap); ok && !tt.NonPersist {
+			t.persistent, t.adopted, t.nsPath = true, false, nsPath
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return t, nil
+}
 
 // Close closes the queues, which removes the device; a persistent tap is
 // deleted (if it is still the device this Tap made). It may be called more

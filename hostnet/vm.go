@@ -268,8 +268,14 @@ func (d *Dataplane) AddVM(spec VMSpec) (_ *VM, err error) {
 func (vm *VM) setupTap(spec VMSpec) (err error) {
 	d := vm.d
 	if _, lerr := d.nl.LinkByName(spec.Tap); lerr == nil && spec.Tap != "" {
-		// The tap exists: QEMU or libvirt made it and holds its queues.
-		if vm.tap, err = AdoptTap(d.cfg.NetNS, spec.Tap); err != nil {
+		// The tap exists: QEMU or libvirt made it and holds its queues
+		// (or, in TapQEMU mode, a previous daemon made it for QEMU).
+		if spec.TapMode == TapQEMU {
+			vm.tap, err = TakePersistentTap(d.cfg.NetNS, spec.Tap)
+		} else {
+			vm.tap, err = AdoptTap(d.cfg.NetNS, spec.Tap)
+		}
+		if err != nil {
 			return err
 		}
 		d.log.Info("adopted existing tap", "vm", spec.Name, "tap", spec.Tap)
