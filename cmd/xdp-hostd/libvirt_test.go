@@ -543,3 +543,46 @@ func hookLog(name string) string {
 	}
 	return string(b)
 }
+
+// The README's hook file is the one the libvirt test installs and `hook
+// -h` prints.
+func TestReadmeHookScript(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, l := range strings.Split(hookScript("/usr/local/bin/xdp-hostd", daemon.DefaultSocket), "\n") {
+		if l != "" {
+			lines = append(lines, "   "+l)
+		}
+	}
+	if block := strings.Join(lines, "\n"); !strings.Contains(string(b), block) {
+		t.Errorf("README.md lacks the hook file:\n%s", block)
+	}
+	code, _, errs := runCmd("hook", "-h")
+	if code != 0 || !strings.Contains(errs, strings.TrimSpace(hookScript("/usr/local/bin/xdp-hostd", daemon.DefaultSocket))) {
+		t.Errorf("hook -h: exit %d\n%s", code, errs)
+	}
+}
+
+// vm show and list point out a vhost-user VM without a front-end for long
+// (and how QEMU reconnects), and a tap VM still waiting for its tap.
+func TestPrintVMsNoFrontEnd(t *testing.T) {
+	var b bytes.Buffer
+	printVMs(&b, false, []daemon.VMStatus{
+		{Name: "vu1", Delivery: "vhost-user", VhostUserSocket: "/run/x/vu1.sock", NoFrontEndSeconds: 125},
+		{Name: "vu2", Delivery: "vhost-user", NoFrontEndSeconds: 3},
+		{Name: "vu3", Delivery: "vhost-user", FrontEndConnected: true},
+		{Name: "tm", Delivery: "tap", TapMode: "external", TapWaiting: true},
+	})
+	out := b.String()
+	for _, want := range []string{"no front-end for 2m5s", "VM vu1: no front-end for 2m5s on /run/x/vu1.sock", "<reconnect enabled='yes'", "waiting for tap", "VM tm: waiting for its tap"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "VM vu2:") || strings.Contains(out, "VM vu3:") {
+		t.Errorf("a VM with a front-end (or briefly without) pointed out:\n%s", out)
+	}
+}
