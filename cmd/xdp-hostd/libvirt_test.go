@@ -42,7 +42,8 @@ import (
 //   - a domain without the metadata: the daemon never hears of it;
 //   - one with a bad uplink: its start fails and leaves nothing;
 //   - one named like an unrelated VM: its start fails, and its release
-//     leaves that VM alone.
+//     leaves that VM alone;
+//   - a start while the daemon does not answer (SIGSTOP) fails in seconds.
 //
 // A frame sent to each VM's MAC from the wire shows up in that VM's
 // counters. Everything is removed, also on failure.
@@ -276,6 +277,19 @@ func TestLibvirtDomains(t *testing.T) {
 	if v := want("the failed start of "+clash.name, vu, managed, unmanaged, clashOnly)[clashVM]; v.MAC != mac(7) {
 		t.Errorf("VM %s was replaced: %+v", clashVM, v)
 	}
+
+	// A daemon that does not answer (stopped) costs the start a couple
+	// of seconds, not 40: the hook's first request has 2 s.
+	d.cmd.Process.Signal(syscall.SIGSTOP)
+	t0 := time.Now()
+	out, err := vsh("start", badUplink.name)
+	hung := time.Since(t0)
+	d.cmd.Process.Signal(syscall.SIGCONT)
+	if err == nil || !strings.Contains(out, "did not answer within") || hung > 3*libvirthook.ProbeTimeout+2*time.Second {
+		t.Errorf("virsh start %s against a stopped daemon: %v after %v\n%s", badUplink.name, err, hung, out)
+	}
+	t.Logf("virsh start against a stopped daemon failed after %v", hung.Round(time.Millisecond))
+	want("the start against a stopped daemon", vu, managed, unmanaged, clashOnly)
 
 	// A frame to each VM's MAC shows up in that VM's counters (and one to
 	// the domain without metadata in none).
