@@ -600,3 +600,20 @@ func TestPrintVMsNoFrontEnd(t *testing.T) {
 		t.Errorf("a VM with a front-end (or briefly without) pointed out:\n%s", out)
 	}
 }
+
+// A QEMU without ACPI (what libvirt runs for a domain without
+// <features><acpi/>) has no PCI hot-plug on the pc machine: vm attach
+// fails saying to add <acpi/>.
+func TestVMAttachNoACPI(t *testing.T) {
+	testnet.RequireRoot(t)
+	topo := testnet.Topology(t, 4)
+	vsock := filepath.Join(t.TempDir(), "noacpi.sock")
+	s, _ := startDaemon(t, fmt.Sprintf(`{"vm_socket_dirs": [%q], "uplinks": [{"name": %q, "netns": %q, "vms": [
+		{"name": "noacpi", "mac": "52:54:00:00:ac:01", "queues": [1], "delivery": "vhost-user", "vhost_user_socket": %q}]}]}`,
+		filepath.Dir(vsock), topo.Uplink, topo.HostNS, vsock))
+	q := startQEMU(t, qemuOpts{extra: []string{"-no-acpi"}})
+	code, out, errs := cli(t, "vm", "attach", s, "--qmp", q, "noacpi")
+	if code != 1 || !strings.Contains(errs, "does not support hotplugging") || !strings.Contains(errs, "<features><acpi/></features>") {
+		t.Errorf("attach without ACPI: exit %d\n%s%s", code, out, errs)
+	}
+}
