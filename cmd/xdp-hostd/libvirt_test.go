@@ -116,6 +116,7 @@ func TestLibvirtDomains(t *testing.T) {
 		queue             int    // the uplink queue its frames arrive on
 	}
 	vsock := filepath.Join(sockDir, p+"-vu.sock")
+	asock := filepath.Join(sockDir, p+"-vu.agent.sock")
 	mac := func(i int) string { return fmt.Sprintf("52:54:00:%s:%s:%02x", p[1:3], p[3:5], i) }
 	vu := dom{name: "xh-" + p + "-vu", mac: mac(1), uplink: topo.Uplink, vm: true, queue: 1,
 		iface: fmt.Sprintf(`<interface type='vhostuser'>
@@ -125,7 +126,13 @@ func TestLibvirtDomains(t *testing.T) {
       </source>
       <model type='virtio'/>
       <alias name='ua-xh0'/>
-    </interface>`, mac(1), vsock)}
+    </interface>
+    <channel type='unix'>
+      <source mode='connect' path='%s'>
+        <reconnect enabled='yes' timeout='1'/>
+      </source>
+      <target type='virtio' name='org.xdp-hostd.agent.0'/>
+    </channel>`, mac(1), vsock, asock)}
 	managed := dom{name: "xh-" + p + "-tm", mac: mac(2), uplink: topo.Uplink, vm: true,
 		iface: fmt.Sprintf(`<interface type='ethernet'>
       <mac address='%s'/>
@@ -161,6 +168,7 @@ func TestLibvirtDomains(t *testing.T) {
 		for _, dm := range all {
 			vsh("destroy", dm.name)
 			vsh("undefine", dm.name)
+			os.Remove("/var/log/libvirt/qemu/" + dm.name + ".log")
 		}
 	})
 	for _, dm := range all {
@@ -236,13 +244,17 @@ func TestLibvirtDomains(t *testing.T) {
 	// vhost-user: QEMU, as libvirt-qemu, connects to the daemon's socket.
 	startDom(vu)
 	m := want("start "+vu.name, vu, clashOnly)
-	if fi, err := os.Stat(vsock); err != nil {
-		t.Errorf("vhost-user socket: %v", err)
-	} else if st := fi.Sys().(*syscall.Stat_t); fi.Mode().Perm() != 0o660 || st.Uid != uidOf(t, daemon.DefaultQEMUUser) || st.Gid != gidOf(t, daemon.DefaultQEMUGroup) {
-		t.Errorf("vhost-user socket %s: mode %v uid %d gid %d, want 0660 libvirt-qemu:kvm", vsock, fi.Mode(), st.Uid, st.Gid)
+	// (libvirt relabels the agent channel's socket itself, to QEMU's
+	// user and group: its group is libvirt-qemu then.)
+	for _, sock := range []string{vsock, asock} {
+		if fi, err := os.Stat(sock); err != nil {
+			t.Errorf("VM socket: %v", err)
+		} else if st := fi.Sys().(*syscall.Stat_t); fi.Mode().Perm() != 0o660 || st.Uid != uidOf(t, daemon.DefaultQEMUUser) || sock == vsock && st.Gid != gidOf(t, daemon.DefaultQEMUGroup) {
+			t.Errorf("VM socket %s: mode %v uid %d gid %d, want 0660 libvirt-qemu:kvm", sock, fi.Mode(), st.Uid, st.Gid)
+		}
 	}
 	waitFor(t, "QEMU to connect to "+vsock, 20*time.Second, func() bool { return vms()[vu.name].FrontEndConnected })
-	if v := m[vu.name]; v.Delivery != "vhost-user" || v.UUID == "" {
+	if v := m[vu.name]; v.Delivery != "vhost-user" || v.UUID == "" || v.AgentSocket != asock {
 		t.Errorf("%s: %+v", vu.name, v)
 	}
 
