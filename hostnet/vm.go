@@ -301,13 +301,12 @@ func (vm *VM) setupTap(spec VMSpec) (err error) {
 func (vm *VM) useTap(name string) (err error) {
 	d := vm.d
 	tapIndex := vm.tap.Index()
-	spec := struct{ Tap string }{name}
 	if err := d.ns.Do(func() error {
 		if err := vm.maps.Tap.Put(uint32(0), uint32(tapIndex)); err != nil {
-			return fmt.Errorf("set tap %s as delivery target: %w", spec.Tap, err)
+			return fmt.Errorf("set tap %s as delivery target: %w", name, err)
 		}
 		if err := d.vmtx.TapUplink.Put(uint32(tapIndex), uint32(d.index)); err != nil {
-			return fmt.Errorf("route tap %s to uplink: %w", spec.Tap, err)
+			return fmt.Errorf("route tap %s to uplink: %w", name, err)
 		}
 		return nil
 	}); err != nil {
@@ -315,13 +314,13 @@ func (vm *VM) useTap(name string) (err error) {
 	}
 	cfg := tapCfg{MAC: toMACKey(vm.mac), Slot: uint32(vm.slot)}
 	if err := d.vmtx.TapCfg.Put(uint32(tapIndex), cfg); err != nil {
-		return fmt.Errorf("register tap %s: %w", spec.Tap, err)
+		return fmt.Errorf("register tap %s: %w", name, err)
 	}
 	if l, ok := d.adoptTxLink(tapIndex, d.vmtx.VmTx); ok {
 		vm.tapLink = l
 		return nil
 	}
-	if vm.tapLink, _, err = d.attach(d.vmtx.VmTx, tapIndex, spec.Tap, AttachAuto); err != nil {
+	if vm.tapLink, _, err = d.attach(d.vmtx.VmTx, tapIndex, name, AttachAuto); err != nil {
 		return err
 	}
 	return d.pinTxLink(tapIndex, vm.tapLink)
