@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -121,7 +122,8 @@ type VM struct {
 
 	maps    *guestprog.HostMaps
 	tap     *Tap
-	tapName string // the tap this VM claimed (see claimTap)
+	tapView atomic.Pointer[Tap] // tap, for Tap(): AttachTap sets it on a VM others see
+	tapName string              // the tap this VM claimed (see claimTap)
 	tapLink link.Link
 	steered []steerRule
 
@@ -301,6 +303,7 @@ func (vm *VM) setupTap(spec VMSpec) (err error) {
 func (vm *VM) useTap(name string) (err error) {
 	d := vm.d
 	tapIndex := vm.tap.Index()
+	vm.tapView.Store(vm.tap)
 	if err := d.ns.Do(func() error {
 		if err := vm.maps.Tap.Put(uint32(0), uint32(tapIndex)); err != nil {
 			return fmt.Errorf("set tap %s as delivery target: %w", name, err)
@@ -392,6 +395,7 @@ func (vm *VM) dropTap() {
 		vm.tapLink.Close()
 		vm.tapLink = nil
 	}
+	vm.tapView.Store(nil)
 	vm.tap.Close()
 	vm.tap = nil
 }
@@ -529,6 +533,7 @@ func (vm *VM) teardown() error {
 		vm.tapLink = nil
 	}
 	if vm.tap != nil {
+		vm.tapView.Store(nil)
 		errs = append(errs, vm.tap.Close())
 		vm.tap = nil
 	}
@@ -640,8 +645,8 @@ func (vm *VM) MAC() net.HardwareAddr { return vm.mac }
 // Queues are the uplink queues dedicated to the VM.
 func (vm *VM) Queues() []int { return slices.Clone(vm.queues) }
 
-// Tap is the VM's tap device.
-func (vm *VM) Tap() *Tap { return vm.tap }
+// Tap is the VM's tap device (nil while a TapExternal VM waits for it).
+func (vm *VM) Tap() *Tap { return vm.tapView.Load() }
 
 // Maps are the VM's host-owned maps (counters, delivery targets, ports).
 func (vm *VM) Maps() *guestprog.HostMaps { return vm.maps }
