@@ -36,8 +36,9 @@ import (
 //   - vhost-user (memfd shared memory, a NUMA cell, reconnect): QEMU, run
 //     as libvirt-qemu, connects to the daemon's socket (libvirt-qemu:kvm
 //     0660), and again after the daemon restarts;
-//   - a managed tap (libvirt creates it after prepare; started attaches it)
-//     and an unmanaged one (the daemon creates it with QEMU's flags);
+//   - a managed tap (libvirt creates it after prepare; started attaches it),
+//     also one libvirt names (vnetN), and an unmanaged one (the daemon
+//     creates it with QEMU's flags);
 //     the managed one starts again after a destroy (release found its VM);
 //   - a domain without the metadata: the daemon never hears of it;
 //   - one with a bad uplink: its start fails and leaves nothing;
@@ -163,7 +164,12 @@ func TestLibvirtDomains(t *testing.T) {
       <target dev='%sc'/>
       <model type='virtio'/>
     </interface>`, mac(6), p)}
-	all := []dom{vu, managed, unmanaged, plain, badUplink, clash}
+	auto := dom{name: "xh-" + p + "-ta", mac: mac(8), uplink: topo.Uplink,
+		iface: fmt.Sprintf(`<interface type='ethernet'>
+      <mac address='%s'/>
+      <model type='virtio'/>
+    </interface>`, mac(8))}
+	all := []dom{vu, managed, unmanaged, plain, badUplink, clash, auto}
 	t.Cleanup(func() {
 		for _, dm := range all {
 			vsh("destroy", dm.name)
@@ -346,6 +352,23 @@ func TestLibvirtDomains(t *testing.T) {
 		}
 	}
 	deliver("first start")
+
+	// A managed tap libvirt names itself (no <target dev>): the VM waits
+	// for it at prepare and gets libvirt's vnetN at started.
+	startDom(auto)
+	if v := vms()[auto.name]; !strings.HasPrefix(v.Tap, "vnet") || v.TapWaiting {
+		t.Errorf("%s: tap %q waiting %v, want libvirt's vnetN", auto.name, v.Tap, v.TapWaiting)
+	}
+	before := vms()[auto.name].Verdicts.Pass.Packets
+	hw, _ := net.ParseMAC(auto.mac)
+	if err := sender.Send(traffic.FrameSpec{Dst: hw, Src: topo.WireMAC, Size: 100, Tag: 8}, 0, 0, 20); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "20 frames counted by "+auto.name, 10*time.Second, func() bool { return vms()[auto.name].Verdicts.Pass.Packets-before >= 20 })
+	destroyDom(auto)
+	if _, ok := vms()[auto.name]; ok {
+		t.Errorf("VM %s left after destroy", auto.name)
+	}
 
 	// The daemon restarts: QEMU reconnects (the interface's <reconnect>).
 	if err := d.stop(t); err != nil {
