@@ -116,8 +116,8 @@ func Parse(r io.Reader) (string, []VM, error) {
 	var vms []VM
 	for i, m := range md.Interfaces {
 		mac, err := net.ParseMAC(m.MAC)
-		if err != nil {
-			return dom.Name, nil, fmt.Errorf("%w: xdp-hostd interface %d: mac %q: %v", ErrDomain, i, m.MAC, err)
+		if err != nil || len(mac) != 6 {
+			return dom.Name, nil, fmt.Errorf("%w: xdp-hostd interface %d: mac %q is not an Ethernet MAC address (write six hex bytes, such as 52:54:00:12:34:56)", ErrDomain, i, m.MAC)
 		}
 		if m.Uplink == "" {
 			return dom.Name, nil, fmt.Errorf("%w: xdp-hostd interface %s: uplink= is required", ErrDomain, mac)

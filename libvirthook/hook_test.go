@@ -130,14 +130,15 @@ func TestParseRefusesBadDomains(t *testing.T) {
 		{"<domain><name>x</name", "domain XML"},
 		{"not xml at all", "domain XML"},
 		{domainXML(t, "d", meta(`<xh:interface mac="52:54:00:00:00:05" uplink="eth1"/>`), bridge("52:54:00:00:00:06")), "no interface with that MAC"},
-		{domainXML(t, "d", meta(`<xh:interface mac="zz" uplink="eth1"/>`)), `mac "zz"`},
+		{domainXML(t, "d", meta(`<xh:interface mac="zz" uplink="eth1"/>`)), `mac "zz" is not an Ethernet MAC address (write six hex bytes`},
+		{domainXML(t, "d", meta(`<xh:interface mac="52:54:00:00:00:00:00:05" uplink="eth1"/>`)), `mac "52:54:00:00:00:00:00:05" is not an Ethernet MAC address`},
 		{domainXML(t, "d", meta(`<xh:interface mac="52:54:00:00:00:05"/>`), vhostUser("52:54:00:00:00:05", "/s", "client")), "uplink= is required"},
 		{domainXML(t, "d", meta(`<xh:interface mac="52:54:00:00:00:05" uplink="e"/>`), vhostUser("52:54:00:00:00:05", "/s", "server")), "mode='client'"},
 		{domainXML(t, "d", meta(`<xh:interface mac="52:54:00:00:00:05" uplink="e"/>`), bridge("52:54:00:00:00:05")), "vhostuser"},
 		{domainXML(t, "d", meta(`<xh:interface mac="52:54:00:00:00:05" uplink="e" queues="a"/>`), vhostUser("52:54:00:00:00:05", "/s", "")), "queues"},
 	} {
 		_, _, err := Parse(strings.NewReader(tc.doc))
-		if !errors.Is(err, ErrDomain) || !strings.Contains(err.Error(), tc.says) {
+		if !errors.Is(err, ErrDomain) || !strings.Contains(err.Error(), tc.says) || strings.Count(err.Error(), "mac ") > 1 {
 			t.Errorf("%.60q: %v, want ErrDomain saying %q", tc.doc, err, tc.says)
 		}
 	}
