@@ -212,6 +212,25 @@ func (c *Client) RemoveVM(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/vms/"+url.PathEscape(name), nil, nil, nil)
 }
 
+// RemoveOwnedVM removes a VM only if owner registered it (the same
+// domain UUID and MAC); another's VM of that name is left alone (an error
+// wrapping a 409 answer).
+func (c *Client) RemoveOwnedVM(ctx context.Context, name string, owner daemon.VMOwner) error {
+	return c.do(ctx, http.MethodDelete, "/vms/"+url.PathEscape(name), url.Values{"uuid": {owner.UUID}, "mac": {owner.MAC}}, nil, nil)
+}
+
+// AttachTap gives a VM whose tap someone else creates ("tap_mode":
+// "external") that tap, now that it exists; owner, if not nil, must be
+// who registered the VM.
+func (c *Client) AttachTap(ctx context.Context, vm, tap string, owner *daemon.VMOwner) (*daemon.VMStatus, error) {
+	body, err := json.Marshal(daemon.AttachTapRequest{Tap: tap, Owner: owner})
+	if err != nil {
+		return nil, err
+	}
+	var out daemon.VMStatus
+	return &out, c.do(ctx, http.MethodPost, "/vms/"+url.PathEscape(vm)+"/tap", nil, body, &out)
+}
+
 // Ports lists a VM's port table.
 func (c *Client) Ports(ctx context.Context, vm string) ([]hostnet.Port, error) {
 	var out []hostnet.Port

@@ -62,6 +62,15 @@ type VMStatus struct {
 	// FrontEndConnected says whether a front-end (the VM's QEMU, or DPDK)
 	// is connected to VhostUserSocket now; a socket serves one at a time.
 	FrontEndConnected bool `json:"front_end_connected,omitempty"`
+	// NoFrontEndSeconds is how long the VM has had no front-end (since
+	// its socket was served, or its last front-end left); 0 while one is
+	// connected.
+	NoFrontEndSeconds float64 `json:"no_front_end_seconds,omitempty"`
+	// TapMode is the tap_mode the VM was added with; TapWaiting says that
+	// its tap, which libvirt or QEMU creates ("external"), has not been
+	// attached yet: frames to the VM are not delivered.
+	TapMode    string `json:"tap_mode,omitempty"`
+	TapWaiting bool   `json:"tap_waiting,omitempty"`
 	// VhostQueueBreaks counts the times one of the VM's virtqueues broke
 	// (a bad ring, or guest memory that faulted: the connection was closed).
 	VhostQueueBreaks uint64 `json:"vhost_queue_breaks,omitempty"`
@@ -289,6 +298,9 @@ func (d *Daemon) vmStatus(vm *hostnet.VM) VMStatus {
 		if p := d.ports[vm.Name()]; p != nil {
 			vs.VhostUserSocket = p.Socket()
 			vs.FrontEndConnected = p.FrontEndConnected()
+			if t := p.NoFrontEndSince(); !t.IsZero() {
+				vs.NoFrontEndSeconds = time.Since(t).Round(time.Second).Seconds()
+			}
 			for _, q := range p.Device().Stats() {
 				vs.VhostQueueBreaks += q.Broken
 			}
@@ -297,6 +309,8 @@ func (d *Daemon) vmStatus(vm *hostnet.VM) VMStatus {
 	}
 	if vm.Tap() != nil {
 		vs.Tap = vm.Tap().Name()
+	} else if vm.Delivery() == guestprog.DeliverTap {
+		vs.TapWaiting = true
 	}
 	d.mu.Lock()
 	if a := d.agents[vm.Name()]; a != nil {
@@ -305,7 +319,7 @@ func (d *Daemon) vmStatus(vm *hostnet.VM) VMStatus {
 	d.mu.Unlock()
 	d.smu.Lock()
 	if e := d.entries[vm.Name()]; e != nil {
-		vs.UUID = e.cfg.UUID
+		vs.UUID, vs.TapMode = e.cfg.UUID, e.cfg.TapMode
 	}
 	d.smu.Unlock()
 	vs.Program, _ = d.Programs.Current(vm.Name())
@@ -467,7 +481,14 @@ func addVMRoutes(mux *http.ServeMux, d *Daemon, p string) {
 		writeJSON(w, http.StatusCreated, out)
 	})
 	mux.HandleFunc("DELETE "+p+"/vms/{vm}", func(w http.ResponseWriter, r *http.Request) {
-		if err := d.RemoveVM(r.PathValue("vm")); err != nil {
+		remove := d.RemoveVM
+		if q := r.URL.Query(); q.Has("uuid") || q.Has("mac") {
+			// Only if its owner registered it (the libvirt hook's release).
+			remove = func(name string) error {
+				return d.RemoveOwnedVM(name, VMOwner{UUID: q.Get("uuid"), MAC: q.Get("mac")})
+			}
+		}
+		if err := remove(r.PathValue("vm")); err != nil {
 			writeErr(w, err)
 			return
 		}
@@ -480,6 +501,23 @@ func addVMRoutes(mux *http.ServeMux, d *Daemon, p string) {
 			return
 		}
 		writeJSON(w, http.StatusOK, vm.Ports())
+	})
+	mux.HandleFunc("POST "+p+"/vms/{vm}/tap", func(w http.ResponseWriter, r *http.Request) {
+		var req AttachTapRequest
+		if err := decodeJSON(r, &req); err != nil {
+			writeErr(w, err)
+			return
+		}
+		if err := d.AttachTap(r.PathValue("vm"), req.Tap, req.Owner); err != nil {
+			writeErr(w, err)
+			return
+		}
+		vm, ok := d.VM(r.PathValue("vm"))
+		if !ok {
+			writeErr(w, fmt.Errorf("%w: %q", ErrNoSuchVM, r.PathValue("vm")))
+			return
+		}
+		writeJSON(w, http.StatusOK, d.vmStatus(vm))
 	})
 	mux.HandleFunc("POST "+p+"/vms/{vm}/ports", func(w http.ResponseWriter, r *http.Request) {
 		vm, ok := d.VM(r.PathValue("vm"))
@@ -576,6 +614,8 @@ func writeErr(w http.ResponseWriter, err error) {
 	case errors.Is(err, ErrNoSuchVM), errors.Is(err, ErrNoSuchUplink), errors.Is(err, ErrNoSuchProgram), errors.Is(err, hostnet.ErrNotFound), errors.Is(err, hostnet.ErrNoSuchInterface):
 		code = http.StatusNotFound
 	case errors.Is(err, ErrStale), errors.Is(err, ErrHasProgram), errors.Is(err, hostnet.ErrExists):
+		code = http.StatusConflict
+	case errors.Is(err, ErrNotOwner):
 		code = http.StatusConflict
 	case errors.Is(err, errUnsupportedMedia):
 		code = http.StatusUnsupportedMediaType

@@ -49,8 +49,16 @@ type Config struct {
 	// VMSocketDirs are the directories VMs' vhost-user and agent sockets
 	// must be in (subdirectories included, symbolic links resolved, '..'
 	// refused). Empty: DefaultVMSocketDirs.
-	VMSocketDirs []string       `json:"vm_socket_dirs,omitempty"`
-	Uplinks      []UplinkConfig `json:"uplinks"`
+	VMSocketDirs []string `json:"vm_socket_dirs,omitempty"`
+	// VMSocketOwner, VMSocketGroup and VMSocketMode are given to every VM
+	// socket the daemon serves (user and group names or numeric IDs, an
+	// octal mode), so that QEMU, which libvirt runs unprivileged, may
+	// connect. Defaults: DefaultQEMUUser and DefaultQEMUGroup where they
+	// exist (else root), mode 0660. A mode open to every user is refused.
+	VMSocketOwner string         `json:"vm_socket_owner,omitempty"`
+	VMSocketGroup string         `json:"vm_socket_group,omitempty"`
+	VMSocketMode  string         `json:"vm_socket_mode,omitempty"`
+	Uplinks       []UplinkConfig `json:"uplinks"`
 
 	// APISocket is the path of the daemon's API socket, which no VM socket
 	// may take (DefaultSocket is always protected too). Run sets it.
@@ -120,6 +128,14 @@ type VMConfig struct {
 	// "xh<slot>-<uplink>"); TapQueues its number of queues (default 1).
 	Tap       string `json:"tap,omitempty"`
 	TapQueues int    `json:"tap_queues,omitempty"`
+	// TapMode is who opens the tap the daemon creates: "" (the daemon
+	// holds its queues: for tests and the demo), "qemu" (a persistent tap
+	// with QEMU's flags that QEMU's -netdev tap,ifname=NAME or libvirt's
+	// managed='no' opens; removed with the VM) or "external" (libvirt or
+	// QEMU creates it; the daemon adopts it when told it exists, POST
+	// /v1/vms/{vm}/tap, which the libvirt hook's started call does). A tap
+	// that exists already is adopted whatever the mode.
+	TapMode string `json:"tap_mode,omitempty"`
 	// Ports are extra ports of the VM's port table: port number (1-63) ->
 	// interface name. Port 0 is always the uplink.
 	Ports map[string]string `json:"ports,omitempty"`
@@ -179,6 +195,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("vm_socket_dirs[%d]: \"/\" would let a VM's socket be anywhere: name the directories VM sockets go in (such as /run/xdp-hostd/vms)", i)
 		}
 	}
+	if _, err := c.socketPerm(); err != nil {
+		return err
+	}
 	uplinks := map[string]bool{}
 	vms := map[string]string{}
 	for i, u := range c.Uplinks {
@@ -230,6 +249,11 @@ func (vm *VMConfig) validate() error {
 		if vm.VhostUserSocket != "" {
 			return errors.New(`vhost_user_socket: only for "delivery": "vhost-user"`)
 		}
+		switch vm.TapMode {
+		case "", "qemu", "external":
+		default:
+			return fmt.Errorf(`tap_mode: %q: use "qemu" (the daemon creates a tap QEMU opens), "external" (libvirt or QEMU creates it; the daemon adopts it) or leave it out (the daemon holds the tap)`, vm.TapMode)
+		}
 	case "vhost-user":
 		if vm.VhostUserSocket == "" {
 			return fmt.Errorf("vhost_user_socket: required with vhost-user delivery (a path such as /run/xdp-hostd/vms/%s.sock)", vm.Name)
@@ -240,7 +264,7 @@ func (vm *VMConfig) validate() error {
 		if len(vm.Queues) == 0 {
 			return errors.New("queues: vhost-user delivery needs at least one dedicated queue")
 		}
-		if vm.Tap != "" || vm.TapQueues != 0 {
+		if vm.Tap != "" || vm.TapQueues != 0 || vm.TapMode != "" {
 			return errors.New("tap: a vhost-user VM has no tap")
 		}
 		if vm.BusyPollMicros < 0 || vm.BusyPollMicros > 1000000 {
@@ -271,7 +295,7 @@ func (vm *VMConfig) spec() (hostnet.VMSpec, error) {
 	if err != nil {
 		return hostnet.VMSpec{}, fmt.Errorf("mac: %w", err)
 	}
-	s := hostnet.VMSpec{Name: vm.Name, MAC: mac, Queues: vm.Queues, Tap: vm.Tap, TapQueues: vm.TapQueues, Closed: vm.closed}
+	s := hostnet.VMSpec{Name: vm.Name, MAC: mac, Queues: vm.Queues, Tap: vm.Tap, TapQueues: vm.TapQueues, TapMode: hostnet.TapMode(vm.TapMode), Closed: vm.closed}
 	if vm.Delivery == "vhost-user" {
 		s.Delivery = guestprog.DeliverXSK
 	}

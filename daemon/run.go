@@ -37,6 +37,7 @@ type Daemon struct {
 	sockDirs    []string
 	apiSockets  []string
 	prevSockets map[string]string
+	sockPerm    sockPerm // owner, group and mode of VM sockets
 
 	// Durable state (nil store: none). smu guards the rest; it is taken
 	// last (never held while taking mu or the registry's lock).
@@ -184,6 +185,9 @@ func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig, origin 
 			return nil, err
 		}
 		d.ports[vc.Name] = port
+		if err := d.sockPerm.apply(vhostPath); err != nil {
+			return nil, fmt.Errorf("VM %s: %w", vc.Name, err)
+		}
 	}
 	if vc.AgentSocket != "" {
 		if err := os.MkdirAll(filepath.Dir(agentPath), 0o755); err != nil {
@@ -194,6 +198,9 @@ func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig, origin 
 			return nil, err
 		}
 		d.agents[vc.Name] = a
+		if err := d.sockPerm.apply(agentPath); err != nil {
+			return nil, fmt.Errorf("VM %s: %w", vc.Name, err)
+		}
 	}
 	ports, err := vc.ports()
 	if err != nil {
@@ -330,12 +337,27 @@ func (d *Daemon) AddVMs(ctx context.Context, reqs []AddVMRequest) (_ []*hostnet.
 
 // RemoveVM stops a VM's port and removes it from the dataplane and the
 // registry (its guest program goes with it).
-func (d *Daemon) RemoveVM(name string) error {
+func (d *Daemon) RemoveVM(name string) error { return d.removeVM(name, nil) }
+
+// removeVM removes the VM if check (when given) accepts its record; both
+// under d.mu, so that what is removed is what was checked.
+func (d *Daemon) removeVM(name string, check func(VMConfig) error) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	vm, ok := d.byVM[name]
 	if !ok {
 		return fmt.Errorf("%w: %q", ErrNoSuchVM, name)
+	}
+	if check != nil {
+		d.smu.Lock()
+		var vc VMConfig
+		if e := d.entries[name]; e != nil {
+			vc = e.cfg
+		}
+		d.smu.Unlock()
+		if err := check(vc); err != nil {
+			return err
+		}
 	}
 	var errs []error
 	if p := d.ports[name]; p != nil {
@@ -439,6 +461,9 @@ func Start(cfg *Config, log *slog.Logger) (_ *Daemon, err error) {
 		netns: map[*hostnet.Dataplane]string{}, Programs: NewRegistry(log, cfg.limits(), 1), cfg: *cfg, costMean: map[*hostnet.VM]float64{},
 		entries: map[string]*vmEntry{}, stProgs: map[string]*StateProgram{}, prevSockets: map[string]string{}}
 	d.sockDirs = cfg.SocketDirs()
+	if d.sockPerm, err = cfg.socketPerm(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
 	for _, p := range []string{DefaultSocket, cfg.APISocket} {
 		if p == "" {
 			continue

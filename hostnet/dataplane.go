@@ -383,6 +383,11 @@ func (d *Dataplane) Close() error {
 	d.mu.Lock()
 	var errs []error
 	for _, vm := range d.vms {
+		if vm.tap != nil && vm.tap.Persistent() {
+			// QEMU's tap (TapQEMU) outlives the daemon: QEMU still uses
+			// it, and the next daemon takes it again.
+			vm.tap.Keep()
+		}
 		errs = append(errs, d.removeLocked(vm))
 	}
 	d.mu.Unlock()
@@ -405,7 +410,9 @@ func (d *Dataplane) Release() error {
 	d.mu.Lock()
 	var errs []error
 	for _, vm := range d.vms {
-		if vm.tap != nil {
+		// A persistent tap (QEMU's, TapQEMU) stays: QEMU keeps using it
+		// and the next daemon adopts it.
+		if vm.tap != nil && !vm.tap.Persistent() {
 			errs = append(errs, vm.tap.Close())
 		}
 		if vm.tapLink != nil {

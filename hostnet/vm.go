@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -37,6 +38,10 @@ type VMSpec struct {
 	Tap string
 	// TapQueues is the number of queues of the tap; default 1.
 	TapQueues int
+	// TapMode says who opens the tap's queues when the dataplane creates
+	// it: TapHeld (default), TapQEMU or TapExternal. A tap that exists is
+	// adopted whatever the mode.
+	TapMode TapMode
 	// Delivery is how passed packets reach the VM: DeliverTap (default;
 	// the host creates the tap) or DeliverXSK (AF_XDP sockets on the VM's
 	// dedicated queues, set with SetSocket; for vhost-user).
@@ -47,6 +52,26 @@ type VMSpec struct {
 	// (with its maps filled) at the final import.
 	Closed bool
 }
+
+// TapMode is who makes a VM's tap and reads its queues.
+type TapMode string
+
+const (
+	// TapHeld: the dataplane creates a multi-queue tap and holds its
+	// queues (the demo and tests read them); QEMU cannot open it.
+	TapHeld TapMode = ""
+	// TapQEMU: the dataplane creates a persistent tap with the flags QEMU
+	// and libvirt open a tap with (QEMUTapFlags) and holds no queue of it;
+	// QEMU (-netdev tap,ifname=NAME,script=no,downscript=no) or libvirt
+	// (<interface type='ethernet'><target dev='NAME' managed='no'/>) opens
+	// it. Removing the VM deletes it.
+	TapQEMU TapMode = "qemu"
+	// TapExternal: the dataplane never creates the tap; libvirt
+	// (<interface type='ethernet'>, managed) or QEMU creates it, and
+	// AttachTap adopts it once it exists. Until then the VM's frames are
+	// not delivered.
+	TapExternal TapMode = "external"
+)
 
 var vmNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
@@ -77,6 +102,14 @@ func (s *VMSpec) Validate() error {
 	if s.Delivery == guestprog.DeliverXSK && len(s.Queues) == 0 {
 		return fmt.Errorf("%w: VM %s: AF_XDP delivery needs dedicated queues (sockets are bound to queues)", ErrInvalid, s.Name)
 	}
+	switch s.TapMode {
+	case TapHeld, TapQEMU, TapExternal:
+	default:
+		return fmt.Errorf("%w: VM %s: tap mode %q: use qemu or external (or none: the host holds the tap)", ErrInvalid, s.Name, s.TapMode)
+	}
+	if s.TapMode != TapHeld && s.Delivery != guestprog.DeliverTap {
+		return fmt.Errorf("%w: VM %s: tap mode %s is for tap delivery", ErrInvalid, s.Name, s.TapMode)
+	}
 	if s.TapQueues < 0 || s.TapQueues > 16 {
 		return fmt.Errorf("%w: VM %s: tap queues %d: use 1 to 16", ErrInvalid, s.Name, s.TapQueues)
 	}
@@ -94,7 +127,8 @@ type VM struct {
 
 	maps    *guestprog.HostMaps
 	tap     *Tap
-	tapName string // the tap this VM claimed (see claimTap)
+	tapView atomic.Pointer[Tap] // tap, for Tap(): AttachTap sets it on a VM others see
+	tapName string              // the tap this VM claimed (see claimTap)
 	tapLink link.Link
 	steered []steerRule
 
@@ -164,7 +198,7 @@ func (d *Dataplane) AddVM(spec VMSpec) (_ *VM, err error) {
 	if slot < 0 {
 		return nil, fmt.Errorf("%w: VM %s: all %d VM slots of uplink %s are in use", ErrExists, spec.Name, MaxVMs, d.cfg.Uplink)
 	}
-	if spec.Tap == "" && spec.Delivery == guestprog.DeliverTap {
+	if spec.Tap == "" && spec.Delivery == guestprog.DeliverTap && spec.TapMode != TapExternal {
 		spec.Tap = fmt.Sprintf("xh%d-%s", slot, d.cfg.Uplink)
 		if len(spec.Tap) > 15 {
 			spec.Tap = spec.Tap[:15]
@@ -246,39 +280,135 @@ func (d *Dataplane) AddVM(spec VMSpec) (_ *VM, err error) {
 // the transmit program (anti-spoof, out of the uplink) to it.
 func (vm *VM) setupTap(spec VMSpec) (err error) {
 	d := vm.d
-	if _, lerr := d.nl.LinkByName(spec.Tap); lerr == nil {
-		// The tap exists: QEMU or libvirt made it and holds its queues.
-		if vm.tap, err = AdoptTap(d.cfg.NetNS, spec.Tap); err != nil {
+	if _, lerr := d.nl.LinkByName(spec.Tap); lerr == nil && spec.Tap != "" {
+		// The tap exists: QEMU or libvirt made it and holds its queues
+		// (or, in TapQEMU mode, a previous daemon made it for QEMU).
+		if spec.TapMode == TapQEMU {
+			vm.tap, err = TakePersistentTap(d.cfg.NetNS, spec.Tap)
+		} else {
+			vm.tap, err = AdoptTap(d.cfg.NetNS, spec.Tap)
+		}
+		if err != nil {
 			return err
 		}
 		d.log.Info("adopted existing tap", "vm", spec.Name, "tap", spec.Tap)
-	} else if vm.tap, err = CreateTap(TapOptions{Name: spec.Tap, Queues: spec.TapQueues, NetNS: d.cfg.NetNS}); err != nil {
-		return err
+	} else {
+		switch spec.TapMode {
+		case TapExternal:
+			d.log.Info("VM waits for its tap", "vm", spec.Name, "tap", spec.Tap)
+			return nil
+		case TapQEMU:
+			vm.tap, err = CreatePersistentTap(TapOptions{Name: spec.Tap, Queues: spec.TapQueues, NetNS: d.cfg.NetNS})
+		default:
+			vm.tap, err = CreateTap(TapOptions{Name: spec.Tap, Queues: spec.TapQueues, NetNS: d.cfg.NetNS})
+		}
+		if err != nil {
+			return err
+		}
 	}
+	return vm.useTap(spec.Tap)
+}
+
+// useTap makes vm.tap the delivery target and attaches the transmit
+// program to it.
+func (vm *VM) useTap(name string) (err error) {
+	d := vm.d
 	tapIndex := vm.tap.Index()
+	vm.tapView.Store(vm.tap)
 	if err := d.ns.Do(func() error {
 		if err := vm.maps.Tap.Put(uint32(0), uint32(tapIndex)); err != nil {
-			return fmt.Errorf("set tap %s as delivery target: %w", spec.Tap, err)
+			return fmt.Errorf("set tap %s as delivery target: %w", name, err)
 		}
 		if err := d.vmtx.TapUplink.Put(uint32(tapIndex), uint32(d.index)); err != nil {
-			return fmt.Errorf("route tap %s to uplink: %w", spec.Tap, err)
+			return fmt.Errorf("route tap %s to uplink: %w", name, err)
 		}
 		return nil
 	}); err != nil {
 		return err
 	}
-	cfg := tapCfg{MAC: toMACKey(spec.MAC), Slot: uint32(vm.slot)}
+	cfg := tapCfg{MAC: toMACKey(vm.mac), Slot: uint32(vm.slot)}
 	if err := d.vmtx.TapCfg.Put(uint32(tapIndex), cfg); err != nil {
-		return fmt.Errorf("register tap %s: %w", spec.Tap, err)
+		return fmt.Errorf("register tap %s: %w", name, err)
 	}
 	if l, ok := d.adoptTxLink(tapIndex, d.vmtx.VmTx); ok {
 		vm.tapLink = l
 		return nil
 	}
-	if vm.tapLink, _, err = d.attach(d.vmtx.VmTx, tapIndex, spec.Tap, AttachAuto); err != nil {
+	if vm.tapLink, _, err = d.attach(d.vmtx.VmTx, tapIndex, name, AttachAuto); err != nil {
 		return err
 	}
 	return d.pinTxLink(tapIndex, vm.tapLink)
+}
+
+// AttachTap adopts the tap of a VM whose tap someone else creates
+// (TapExternal), once it exists: libvirt's started hook calls it with the
+// tap libvirt made. The same tap again is a no-op; a tap of that name made
+// anew (a restarted QEMU) replaces the old one. A VM that has another tap,
+// or is not a tap VM, is refused.
+func (vm *VM) AttachTap(name string) (err error) {
+	d := vm.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.vms[vm.name] != vm {
+		return fmt.Errorf("%w: VM %s was removed", ErrInvalid, vm.name)
+	}
+	if vm.maps.Delivery != guestprog.DeliverTap {
+		return fmt.Errorf("%w: VM %s delivers to AF_XDP sockets (vhost-user), not to a tap", ErrInvalid, vm.name)
+	}
+	if len(name) > 15 || !vmNameRE.MatchString(name) {
+		return fmt.Errorf("%w: VM %s: tap name %q: use at most 15 letters, digits, '.', '_' or '-'", ErrInvalid, vm.name, name)
+	}
+	if vm.tapName != "" && vm.tapName != name {
+		return fmt.Errorf("%w: VM %s has tap %s, not %s", ErrExists, vm.name, vm.tapName, name)
+	}
+	l, lerr := d.nl.LinkByName(name)
+	if lerr != nil {
+		return fmt.Errorf("VM %s: tap %q: %w in %s", vm.name, name, ErrNoSuchInterface, nsName(d.cfg.NetNS))
+	}
+	if vm.tap != nil {
+		if vm.tap.Index() == l.Attrs().Index {
+			return nil
+		}
+		vm.dropTap()
+	}
+	if vm.tapName == "" {
+		if err := d.claimTap(name, vm.name); err != nil {
+			return err
+		}
+		vm.tapName = name
+	}
+	if vm.tap, err = AdoptTap(d.cfg.NetNS, name); err != nil {
+		return fmt.Errorf("VM %s: %w", vm.name, err)
+	}
+	if err := vm.useTap(name); err != nil {
+		vm.dropTap()
+		return fmt.Errorf("VM %s: %w", vm.name, err)
+	}
+	if err := d.refreshFlood(); err != nil {
+		d.log.Warn("flood list", "err", err)
+	}
+	d.log.Info("adopted the VM's tap", "vm", vm.name, "tap", name, "ifindex", vm.tap.Index())
+	d.audit("vm_tap", "vm", vm.name, "tap", name, "ifindex", vm.tap.Index())
+	return nil
+}
+
+// dropTap undoes useTap (the delivery target stays until the next useTap
+// replaces it; a missing device delivers nothing).
+func (vm *VM) dropTap() {
+	d := vm.d
+	if vm.tap == nil {
+		return
+	}
+	_ = d.vmtx.TapCfg.Delete(uint32(vm.tap.Index())) // gone with the device, or not set
+	_ = d.vmtx.TapUplink.Delete(uint32(vm.tap.Index()))
+	if vm.tapLink != nil {
+		d.unpinTxLink(vm.tap.Index(), vm.tapLink)
+		vm.tapLink.Close()
+		vm.tapLink = nil
+	}
+	vm.tapView.Store(nil)
+	vm.tap.Close()
+	vm.tap = nil
 }
 
 // SetSocket makes the AF_XDP socket fd the VM's delivery target for RX
@@ -433,6 +563,7 @@ func (vm *VM) teardown() error {
 		vm.tapLink = nil
 	}
 	if vm.tap != nil {
+		vm.tapView.Store(nil)
 		errs = append(errs, vm.tap.Close())
 		vm.tap = nil
 	}
@@ -654,8 +785,8 @@ func (vm *VM) MAC() net.HardwareAddr { return vm.mac }
 // Queues are the uplink queues dedicated to the VM.
 func (vm *VM) Queues() []int { return slices.Clone(vm.queues) }
 
-// Tap is the VM's tap device.
-func (vm *VM) Tap() *Tap { return vm.tap }
+// Tap is the VM's tap device (nil while a TapExternal VM waits for it).
+func (vm *VM) Tap() *Tap { return vm.tapView.Load() }
 
 // Maps are the VM's host-owned maps (counters, delivery targets, ports).
 func (vm *VM) Maps() *guestprog.HostMaps { return vm.maps }

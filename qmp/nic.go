@@ -380,9 +380,19 @@ func (c *Client) AttachVhostUser(ctx context.Context, o AttachOptions) (err erro
 		dev["bus"] = bus
 	}
 	if err := c.Run(ctx, "device_add", dev, nil); err != nil {
-		return fmt.Errorf("attach %s: adding device: %w", o.ID, err)
+		return fmt.Errorf("attach %s: adding device: %w%s", o.ID, err, hotplugHint(err))
 	}
 	return nil
+}
+
+// hotplugHint says how to fix a device_add that failed for lack of PCI
+// hot-plug: QEMU's pc machine hot-plugs through ACPI, which libvirt turns
+// off (-no-acpi) for a domain without <features><acpi/>.
+func hotplugHint(err error) string {
+	if !strings.Contains(err.Error(), "does not support hotplugging") {
+		return ""
+	}
+	return " (the VM's PCI bus takes no hot-plug: QEMU runs without ACPI, -no-acpi; with libvirt, add <features><acpi/></features> to the domain and start it again, or give the NIC in the domain XML instead of hot-plugging it)"
 }
 
 // ErrUnplugTimeout is wrapped by DetachVhostUser's error when the guest did

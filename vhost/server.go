@@ -32,6 +32,9 @@ type Server struct {
 	mu     sync.Mutex
 	conn   *net.UnixConn
 	closed bool
+	// idleSince is when the server last had no front-end: since it
+	// started listening, or since the last front-end left.
+	idleSince time.Time
 }
 
 // NewServer listens on path. A stale socket file there (nothing listens on
@@ -48,7 +51,7 @@ func NewServer(path string, dev *NetDevice, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vhost: listen: %w", err)
 	}
-	return &Server{path: path, dev: dev, log: log.With("socket", path), ln: ln}, nil
+	return &Server{path: path, dev: dev, log: log.With("socket", path), ln: ln, idleSince: time.Now()}, nil
 }
 
 // Path returns the socket path.
@@ -130,7 +133,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.serveConn(c)
 
 		s.mu.Lock()
-		s.conn = nil
+		s.conn, s.idleSince = nil, time.Now()
 		s.mu.Unlock()
 		c.Close()
 	}
@@ -141,6 +144,18 @@ func (s *Server) Connected() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.conn != nil
+}
+
+// NoFrontEndSince is when the server last had no front-end (the time it
+// started listening, or the last front-end left); zero while one is
+// connected.
+func (s *Server) NoFrontEndSince() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn != nil {
+		return time.Time{}
+	}
+	return s.idleSince
 }
 
 // Close stops listening and ends the current connection. Serve returns

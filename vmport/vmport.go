@@ -357,6 +357,15 @@ func (p *Port) Socket() string { return p.cfg.Socket }
 // to the port's vhost-user socket now.
 func (p *Port) FrontEndConnected() bool { return p.srv != nil && p.srv.Connected() }
 
+// NoFrontEndSince is since when no front-end has been connected (zero
+// while one is).
+func (p *Port) NoFrontEndSince() time.Time {
+	if p.srv == nil {
+		return time.Time{}
+	}
+	return p.srv.NoFrontEndSince()
+}
+
 // Device is the port's virtio-net device (for its queue counters).
 func (p *Port) Device() *vhost.NetDevice { return p.dev }
 

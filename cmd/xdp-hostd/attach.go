@@ -48,8 +48,8 @@ func runVMQMP(ctx context.Context, e *env, sub string, args []string) error {
 		return err
 	}
 	mac, err := net.ParseMAC(vm.MAC)
-	if err != nil {
-		return fmt.Errorf("VM %s has MAC %q: %w", name, vm.MAC, err)
+	if err != nil || len(mac) != 6 {
+		return fmt.Errorf("VM %s has MAC %q, which is not an Ethernet MAC address", name, vm.MAC)
 	}
 	if _, err := os.Stat(*qmpPath); err != nil {
 		return fmt.Errorf("QMP socket %s: %w (start QEMU with -qmp unix:%s,server=on,wait=off)", *qmpPath, err, *qmpPath)

@@ -13,28 +13,42 @@ import (
 	"github.com/xdp-hostd/xdp-hostd/libvirthook"
 )
 
-// hookTimeout bounds a hook call: libvirt waits for it.
-const hookTimeout = 20 * time.Second
+// hookTimeout bounds a hook call: libvirt waits for it. Within it, the
+// daemon must answer a first request within libvirthook.ProbeTimeout, so
+// that a daemon that is down or hung costs each call seconds, not this.
+const hookTimeout = 25 * time.Second
+
+// hookScript is the file libvirt runs, /etc/libvirt/hooks/qemu, for a
+// daemon on socket.
+func hookScript(binary, socket string) string {
+	return fmt.Sprintf("#!/bin/sh\n# xdp-hostd: register the domain's xdp-hostd interfaces (see 'xdp-hostd hook -h')\nexec %s hook --socket %s qemu \"$@\"\n", binary, socket)
+}
 
 // runHook is libvirt's hook: /etc/libvirt/hooks/qemu runs
-// `xdp-hostd hook qemu DOMAIN OPERATION SUBOPERATION EXTRA` with the domain
-// XML on stdin. XDP_HOSTD_SOCKET overrides the daemon's socket.
+// `xdp-hostd hook [--socket PATH] qemu DOMAIN OPERATION SUBOPERATION EXTRA`
+// with the domain XML on stdin. libvirt gives hooks no environment beyond
+// LC_ALL, PATH and HOME: the daemon's socket is --socket (else
+// XDP_HOSTD_SOCKET, else the default).
 func runHook(ctx context.Context, e *env, args []string) error {
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-		fmt.Fprintln(e.stderr, `usage: xdp-hostd hook qemu DOMAIN OPERATION SUBOPERATION [EXTRA]   (domain XML on stdin)
-install as /etc/libvirt/hooks/qemu:
-  #!/bin/sh
-  exec /usr/local/bin/xdp-hostd hook qemu "$@"
+		fmt.Fprintln(e.stderr, `usage: xdp-hostd hook [--socket PATH] qemu DOMAIN OPERATION SUBOPERATION [EXTRA]   (domain XML on stdin)
+install as /etc/libvirt/hooks/qemu (mode 0755), then restart libvirtd (it reads hooks at start):
+`+strings.TrimSpace(hookScript("/usr/local/bin/xdp-hostd", daemon.DefaultSocket))+`
 mark a domain's interfaces for xdp-hostd in its metadata (see package libvirthook):
   <metadata><xh:xdp-hostd xmlns:xh="`+libvirthook.Namespace+`">
     <xh:interface mac="52:54:00:00:00:01" uplink="eth1" queues="1"/></xh:xdp-hostd></metadata>`)
 		return nil
 	}
+	socket := os.Getenv("XDP_HOSTD_SOCKET")
+	if len(args) >= 2 && args[0] == "--socket" {
+		socket, args = args[1], args[2:]
+	} else if len(args) >= 1 && strings.HasPrefix(args[0], "--socket=") {
+		socket, args = strings.TrimPrefix(args[0], "--socket="), args[1:]
+	}
 	if len(args) < 4 || args[0] != "qemu" {
-		return fmt.Errorf("%w: want: hook qemu DOMAIN OPERATION SUBOPERATION [EXTRA]", errUsage)
+		return fmt.Errorf("%w: want: hook [--socket PATH] qemu DOMAIN OPERATION SUBOPERATION [EXTRA]", errUsage)
 	}
 	op, subop := args[2], args[3]
-	socket := os.Getenv("XDP_HOSTD_SOCKET")
 	if socket == "" {
 		socket = daemon.DefaultSocket
 	}
@@ -75,7 +89,21 @@ func runQEMUArgs(ctx context.Context, e *env, args []string) error {
 		}
 		a = append(a, "-device", dev)
 	default:
-		a = []string{"-netdev", "tap,id=xhnet0,ifname=" + vm.Tap + ",script=no,downscript=no", "-device", "virtio-net-pci,netdev=xhnet0,mac=" + vm.MAC}
+		tap := vm.Tap
+		switch vm.TapMode {
+		case "qemu":
+			// The daemon made a persistent tap with QEMU's flags and
+			// holds none of its queues: QEMU opens it by name.
+		case "external":
+			// QEMU creates the tap; the daemon adopts it once told.
+			if tap == "" {
+				return fmt.Errorf("VM %s has no tap name: add it with --tap NAME", vm.Name)
+			}
+			defer fmt.Fprintf(e.stderr, "QEMU creates tap %s: once it runs, give it to the VM: xdp-hostd vm tap --socket %s %s %s\n", tap, *socket, vm.Name, tap)
+		default:
+			return fmt.Errorf("VM %s's tap %s is held by the daemon (no tap_mode: for readers inside the daemon's process), which QEMU cannot open: add the VM with --tap-mode qemu (\"tap_mode\": \"qemu\"), or let QEMU create the tap with --tap-mode external", vm.Name, tap)
+		}
+		a = []string{"-netdev", "tap,id=xhnet0,ifname=" + tap + ",script=no,downscript=no", "-device", "virtio-net-pci,netdev=xhnet0,mac=" + vm.MAC}
 	}
 	if vm.AgentSocket != "" {
 		// The guest agent's channel: QEMU connects, and reconnects when

@@ -407,7 +407,7 @@ func TestLibvirtHook(t *testing.T) {
 	vsock := filepath.Join(t.TempDir(), "web1.sock")
 	s, _ := startDaemon(t, fmt.Sprintf(`{"vm_socket_dirs": [%q], "uplinks": [{"name": %q, "netns": %q, "vms": []}]}`, filepath.Dir(vsock), topo.Uplink, topo.HostNS))
 	sock := strings.TrimPrefix(s, "--socket=")
-	dom := libvirtxml.Domain{Type: "kvm", Name: "web1",
+	dom := libvirtxml.Domain{Type: "kvm", Name: "web1", UUID: "0c1e5f2a-3b4d-4e6f-8a9b-0c1d2e3f4a5b",
 		Metadata: &libvirtxml.DomainMetadata{XML: fmt.Sprintf(`<xh:xdp-hostd xmlns:xh=%q><xh:interface mac="52:54:00:00:00:01" uplink=%q queues="1"/><xh:interface mac="52:54:00:00:00:02" uplink=%q queues="2"/></xh:xdp-hostd>`,
 			libvirthook.Namespace, topo.Uplink, topo.Uplink)},
 		Devices: &libvirtxml.DomainDeviceList{Interfaces: []libvirtxml.DomainInterface{

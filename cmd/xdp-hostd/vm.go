@@ -17,7 +17,11 @@ import (
 
 const vmUsage = `usage: xdp-hostd vm COMMAND
   add --uplink IF --name NAME --mac MAC [--uuid UUID] [--queues 1,2] [--delivery tap|vhost-user]
-      [--tap NAME] [--tap-queues N] [--vhost-user-socket PATH] [--agent-socket PATH]
+      [--tap NAME] [--tap-queues N] [--tap-mode qemu|external|held] [--vhost-user-socket PATH] [--agent-socket PATH]
+                                              --tap-mode qemu (default): the daemon creates a tap QEMU opens
+                                              (-netdev tap,ifname=NAME, see qemu-args); external: QEMU or
+                                              libvirt creates it, then 'vm tap'; held: the daemon holds it
+  tap NAME TAP                                give a VM with --tap-mode external the tap QEMU created
   rm NAME
   list [--json]
   attach --qmp PATH [--id ID] [--bus BUS] [--json] NAME
@@ -63,6 +67,7 @@ func runVM(ctx context.Context, e *env, args []string) error {
 		fs.StringVar(&vc.Delivery, "delivery", "tap", "tap or vhost-user")
 		fs.StringVar(&vc.Tap, "tap", "", "the VM's tap (adopted if it exists)")
 		fs.IntVar(&vc.TapQueues, "tap-queues", 0, "queues of a tap the daemon creates")
+		fs.StringVar(&vc.TapMode, "tap-mode", "qemu", "who opens the tap: qemu (the daemon creates a tap QEMU's -netdev tap,ifname= opens), external (QEMU or libvirt creates it; see vm tap) or held (the daemon holds it)")
 		fs.StringVar(&vc.VhostUserSocket, "vhost-user-socket", "", "where to serve the VM's vhost-user device")
 		fs.StringVar(&vc.AgentSocket, "agent-socket", "", "where to serve the VM's guest agent channel (QEMU's virtio-serial chardev)")
 	}
@@ -91,6 +96,9 @@ func runVM(ctx context.Context, e *env, args []string) error {
 		if vc.Delivery == "tap" {
 			vc.Delivery = ""
 		}
+		if vc.TapMode == "held" || vc.Delivery != "" {
+			vc.TapMode = ""
+		}
 		vs, err := c.AddVM(ctx, uplink, vc)
 		if err != nil {
 			return err
@@ -105,6 +113,15 @@ func runVM(ctx context.Context, e *env, args []string) error {
 		}
 		fmt.Fprintf(e.stdout, "removed VM %s\n", rest[0])
 		return nil
+	case "tap":
+		if len(rest) != 2 {
+			return fmt.Errorf("%w: vm tap VM TAP", errUsage)
+		}
+		vs, err := c.AttachTap(ctx, rest[0], rest[1], nil)
+		if err != nil {
+			return err
+		}
+		return printVMs(e.stdout, *asJSON, []daemon.VMStatus{*vs})
 	case "list":
 		vms, err := c.VMs(ctx)
 		if err != nil {
@@ -142,6 +159,13 @@ func printVMs(w io.Writer, asJSON bool, vms []daemon.VMStatus) error {
 			fmt.Fprintf(w, "VM %s, program %d: %s\n", v.Name, v.Program, v.ProgramProblem)
 		}
 		printWarnings(w, v)
+		if d := noFrontEndFor(v); d >= longNoFrontEnd {
+			fmt.Fprintf(w, "VM %s: no front-end for %v on %s: its QEMU is not connected (after a daemon restart QEMU reconnects only with reconnect=N on its chardev, in libvirt <reconnect enabled='yes' timeout='N'/> in the interface's <source>)\n",
+				v.Name, d, v.VhostUserSocket)
+		}
+		if v.TapWaiting {
+			fmt.Fprintf(w, "VM %s: waiting for its tap (tap_mode %s): frames to it are not delivered until libvirt or QEMU creates the tap and it is attached (the libvirt hook's started call, or POST /v1/vms/%s/tap)\n", v.Name, v.TapMode, v.Name)
+		}
 	}
 	return nil
 }
@@ -167,10 +191,26 @@ func deviceColumn(v daemon.VMStatus) string {
 		return v.Tap
 	case v.Delivery == "vhost-user" && v.FrontEndConnected:
 		return "front-end connected" + breaks
+	case v.Delivery == "vhost-user" && noFrontEndFor(v) >= longNoFrontEnd:
+		return fmt.Sprintf("no front-end for %v", noFrontEndFor(v)) + breaks
 	case v.Delivery == "vhost-user":
 		return "no front-end" + breaks
+	case v.TapWaiting:
+		return "waiting for tap"
 	}
 	return "-"
+}
+
+// longNoFrontEnd is how long a vhost-user VM may be without a front-end
+// before the tables point it out: QEMU connects at start and reconnects
+// within seconds when it has reconnect=N.
+const longNoFrontEnd = 30 * time.Second
+
+func noFrontEndFor(v daemon.VMStatus) time.Duration {
+	if v.Delivery != "vhost-user" || v.FrontEndConnected {
+		return 0
+	}
+	return time.Duration(v.NoFrontEndSeconds) * time.Second
 }
 
 // programColumn is a VM's program in a table: its ID, or built-in.
