@@ -57,6 +57,11 @@ import (
 // Last, the VM goes back from B's QEMU to a third QEMU on A: A takes back
 // the VM it gave away, under new program IDs with both hosts' in their
 // history, its maps still going on.
+//
+// XDP_HOSTD_VMTEST_MIGRATE_UNDER_LOAD=1 streams 5000 datagrams/s instead of
+// 500, so that the back-ends write into guest memory all through the
+// migration: most overflow the guest's socket buffer, so arrival is not
+// checked then, only that nothing arrives twice and the guest goes on.
 func TestLiveMigrationQMP(t *testing.T) {
 	SkipWithoutQEMU(t)
 	testnet.RequireRoot(t)
@@ -357,7 +362,7 @@ func TestLiveMigrationQMP(t *testing.T) {
 	}
 	vf := b.vm(t, "migf")
 	t.Logf("stream (%d datagrams/s): to A during the migration %d sent, %d arrived (%d lost); to B after QEMU completed %d sent (%d before the filter VM's final step ended), %d arrived (%d lost; B dropped %d before the program arrived); B's filter VM: %+v",
-		streamBurst*int(time.Second/streamTick), sentFinal, fin.Seqs, sentFinal-fin.Seqs, sentAfter, sentBeforeFinal, aft.Seqs, sentAfter-aft.Seqs,
+		streamBurst()*int(time.Second/streamTick), sentFinal, fin.Seqs, sentFinal-fin.Seqs, sentAfter, sentBeforeFinal, aft.Seqs, sentAfter-aft.Seqs,
 		vf.Verdicts.Drop.Packets-nBlocked, vf.Verdicts)
 	if fin.Seqs == 0 {
 		t.Error("no datagram of the stream reached the guest during the migration")
@@ -372,7 +377,7 @@ func TestLiveMigrationQMP(t *testing.T) {
 			t.Errorf("stream %s: the guest got %d datagrams but %d sequence numbers: some twice", r.what, r.res.Matched, r.res.Seqs)
 		}
 	}
-	if after := sentAfter - sentBeforeFinal; aft.Seqs < after*9/10 {
+	if after := sentAfter - sentBeforeFinal; aft.Seqs < after*9/10 && !underLoad() {
 		t.Errorf("after the final steps %d datagrams went to B, the guest got %d of %d in all", after, aft.Seqs, sentAfter)
 	}
 	if an := announce(); an.ARP+an.RARP == 0 {
@@ -787,11 +792,22 @@ func (w *wire) ping(dstMAC net.HardwareAddr, dst netip.Addr, timeout time.Durati
 	return 0, fmt.Errorf("no echo reply from %s within %v", dst, timeout)
 }
 
-// streamBurst datagrams go out every streamTick: 500 datagrams/s.
-const (
-	streamBurst = 10
-	streamTick  = 20 * time.Millisecond
-)
+// streamTick is the stream's period; it sends streamBurst() datagrams
+// each.
+const streamTick = 20 * time.Millisecond
+
+// streamBurst is 10 (500 datagrams/s), or 100 (5000/s, more than the
+// guest's socket buffers hold: most are lost) with
+// XDP_HOSTD_VMTEST_MIGRATE_UNDER_LOAD=1, for RX writes all through the
+// migration.
+func streamBurst() int {
+	if underLoad() {
+		return 100
+	}
+	return 10
+}
+
+func underLoad() bool { return os.Getenv("XDP_HOSTD_VMTEST_MIGRATE_UNDER_LOAD") == "1" }
 
 // stream sends a steady UDP stream, streamBurst datagrams every streamTick,
 // to the current target until stopped; each target has its marker and
@@ -806,12 +822,13 @@ type stream struct {
 	marker string
 	counts map[string]int
 
+	burst      int
 	quit, done chan struct{}
 	once       sync.Once
 }
 
 func startStream(t *testing.T, w *wire, dst net.HardwareAddr, srcIP, dstIP netip.Addr, port int, marker string) *stream {
-	s := &stream{dst: dst, srcIP: srcIP, dstIP: dstIP, w: w, port: port, marker: marker, counts: map[string]int{},
+	s := &stream{dst: dst, srcIP: srcIP, dstIP: dstIP, w: w, port: port, marker: marker, counts: map[string]int{}, burst: streamBurst(),
 		quit: make(chan struct{}), done: make(chan struct{})}
 	go s.run()
 	t.Cleanup(s.stop)
@@ -830,7 +847,7 @@ func (s *stream) run() {
 		}
 		s.mu.Lock()
 		seq := s.counts[s.marker]
-		frames := udpFrames(s.w, s.dst, s.srcIP, s.dstIP, s.port, s.marker, seq, streamBurst)
+		frames := udpFrames(s.w, s.dst, s.srcIP, s.dstIP, s.port, s.marker, seq, s.burst)
 		if s.w.send(0, frames) == nil {
 			s.counts[s.marker] += len(frames)
 		}
