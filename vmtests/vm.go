@@ -37,6 +37,11 @@ type VhostUserNIC struct {
 	// restarts. Either way QEMU does not start the guest before the
 	// backend is connected.
 	Server bool
+	// NoGuestAnnounce hides VIRTIO_NET_F_GUEST_ANNOUNCE from the guest
+	// (guest_announce=off): after a live migration QEMU then asks the
+	// vhost-user back-end to announce the guest (SEND_RARP) instead of
+	// having the guest send gratuitous ARPs.
+	NoGuestAnnounce bool
 }
 
 // Option configures StartT.
@@ -341,6 +346,9 @@ func (vm *VM) qemuArgs(cfg config, img *image.Image, agentSock string) ([]string
 		dev := fmt.Sprintf("virtio-net-pci,netdev=n%d,mac=%s,vectors=0", i, nic.MAC)
 		if nic.Queues > 1 {
 			dev += ",mq=on"
+		}
+		if nic.NoGuestAnnounce {
+			dev += ",guest_announce=off"
 		}
 		args = append(args,
 			"-chardev", chardev,
