@@ -1,0 +1,300 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/xdp-hostd/xdp-hostd/hostnet/testnet"
+	"github.com/xdp-hostd/xdp-hostd/libvirthook"
+)
+
+// migLibvirt is a libvirtd of its own: its own /etc/libvirt (a copy of
+// this host's, with its own host_uuid, QEMU as root without cgroups or
+// security labels, logs to files, no networks), /run/libvirt,
+// /var/lib/libvirt, /var/log/libvirt and /var/cache/libvirt, bind-mounted
+// in a mount namespace of its own, in the network namespace netns; the hook
+// is hook.
+type migLibvirt struct {
+	t    *testing.T
+	root string
+	uri  string
+}
+
+func randomUUID() string {
+	var u [16]byte
+	rand.Read(u[:])
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
+}
+
+func startMigLibvirt(t *testing.T, libvirtd, netns, hook string) *migLibvirt {
+	t.Helper()
+	root := t.TempDir()
+	os.Chmod(root, 0o755)
+	l := &migLibvirt{t: t, root: root}
+	etc := filepath.Join(root, "etc")
+	if out, err := exec.Command("cp", "-a", "/etc/libvirt", etc).CombinedOutput(); err != nil {
+		t.Fatalf("copy /etc/libvirt: %v\n%s", err, out)
+	}
+	os.RemoveAll(filepath.Join(etc, "qemu"))
+	os.MkdirAll(filepath.Join(etc, "qemu", "networks"), 0o755)
+	os.RemoveAll(filepath.Join(etc, "hooks"))
+	os.MkdirAll(filepath.Join(etc, "hooks"), 0o755)
+	write := func(p, s string, mode os.FileMode) {
+		if err := os.WriteFile(p, []byte(s), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(filepath.Join(etc, "libvirtd.conf"), fmt.Sprintf("host_uuid = %q\n", randomUUID()), 0o644)
+	write(filepath.Join(etc, "qemu.conf"), `user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+cgroup_controllers = [ ]
+stdio_handler = "file"
+`, 0o644)
+	write(filepath.Join(etc, "hooks", "qemu"), hook, 0o755)
+	var mounts []string
+	for dir, target := range map[string]string{"etc": "/etc/libvirt", "run": "/run/libvirt", "lib": "/var/lib/libvirt", "log": "/var/log/libvirt", "cache": "/var/cache/libvirt"} {
+		src := filepath.Join(root, dir)
+		os.MkdirAll(src, 0o755)
+		os.MkdirAll(target, 0o755)
+		mounts = append(mounts, fmt.Sprintf("mount --bind %s %s", src, target))
+	}
+	os.MkdirAll(filepath.Join(root, "log", "qemu"), 0o755)
+	script := strings.Join(mounts, " && ") + " && exec nsenter --net=" + netns + " " + libvirtd + " -p " + filepath.Join(root, "libvirtd.pid")
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
+	logf, err := os.Create(filepath.Join(root, "libvirtd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(root, "libvirtd.log"))
+			t.Logf("libvirtd %s log:\n%s", root, b)
+		}
+	})
+	l.uri = "qemu+unix:///system?socket=" + filepath.Join(root, "run", "libvirt-sock")
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if _, err := l.virsh("version"); err == nil {
+			break
+		}
+		select {
+		case <-done:
+			b, _ := os.ReadFile(filepath.Join(root, "libvirtd.log"))
+			t.Fatalf("libvirtd exited:\n%s", b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			out, err := l.virsh("version")
+			t.Fatalf("libvirtd does not answer: %v\n%s", err, out)
+		}
+	}
+	return l
+}
+
+// virsh runs virsh against this libvirtd (at most 60 s).
+func (l *migLibvirt) virsh(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "virsh", append([]string{"-c", l.uri}, args...)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+func (l *migLibvirt) must(args ...string) string {
+	l.t.Helper()
+	out, err := l.virsh(args...)
+	if err != nil {
+		l.t.Fatalf("virsh %v: %v\n%s", args, err, out)
+	}
+	return out
+}
+
+// state is the domain's state ("" if the libvirtd has no such domain).
+func (l *migLibvirt) state(dom string) string {
+	out, err := l.virsh("domstate", dom)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(out)
+}
+
+// startDomain creates a transient domain and destroys it when the test
+// ends (on whichever libvirtd has it then).
+func (l *migLibvirt) startDomain(xml string, name string, others ...*migLibvirt) {
+	l.t.Helper()
+	p := filepath.Join(l.root, name+".xml")
+	os.WriteFile(p, []byte(xml), 0o644)
+	l.must("create", p)
+	l.t.Cleanup(func() {
+		for _, x := range append([]*migLibvirt{l}, others...) {
+			if x.state(name) != "" {
+				x.virsh("destroy", name)
+			}
+		}
+	})
+}
+
+// virshDomainXML is a domain that boots no OS under TCG, with a managed
+// tap interface the metadata marks for xdp-hostd.
+func virshDomainXML(name, uuid, mac, uplink, tap, emulator string) string {
+	return fmt.Sprintf(`<domain type='qemu'>
+  <name>%s</name>
+  <uuid>%s</uuid>
+  <metadata>
+    <xh:xdp-hostd xmlns:xh=%q>
+      <xh:interface mac=%q uplink=%q/>
+    </xh:xdp-hostd>
+  </metadata>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <features><acpi/></features>
+  <devices>
+    <emulator>%s</emulator>
+    <interface type='ethernet'>
+      <mac address=%q/>
+      <target dev=%q/>
+      <model type='virtio'/>
+    </interface>
+    <memballoon model='none'/>
+  </devices>
+</domain>`, name, uuid, libvirthook.Namespace, mac, uplink, emulator, mac, tap)
+}
+
+// `virsh migrate --live` between two libvirtds on this machine (each in its
+// own mount and network namespace, with its own host UUID, its own
+// xdp-hostd on its own uplink, the hook with the other daemon as --peer;
+// the QEMUs' migration stream over a veth between the two namespaces):
+//   - a domain whose program the destination's policy refuses (cost 157
+//     over its budget of 150): the migration fails with the hook's
+//     message; the domain runs on at the source with its program, not
+//     frozen; the destination has neither the domain nor the VM;
+//   - a domain with the counter program: after `virsh migrate --live` the
+//     domain runs on the destination, the destination's daemon has the VM
+//     (not incoming) with the program and the counts made at the source,
+//     and counts on; the source's daemon no longer has the VM.
+func TestVirshMigrate(t *testing.T) {
+	testnet.RequireRoot(t)
+	testnet.RequireTool(t, "virsh", "make deps (Debian: libvirt-clients)")
+	libvirtd := testnet.RequireTool(t, "libvirtd", "make deps (Debian: libvirt-daemon-system)")
+	qemu := testnet.RequireTool(t, "qemu-system-x86_64", "make deps (Debian: qemu-system-x86)")
+	testnet.RequireTool(t, "nsenter", "util-linux")
+	testnet.RequireTool(t, "unshare", "util-linux")
+	testnet.RequireTool(t, "ip", "iproute2")
+	start := time.Now()
+	a := newMigHost(t, "a", "")
+	b := newMigHost(t, "b", `"max_cost_instructions": 150, `)
+	// The two "hosts" reach each other (QEMU's migration stream).
+	an, bn := filepath.Base(a.topo.HostNS), filepath.Base(b.topo.HostNS)
+	va, vb := a.topo.Prefix+"mg", b.topo.Prefix+"mg"
+	for _, c := range [][]string{
+		{"ip", "-n", an, "link", "add", va, "type", "veth", "peer", "name", vb, "netns", bn},
+		{"ip", "-n", an, "addr", "add", "10.77.0.1/24", "dev", va},
+		{"ip", "-n", bn, "addr", "add", "10.77.0.2/24", "dev", vb},
+		{"ip", "-n", an, "link", "set", va, "up"},
+		{"ip", "-n", bn, "link", "set", vb, "up"},
+		{"ip", "-n", an, "link", "set", "lo", "up"},
+		{"ip", "-n", bn, "link", "set", "lo", "up"},
+	} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", c, err, out)
+		}
+	}
+	la := startMigLibvirt(t, libvirtd, a.topo.HostNS, hookScript(binary, a.socket, b.socket))
+	lb := startMigLibvirt(t, libvirtd, b.topo.HostNS, strings.Replace(hookScript(binary, b.socket, a.socket), " qemu \"$@\"", " --uplink-map "+a.topo.Uplink+"="+b.topo.Uplink+" qemu \"$@\"", 1))
+	t.Logf("daemons and libvirtds up after %v", time.Since(start).Round(time.Millisecond))
+
+	p := a.topo.Prefix
+	mac := func(i int) string { return fmt.Sprintf("52:54:00:%s:%s:%02x", p[1:3], p[3:5], i) }
+	okDom, badDom := "xhmig-"+p, "xhref-"+p
+	okUUID := randomUUID()
+	la.startDomain(virshDomainXML(okDom, okUUID, mac(1), a.topo.Uplink, p+"t1", qemu), okDom, lb)
+	la.startDomain(virshDomainXML(badDom, randomUUID(), mac(2), a.topo.Uplink, p+"t2", qemu), badDom, lb)
+	a.cli("prog", "load", "--vm", okDom, writeObject(t, false, "counter"))
+	a.cli("prog", "load", "--vm", badDom, writeObject(t, true, "bridge"))
+	okProg, badProg := a.vm(okDom).Program, a.vm(badDom).Program
+	a.send(mac(1), allowedAddr, 1, 7)
+	if got := a.seen(okDom, 7); got != 7 {
+		t.Fatalf("a: the counter saw %d of 7 frames", got)
+	}
+	dest := lb.uri
+	migrate := func(dom string) (string, error) {
+		return la.virsh("migrate", "--live", dom, dest, "tcp://10.77.0.2")
+	}
+
+	// Refused by the destination's policy.
+	out, err := migrate(badDom)
+	t.Logf("refused migration: %v: %s", err, strings.TrimSpace(out))
+	if err == nil || !strings.Contains(out, "cost") {
+		t.Errorf("migrating %s: err %v, want the hook's refusal naming the cost rule:\n%s", badDom, err, out)
+	}
+	if st := la.state(badDom); st != "running" {
+		t.Errorf("a: domain %s is %q after the refused migration", badDom, st)
+	}
+	if st := lb.state(badDom); st != "" {
+		t.Errorf("b: domain %s is %q after the refused migration", badDom, st)
+	}
+	if vs := a.vm(badDom); vs.Frozen || vs.Incoming || vs.Program != badProg {
+		t.Errorf("a after the refused migration: %+v", vs)
+	}
+	(&libvirtHost{migHost: b}).noVM(badDom, "after the refused migration")
+
+	// Completed.
+	mstart := time.Now()
+	if out, err := migrate(okDom); err != nil {
+		t.Fatalf("virsh migrate --live %s: %v\n%s", okDom, err, out)
+	}
+	t.Logf("virsh migrate --live: %v", time.Since(mstart).Round(time.Millisecond))
+	if st := lb.state(okDom); st != "running" {
+		t.Errorf("b: domain %s is %q after the migration", okDom, st)
+	}
+	if st := la.state(okDom); st != "" {
+		t.Errorf("a: domain %s is %q after the migration", okDom, st)
+	}
+	(&libvirtHost{migHost: a}).noVM(okDom, "after the migration")
+	vs := b.vm(okDom)
+	if vs.Incoming || vs.Frozen || vs.Program == 0 || vs.UUID != okUUID || vs.Tap == "" {
+		t.Fatalf("b after the migration: %+v", vs)
+	}
+	doc := b.export(okDom)
+	if n := mapU64(t, doc, "totals", zeroKey); n != 7 {
+		t.Errorf("b: counter totals %d after the migration, want a's 7", n)
+	}
+	if doc.Program == nil || len(doc.Program.History) != 1 || doc.Program.History[0].ID != okProg {
+		t.Errorf("b's export: program history %+v, want a's ID %d", doc.Program, okProg)
+	}
+	b.send(mac(1), allowedAddr, 2, 5)
+	b.seen(okDom, 5)
+	if n := mapU64(t, b.export(okDom), "totals", zeroKey); n != 12 {
+		t.Errorf("b: counter totals %d, want 7 from a + 5", n)
+	}
+	t.Logf("test: %v", time.Since(start).Round(time.Millisecond))
+}
