@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xdp-hostd/xdp-hostd/daemon"
 	"github.com/xdp-hostd/xdp-hostd/hostnet/testnet"
 	"github.com/xdp-hostd/xdp-hostd/libvirthook"
 )
@@ -297,4 +298,16 @@ func TestVirshMigrate(t *testing.T) {
 		t.Errorf("b: counter totals %d, want 7 from a + 5", n)
 	}
 	t.Logf("test: %v", time.Since(start).Round(time.Millisecond))
+}
+
+// The README's hook file for migration is hookScript with a peer.
+func TestReadmeMigrationHookScript(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(hookScript("/usr/local/bin/xdp-hostd", daemon.DefaultSocket, "/run/xdp-hostd/peers/A.sock"), "\n")
+	if !strings.Contains(string(b), "\n"+lines[2]+"\n") {
+		t.Errorf("README.md lacks the hook line %q", lines[2])
+	}
 }
