@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 
 	"golang.org/x/sys/unix"
 )
@@ -31,10 +32,43 @@ func (d *NetDevice) handle(m Message, fds []int, log *slog.Logger) (reply []byte
 			return nil, refuse("SET_FEATURES %#x: bits %#x were not offered", m.U64, extra)
 		}
 		d.mu.Lock()
+		was := d.features&FeatureLogAll != 0
 		d.features, d.featuresSet = m.U64, true
 		d.hdrLen = d.headerLen(m.U64)
+		logging, haveLog := m.U64&FeatureLogAll != 0, d.dlog != nil
 		d.mu.Unlock()
 		log.Debug("vhost: features acked", "features", fmt.Sprintf("%#x", m.U64))
+		if logging != was {
+			// Pages written before SET_LOG_BASE cannot be logged; QEMU
+			// sends it right after when it (re)starts a device while
+			// migrating.
+			log.Info("vhost: dirty page logging (VHOST_F_LOG_ALL)", "on", logging, "log_mapped", haveLog)
+		}
+		return nil, nil
+	case ReqSetLogBase:
+		if len(fds) == 0 {
+			return nil, refuse("SET_LOG_BASE without an fd: the back-end only logs into a log shared as an fd (VHOST_USER_PROTOCOL_F_LOG_SHMFD)")
+		}
+		if !d.protocolAcked(ProtocolFeatureLogShmfd) {
+			return nil, refuse("SET_LOG_BASE before VHOST_USER_PROTOCOL_F_LOG_SHMFD was negotiated (SET_PROTOCOL_FEATURES)")
+		}
+		l, err := newDirtyLog(m.Log, fds[0])
+		fds = nil // closed by newDirtyLog
+		if err != nil {
+			return nil, fmt.Errorf("%w: SET_LOG_BASE: %w", errRequest, err)
+		}
+		if err := d.setLog(l, log); err != nil {
+			l.close()
+			return nil, fmt.Errorf("%w: SET_LOG_BASE: %w", errRequest, err)
+		}
+		// The reply has no payload (QEMU reads only the header).
+		return []byte{}, nil
+	case ReqSendRARP:
+		return nil, d.sendRARP(m.U64, log)
+	case ReqSetLogFD:
+		// Optional: an eventfd to tell the front-end the log changed.
+		// QEMU reads the log when it syncs, so it is not used.
+		log.Debug("vhost: SET_LOG_FD ignored")
 		return nil, nil
 	case ReqGetProtocolFeatures:
 		return u64(d.ProtocolFeatures()), nil
@@ -68,10 +102,10 @@ func (d *NetDevice) handle(m Message, fds []int, log *slog.Logger) (reply []byte
 		}
 		return nil, d.configure(m.State.Index, m.Request, func(q *queue) { q.num = uint16(n) })
 	case ReqSetVringAddr:
-		if m.Addr.Flags&^uint32(VringFlagLog) != 0 || m.Addr.Flags&VringFlagLog != 0 {
-			return nil, refuse("SET_VRING_ADDR: flags %#x (logging is not offered)", m.Addr.Flags)
+		if m.Addr.Flags&^uint32(VringFlagLog) != 0 {
+			return nil, refuse("SET_VRING_ADDR: unknown flags %#x (only VHOST_VRING_F_LOG is defined)", m.Addr.Flags)
 		}
-		return nil, d.configure(m.Addr.Index, m.Request, func(q *queue) { q.addr, q.addrSet = m.Addr, true })
+		return nil, d.setVringAddr(m.Addr, log)
 	case ReqSetVringBase:
 		if m.State.Num > 0xffff {
 			return nil, refuse("SET_VRING_BASE: %d does not fit a split ring index", m.State.Num)
@@ -129,6 +163,59 @@ func (d *NetDevice) configure(idx uint32, req Request, f func(*queue)) error {
 	return nil
 }
 
+// setVringAddr sets a ring's addresses. On a running ring (QEMU turns
+// logging on and off with SET_VRING_ADDR while the rings run) only the log
+// flag and log_guest_addr may change.
+func (d *NetDevice) setVringAddr(a VringAddr, log *slog.Logger) error {
+	q, err := d.queueAt(a.Index)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if q.vq != nil {
+		o := q.addr
+		if a.Desc != o.Desc || a.Used != o.Used || a.Avail != o.Avail {
+			return refuse("SET_VRING_ADDR: queue %d is running: only the log flag and address may change (stop it with GET_VRING_BASE first)", a.Index)
+		}
+	}
+	if a.Flags&VringFlagLog != 0 && d.dlog != nil && !d.dlog.covers(a.Log, usedRingLen(q.num)) {
+		return refuse("SET_VRING_ADDR: queue %d: the used ring logged at %#x (%d bytes) lies beyond the dirty log (%#x bytes)", a.Index, a.Log, usedRingLen(q.num), d.dlog.Size)
+	}
+	if q.addr.Flags&VringFlagLog != a.Flags&VringFlagLog {
+		log.Debug("vhost: used ring logging", "queue", q.index, "on", a.Flags&VringFlagLog != 0, "log_guest_addr", fmt.Sprintf("%#x", a.Log))
+	}
+	q.addr, q.addrSet = a, true
+	return nil
+}
+
+// setLog installs a new dirty log and unmaps the previous one, once the
+// data path is out of it. The log must cover guest memory and the used
+// rings logged.
+func (d *NetDevice) setLog(l *dirtyLog, log *slog.Logger) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := l.coversMemory(d.mem); err != nil {
+		return err
+	}
+	for _, q := range d.queues {
+		if q.addrSet && q.addr.Flags&VringFlagLog != 0 && !l.covers(q.addr.Log, usedRingLen(q.num)) {
+			return fmt.Errorf("queue %d: the used ring logged at %#x (%d bytes) lies beyond the dirty log (%#x bytes)", q.index, q.addr.Log, usedRingLen(q.num), l.Size)
+		}
+	}
+	if l.seal == Shrinkable {
+		log.Warn("vhost: the dirty log's file can shrink under the back-end (not a sealed memfd); should it, that connection is closed")
+	}
+	old := d.dlog
+	d.dlog = l
+	d.logMissWarned.Store(false)
+	if err := old.close(); err != nil {
+		log.Error("vhost: unmapping old dirty log", "err", err)
+	}
+	log.Info("vhost: dirty log mapped", "size", l.Size, "offset", l.Offset, "covers_gpa_below", fmt.Sprintf("%#x", l.pages()*LogPageSize))
+	return nil
+}
+
 // setMemory installs a new memory table, moving running rings into it
 // before the old one is unmapped.
 func (d *NetDevice) setMemory(mem *MemoryTable, log *slog.Logger) {
@@ -153,6 +240,11 @@ func (d *NetDevice) setMemory(mem *MemoryTable, log *slog.Logger) {
 				"region", i, "regions", mem.Regions())
 		}
 	}
+	if d.dlog != nil && d.features&FeatureLogAll != 0 {
+		if err := d.dlog.coversMemory(mem); err != nil {
+			log.Warn("vhost: the dirty log does not cover the new memory table; writes beyond it are not logged until the front-end sends a larger log (SET_LOG_BASE)", "err", err)
+		}
+	}
 	old := d.mem
 	d.mem = mem
 	if err := old.Close(); err != nil {
@@ -172,6 +264,7 @@ func (d *NetDevice) stopQueue(idx uint32) (uint16, error) {
 	defer d.mu.Unlock()
 	if q.vq != nil {
 		q.base = q.vq.LastAvail()
+		d.log.Debug("vhost: queue stopped", "queue", q.index, "base", q.base, "used_idx", q.vq.pubUsed, "pushed", q.vq.nextUsed)
 		q.vq = nil
 	}
 	d.setKick(q, -1)
@@ -287,11 +380,58 @@ func (d *NetDevice) startQueue(q *queue, log *slog.Logger) (err error) {
 	}
 	if !q.tx {
 		vq.DisableNotify() // RX buffers are taken when frames arrive, not on kicks
+		if d.logging() {
+			d.startLog(q)
+			d.logUsed(q)
+			d.endLog(q)
+		}
 	}
 	q.vq, q.reported = vq, false
 	if d.features&FeatureProtocolFeatures == 0 {
 		q.enabled = true // rings start enabled without protocol features
 	}
-	log.Debug("vhost: queue started", "queue", q.index, "size", q.num, "base", q.base, "enabled", q.enabled)
+	log.Debug("vhost: queue started", "queue", q.index, "size", q.num, "base", q.base, "used_idx", vq.nextUsed, "enabled", q.enabled)
+	return nil
+}
+
+// RARPFrame builds the frame QEMU's self-announcement sends for a guest
+// that cannot announce itself: a broadcast RARP "reverse request" (opcode
+// 3) from mac, for mac, padded to the 60-byte Ethernet minimum. Switches
+// on the path learn where mac is now.
+func RARPFrame(mac net.HardwareAddr) []byte {
+	f := make([]byte, 60)
+	copy(f[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	copy(f[6:12], mac)
+	binary.BigEndian.PutUint16(f[12:], 0x8035) // ETH_P_RARP
+	binary.BigEndian.PutUint16(f[14:], 1)      // hardware: Ethernet
+	binary.BigEndian.PutUint16(f[16:], 0x0800) // protocol: IPv4
+	f[18], f[19] = 6, 4                        // address lengths
+	binary.BigEndian.PutUint16(f[20:], 3)      // reverse request
+	copy(f[22:28], mac)                        // sender hardware address
+	copy(f[32:38], mac)                        // target hardware address
+	return f
+}
+
+// sendRARP handles SEND_RARP: after a migration, QEMU asks the back-end of
+// a guest that did not negotiate VIRTIO_NET_F_GUEST_ANNOUNCE to announce
+// the guest's MAC. The RARP frame goes to the TX handler as if pair 0 of
+// the guest sent it, so it leaves by the VM's own path (and passes its
+// source MAC check). The device lock keeps the kick goroutine's TX calls
+// out meanwhile: the handler is never called concurrently.
+func (d *NetDevice) sendRARP(v uint64, log *slog.Logger) error {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], v)
+	mac := net.HardwareAddr(b[:6])
+	if b[0]&1 != 0 || v&0xffffffffffff == 0 {
+		return refuse("SEND_RARP: %v is not a unicast MAC address", mac)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cfg.TX == nil {
+		log.Info("vhost: SEND_RARP: no TX handler, announcement dropped", "mac", mac.String())
+		return nil
+	}
+	d.cfg.TX(0, [][]byte{RARPFrame(mac)})
+	log.Info("vhost: announced the guest's MAC with a RARP frame (SEND_RARP)", "mac", mac.String())
 	return nil
 }

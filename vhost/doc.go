@@ -36,12 +36,23 @@
 // # Features
 //
 // Offered: VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
-// VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_NET_F_MQ (more than one pair) and
-// VHOST_USER_F_PROTOCOL_FEATURES; protocol features MQ and REPLY_ACK. Not
-// offered: checksum and segmentation offloads, VIRTIO_NET_F_MAC (the
-// front-end supplies the config space), logging (VHOST_F_LOG_ALL),
-// CONFIGURE_MEM_SLOTS (so at most MaxMemoryRegions regions), packed rings and
-// IOMMU translation.
+// VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_NET_F_MQ (more than one pair),
+// VIRTIO_NET_F_GUEST_ANNOUNCE (the guest announces itself after a
+// migration; QEMU runs the control queue), VHOST_F_LOG_ALL and
+// VHOST_USER_F_PROTOCOL_FEATURES; protocol features MQ, REPLY_ACK,
+// LOG_SHMFD and RARP. Not offered: checksum and segmentation offloads,
+// VIRTIO_NET_F_MAC (the front-end supplies the config space),
+// CONFIGURE_MEM_SLOTS (so at most MaxMemoryRegions regions), packed rings,
+// postcopy and IOMMU translation.
+//
+// # Live migration
+//
+// SET_LOG_BASE shares a dirty bitmap; while VHOST_F_LOG_ALL is acked every
+// guest page the device writes (RX buffers, and used rings the front-end
+// flagged with VHOST_VRING_F_LOG) is marked after the write, before the
+// data path releases the device, so GET_VRING_BASE answers only once every
+// write of the ring is published and logged (dirtylog.go). SEND_RARP sends
+// a RARP frame from the guest's MAC to NetConfig.TX.
 //
 // # Trust
 //

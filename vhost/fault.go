@@ -46,6 +46,9 @@ func (d *NetDevice) caught(q *queue, old bool, r any) error {
 	if !ok {
 		panic(r)
 	}
+	if d.dlog.contains(f.Addr()) {
+		return d.logFault(q)
+	}
 	region, off, ok := d.mem.locate(f.Addr())
 	if !ok {
 		panic(r) // not guest memory: a bug, not the front-end
@@ -64,6 +67,25 @@ func (d *NetDevice) memoryFault(q *queue, region int, off uint64) error {
 	seal := d.mem.regions[region].seal
 	err := fmt.Errorf("%w: queue %d: guest memory fault at offset %#x of the file of region %d (%v): the front-end shrank or removed the memory it shared",
 		ErrQueueBroken, qi, off, region, seal)
+	return d.breakOnFault(q, err, "vhost: guest memory fault: queue broken, closing the front-end's connection (the front-end shrank or removed its shared memory)",
+		"queue", qi, "region", region, "file_offset", fmt.Sprintf("%#x", off), "region_file", seal.String())
+}
+
+// logFault breaks q after a fault on the dirty log's mapping (the front-end
+// shrank the file of SET_LOG_BASE), and closes the connection.
+func (d *NetDevice) logFault(q *queue) error {
+	qi := -1
+	if q != nil {
+		qi = q.index
+	}
+	err := fmt.Errorf("%w: queue %d: fault on the dirty log (%v): the front-end shrank the file it shared with SET_LOG_BASE",
+		ErrQueueBroken, qi, d.dlog.seal)
+	return d.breakOnFault(q, err, "vhost: dirty log fault: queue broken, closing the front-end's connection (the front-end shrank its dirty log)",
+		"queue", qi, "log_file", d.dlog.seal.String())
+}
+
+// breakOnFault breaks q with err, logs msg once and closes the connection.
+func (d *NetDevice) breakOnFault(q *queue, err error, msg string, attrs ...any) error {
 	if q != nil {
 		switch {
 		case q.vq != nil:
@@ -82,8 +104,7 @@ func (d *NetDevice) memoryFault(q *queue, region int, off uint64) error {
 		if log == nil {
 			log = d.log
 		}
-		log.Error("vhost: guest memory fault: queue broken, closing the front-end's connection (the front-end shrank or removed its shared memory)",
-			"queue", qi, "region", region, "file_offset", fmt.Sprintf("%#x", off), "region_file", seal.String())
+		log.Error(msg, attrs...)
 		if d.abort != nil {
 			d.abort()
 		}

@@ -230,7 +230,7 @@ func (f *frontend) setup(o setupOpts) {
 	}
 	features := o.features
 	if features == 0 {
-		features = offered
+		features = offered &^ FeatureLogAll // as QEMU: logging only while migrating
 	}
 	if o.noProto {
 		features &^= FeatureProtocolFeatures

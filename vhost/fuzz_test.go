@@ -150,6 +150,9 @@ func FuzzDecode(f *testing.F) {
 	f.Add(msg(ReqSetMemTable, 1, 1, 0x100000, 0x1000, 0x7f0000000000, 0), uint8(1))
 	f.Add(msg(ReqSetMemTable, 1, 9), uint8(9))
 	f.Add(msg(ReqGetVringBase, 1, 0), uint8(0))
+	f.Add(msg(ReqSetLogBase, 1, 0x1000, 0), uint8(1))
+	f.Add(msg(ReqSetLogBase, 1, 0x1000, 0), uint8(0))
+	f.Add(msg(ReqSetLogFD, 1), uint8(1))
 	f.Add(msg(Request(99), 1), uint8(0))
 	f.Add(msg(ReqSetFeatures, 5, 0), uint8(0))
 	f.Fuzz(func(t *testing.T, data []byte, nfds uint8) {
@@ -181,6 +184,14 @@ func FuzzDecode(f *testing.F) {
 		case ReqSetMemTable:
 			if len(m.Regions) != fds || fds == 0 {
 				t.Fatalf("%d regions with %d fds", len(m.Regions), fds)
+			}
+		case ReqSetLogBase:
+			if fds > 1 || h.Size != 16 {
+				t.Fatalf("SET_LOG_BASE accepted with %d fds, %d bytes", fds, h.Size)
+			}
+		case ReqSetLogFD:
+			if fds != 1 {
+				t.Fatalf("SET_LOG_FD accepted with %d fds", fds)
 			}
 		case ReqSetVringKick, ReqSetVringCall, ReqSetVringErr:
 			if m.VringFD.NoFD != (fds == 0) {

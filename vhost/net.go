@@ -16,6 +16,7 @@ import (
 // Virtio and vhost-user feature bits (as masks) the device may offer.
 const (
 	FeatureNetMrgRxbuf      = uint64(1) << 15 // VIRTIO_NET_F_MRG_RXBUF
+	FeatureNetGuestAnnounce = uint64(1) << 21 // VIRTIO_NET_F_GUEST_ANNOUNCE
 	FeatureNetMQ            = uint64(1) << 22 // VIRTIO_NET_F_MQ
 	FeatureRingIndirectDesc = uint64(1) << 28 // VIRTIO_RING_F_INDIRECT_DESC
 	FeatureRingEventIdx     = uint64(1) << 29 // VIRTIO_RING_F_EVENT_IDX
@@ -26,6 +27,7 @@ const (
 // vhost-user protocol feature bits (as masks) the back-end offers.
 const (
 	ProtocolFeatureMQ       = uint64(1) << 0 // VHOST_USER_PROTOCOL_F_MQ
+	ProtocolFeatureRARP     = uint64(1) << 2 // VHOST_USER_PROTOCOL_F_RARP
 	ProtocolFeatureReplyAck = uint64(1) << 3 // VHOST_USER_PROTOCOL_F_REPLY_ACK
 )
 
@@ -115,6 +117,7 @@ type queue struct {
 	used     []usedEntry // RX: the chains of the frame being placed; TX: the batch
 	frames   [][]byte    // TX batch
 	scratch  [][]byte    // TX gather buffers, one per batch slot
+	lb       logBatch    // dirty log marks of the current data-path call
 }
 
 func (q *queue) resetConfig() {
@@ -128,6 +131,7 @@ func (q *queue) resetConfig() {
 	q.polled, q.enabled, q.vq, q.reported = false, false, nil, false
 	q.chain.reset()
 	clear(q.frames)
+	q.lb = logBatch{}
 }
 
 var eventOne = [8]byte{1}
@@ -180,6 +184,11 @@ type NetDevice struct {
 	faulted    atomic.Bool // guest memory faulted: the data path stays out
 	sealWarned bool        // a shrinkable region was logged
 
+	// dirty page logging (dirtylog.go)
+	dlog          *dirtyLog // SET_LOG_BASE
+	logMissed     atomic.Uint64
+	logMissWarned atomic.Bool
+
 	// kick goroutine of the current connection
 	epfd    int
 	stopFD  int
@@ -205,10 +214,11 @@ func NewNetDevice(cfg NetConfig) (*NetDevice, error) {
 		return nil, fmt.Errorf("vhost: negative BusyPoll %v", cfg.BusyPoll)
 	}
 	d := &NetDevice{
-		cfg:    cfg,
-		log:    cfg.Logger,
-		pairs:  cfg.QueuePairs,
-		offer:  FeatureVersion1 | FeatureNetMrgRxbuf | FeatureRingEventIdx | FeatureRingIndirectDesc | FeatureProtocolFeatures,
+		cfg:   cfg,
+		log:   cfg.Logger,
+		pairs: cfg.QueuePairs,
+		offer: FeatureVersion1 | FeatureNetMrgRxbuf | FeatureRingEventIdx | FeatureRingIndirectDesc | FeatureProtocolFeatures |
+			FeatureLogAll | FeatureNetGuestAnnounce,
 		epfd:   -1,
 		stopFD: -1,
 	}
@@ -238,7 +248,9 @@ func (d *NetDevice) QueuePairs() int { return d.pairs }
 func (d *NetDevice) Features() uint64 { return d.offer }
 
 // ProtocolFeatures returns the vhost-user protocol features offered.
-func (d *NetDevice) ProtocolFeatures() uint64 { return ProtocolFeatureMQ | ProtocolFeatureReplyAck }
+func (d *NetDevice) ProtocolFeatures() uint64 {
+	return ProtocolFeatureMQ | ProtocolFeatureReplyAck | ProtocolFeatureLogShmfd | ProtocolFeatureRARP
+}
 
 // AckedFeatures returns the features the front-end acknowledged.
 func (d *NetDevice) AckedFeatures() uint64 {
@@ -366,9 +378,14 @@ func (d *NetDevice) Offer(pair int, frames [][]byte) (placed, consumed int, err 
 		}
 	}()
 	mrg := d.features&FeatureNetMrgRxbuf != 0
+	var lb *logBatch // nil unless migrating: one branch per frame
+	if d.logging() {
+		lb = d.startLog(q)
+	}
+	startUsed := vq.nextUsed
 	var bytes uint64
 	for _, f := range frames {
-		n, ferr := d.place(q, vq, f, mrg)
+		n, ferr := d.place(q, vq, f, mrg, lb)
 		if ferr != nil || n < 0 {
 			err = ferr
 			break
@@ -379,7 +396,14 @@ func (d *NetDevice) Offer(pair int, frames [][]byte) (placed, consumed int, err 
 			bytes += uint64(len(f))
 		}
 	}
-	if vq.PublishUsed() {
+	notify := vq.PublishUsed()
+	if lb != nil {
+		if vq.nextUsed != startUsed {
+			d.logUsed(q)
+		}
+		d.endLog(q)
+	}
+	if notify {
 		q.signal()
 	}
 	q.checkBroken()
@@ -390,8 +414,9 @@ func (d *NetDevice) Offer(pair int, frames [][]byte) (placed, consumed int, err 
 }
 
 // place puts one frame into the guest: 1 when placed, 0 when dropped on its
-// own, -1 when out of buffers.
-func (d *NetDevice) place(q *queue, vq *Virtqueue, f []byte, mrg bool) (int, error) {
+// own, -1 when out of buffers. With lb (logging), every byte written is
+// marked after it is written.
+func (d *NetDevice) place(q *queue, vq *Virtqueue, f []byte, mrg bool, lb *logBatch) (int, error) {
 	if len(f) > MaxFrameSize {
 		return 0, nil
 	}
@@ -436,12 +461,19 @@ func (d *NetDevice) place(q *queue, vq *Virtqueue, f []byte, mrg bool) (int, err
 		data = data[n:]
 		written += n
 		need -= written
+		if lb != nil {
+			lb.markWritten(vq.mem(), c.Writable, written)
+		}
 		q.used = append(q.used, usedEntry{head: c.Head, len: uint32(written)})
 	}
 	if hlen == 12 {
 		var v [2]byte
 		binary.LittleEndian.PutUint16(v[:], uint16(len(q.used)))
 		nb[0][0], nb[1][0] = v[0], v[1]
+		if lb != nil {
+			lb.markHost(vq.mem(), nb[0])
+			lb.markHost(vq.mem(), nb[1])
+		}
 	}
 	for _, u := range q.used {
 		if err := vq.PushUsed(u.head, u.len); err != nil {
@@ -513,14 +545,27 @@ func (d *NetDevice) processTX(idx int) (worked bool) {
 		}
 		if vq.Broken() != nil {
 			q.checkBroken()
+			d.logTXUsed(q)
 			return worked
 		}
 		if len(q.used) == d.cfg.TXBatch {
 			continue
 		}
 		if !vq.EnableNotify() {
+			d.logTXUsed(q)
 			return worked
 		}
+	}
+}
+
+// logTXUsed marks a TX queue's used ring after processTX wrote it (used
+// entries and idx, flags, avail_event) when logging. Called with d.mu (read)
+// and q.mu held.
+func (d *NetDevice) logTXUsed(q *queue) {
+	if d.logging() {
+		d.startLog(q)
+		d.logUsed(q)
+		d.endLog(q)
 	}
 }
 
@@ -620,6 +665,11 @@ func (d *NetDevice) detach() {
 		d.log.Error("vhost: unmapping guest memory", "err", err)
 	}
 	d.mem = nil
+	if err := d.dlog.close(); err != nil {
+		d.log.Error("vhost: unmapping the dirty log", "err", err)
+	}
+	d.dlog = nil
+	d.logMissWarned.Store(false)
 	d.features, d.protocol, d.featuresSet = 0, 0, false
 	d.hdrLen = d.headerLen(0)
 	d.polling.Store(0)

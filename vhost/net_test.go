@@ -18,7 +18,8 @@ func TestDeviceFeatures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := FeatureVersion1 | FeatureNetMrgRxbuf | FeatureRingEventIdx | FeatureRingIndirectDesc | FeatureProtocolFeatures
+	want := FeatureVersion1 | FeatureNetMrgRxbuf | FeatureRingEventIdx | FeatureRingIndirectDesc | FeatureProtocolFeatures |
+		FeatureLogAll | FeatureNetGuestAnnounce
 	if d.Features() != want {
 		t.Errorf("offered %#x, want %#x", d.Features(), want)
 	}
@@ -536,10 +537,19 @@ func TestServerMemTableReplace(t *testing.T) {
 	}
 }
 
-func BenchmarkDeliver(b *testing.B) {
+func BenchmarkDeliver(b *testing.B) { benchDeliver(b, false) }
+
+// BenchmarkDeliverLogging: the same with dirty page logging on (while a VM
+// migrates).
+func BenchmarkDeliverLogging(b *testing.B) { benchDeliver(b, true) }
+
+func benchDeliver(b *testing.B, logging bool) {
 	ts := startServer(b, NetConfig{})
 	f := dial(b, ts.path)
 	f.setup(setupOpts{size: 1024})
+	if logging {
+		f.startLogging()
+	}
 	frames := make([][]byte, 32)
 	for i := range frames {
 		frames[i] = frame(1400, byte(i))

@@ -30,6 +30,7 @@ const (
 	ReqSetProtocolFeatures Request = 16
 	ReqGetQueueNum         Request = 17
 	ReqSetVringEnable      Request = 18
+	ReqSendRARP            Request = 19
 )
 
 var requestNames = map[Request]string{
@@ -39,7 +40,7 @@ var requestNames = map[Request]string{
 	ReqSetVringBase: "SET_VRING_BASE", ReqGetVringBase: "GET_VRING_BASE", ReqSetVringKick: "SET_VRING_KICK",
 	ReqSetVringCall: "SET_VRING_CALL", ReqSetVringErr: "SET_VRING_ERR",
 	ReqGetProtocolFeatures: "GET_PROTOCOL_FEATURES", ReqSetProtocolFeatures: "SET_PROTOCOL_FEATURES",
-	ReqGetQueueNum: "GET_QUEUE_NUM", ReqSetVringEnable: "SET_VRING_ENABLE",
+	ReqGetQueueNum: "GET_QUEUE_NUM", ReqSetVringEnable: "SET_VRING_ENABLE", ReqSendRARP: "SEND_RARP",
 }
 
 func (r Request) String() string {
@@ -149,6 +150,7 @@ type Message struct {
 	Addr    VringAddr
 	VringFD VringFD
 	Regions []MemoryRegion
+	Log     LogBase
 	FDs     int // number of fds the request carries (checked)
 }
 
@@ -175,7 +177,7 @@ func Decode(h Header, payload []byte, nfds int, regions []MemoryRegion) (Message
 		if err := want(0, 0); err != nil {
 			return m, err
 		}
-	case ReqSetFeatures, ReqSetProtocolFeatures:
+	case ReqSetFeatures, ReqSetProtocolFeatures, ReqSendRARP:
 		if err := want(8, 0); err != nil {
 			return m, err
 		}
@@ -211,6 +213,20 @@ func Decode(h Header, payload []byte, nfds int, regions []MemoryRegion) (Message
 			fds = 0
 		}
 		if err := want(8, fds); err != nil {
+			return m, err
+		}
+	case ReqSetLogBase:
+		// The fd is checked by the device, which refuses a log without
+		// one with a message saying so.
+		if nfds > 1 {
+			return m, want(16, 1)
+		}
+		if err := want(16, nfds); err != nil {
+			return m, err
+		}
+		m.Log = LogBase{Size: le.Uint64(payload[0:]), Offset: le.Uint64(payload[8:])}
+	case ReqSetLogFD:
+		if err := want(0, 1); err != nil {
 			return m, err
 		}
 	case ReqSetMemTable:

@@ -80,3 +80,12 @@ func ringWord32At(b []byte, off int) (*uint32, bool) {
 func sliceAddr(b []byte) uintptr {
 	return uintptr(unsafe.Pointer(unsafe.SliceData(b)))
 }
+
+// orWord atomically ORs mask into the w-th 64-bit word of b, which starts at
+// an 8-byte aligned address (a mapping). The word must be inside b.
+func orWord(b []byte, w uint64, mask uint64) {
+	if w >= uint64(len(b))/8 || sliceAddr(b)%8 != 0 {
+		panic("vhost: dirty log word outside its mapping")
+	}
+	atomic.OrUint64((*uint64)(unsafe.Pointer(&b[8*w])), mask)
+}

@@ -124,7 +124,7 @@ func (f *FrontEnd) handshake(total uint64) {
 	offered := f.do(vhost.ReqGetFeatures, nil, true)
 	f.send(vhost.ReqSetOwner, vhost.FlagVersion, nil)
 	f.send(vhost.ReqSetProtocolFeatures, vhost.FlagVersion, u64(vhost.ProtocolFeatureReplyAck))
-	f.ack(vhost.ReqSetFeatures, u64(offered&^vhost.FeatureNetMQ))
+	f.ack(vhost.ReqSetFeatures, u64(offered&^(vhost.FeatureNetMQ|vhost.FeatureLogAll)))
 	mt := binary.LittleEndian.AppendUint32(nil, 1)
 	mt = binary.LittleEndian.AppendUint32(mt, 0)
 	for _, v := range []uint64{gpaBase, total, uvaBase, 0} {

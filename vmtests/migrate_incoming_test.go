@@ -1,0 +1,358 @@
+package vmtests
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/xdp-hostd/xdp-hostd/hostnet/testnet"
+	"github.com/xdp-hostd/xdp-hostd/qmp"
+	"github.com/xdp-hostd/xdp-hostd/traffic"
+	"github.com/xdp-hostd/xdp-hostd/vhost"
+	"github.com/xdp-hostd/xdp-hostd/vmtests/vmproto"
+)
+
+// migBackend is a vhost device served on its own socket, as one host's
+// daemon would serve the VM's NIC, counting the guest's frames that carry
+// a marker.
+type migBackend struct {
+	dev    *vhost.NetDevice
+	sock   string
+	logs   *testnet.SyncBuffer
+	marker atomic.Pointer[string]
+	marked atomic.Uint64
+}
+
+func startMigBackend(t *testing.T, name string) *migBackend {
+	t.Helper()
+	b := &migBackend{logs: &testnet.SyncBuffer{}}
+	log := slog.New(slog.NewTextHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	dev, err := vhost.NewNetDevice(vhost.NetConfig{Logger: log, TX: func(_ int, fs [][]byte) {
+		m := b.marker.Load()
+		if m == nil {
+			return
+		}
+		for _, f := range fs {
+			if bytes.Contains(f, []byte(*m)) {
+				b.marked.Add(1)
+			}
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.dev = dev
+	b.sock = TempSocketPath(t, name+".sock")
+	srv, err := vhost.NewServer(b.sock, dev, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-served:
+		case <-time.After(10 * time.Second):
+			t.Errorf("%s: vhost server did not stop", name)
+		}
+		if t.Failed() {
+			t.Logf("%s back-end log:\n%s", name, b.logs.String())
+		}
+	})
+	return b
+}
+
+// startIncoming starts a destination QEMU for src: its command line with
+// the NIC on dst's socket, its own QMP and agent sockets, and -incoming on
+// a unix socket. It returns a VM talking to the guest program through the
+// destination's virtio-serial channel (usable once the guest runs there)
+// and the migration URI.
+func startIncoming(t *testing.T, src *VM, srcSock, dstSock string) (*VM, string) {
+	t.Helper()
+	dir := filepath.Dir(TempSocketPath(t, "x"))
+	agentSock := filepath.Join(dir, "agent-dst.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: agentSock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	uri := "unix:" + filepath.Join(dir, "mig.sock")
+	var args []string
+	for _, a := range src.Cmdline {
+		switch {
+		case strings.HasPrefix(a, "socket,id=agent,path="):
+			a = "socket,id=agent,path=" + agentSock
+		case strings.Contains(a, "path="+srcSock):
+			a = strings.Replace(a, "path="+srcSock, "path="+dstSock, 1)
+		case strings.HasPrefix(a, "unix:") && strings.Contains(a, "server=on"):
+			a = "unix:" + filepath.Join(dir, "qmp-dst.sock") + ",server=on,wait=off"
+		}
+		args = append(args, a)
+	}
+	args = append(args, "-incoming", uri)
+	vm := &VM{Name: src.Name + "-dst", Cmdline: args, cmdTimeout: 30 * time.Second, pending: map[uint64]chan vmproto.Event{},
+		readyCh: make(chan vmproto.Event, 1), exited: make(chan struct{})}
+	t.Logf("%s: QEMU command line: %s", vm.Name, shellQuote(args))
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm.cmd = exec.Command(args[0], args[1:]...)
+	vm.cmd.Stdout, vm.cmd.Stderr = pw, pw
+	vm.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := vm.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	vm.console = newLineLogger(t, vm.Name, pr)
+	go func() {
+		vm.exitErr = vm.cmd.Wait()
+		close(vm.exited)
+	}()
+	t.Cleanup(func() {
+		vm.kill("test ended")
+		select {
+		case <-vm.exited:
+		case <-time.After(10 * time.Second):
+			t.Errorf("%s: QEMU did not exit after SIGKILL", vm.Name)
+		}
+		vm.console.stop(2 * time.Second)
+	})
+	ln.SetDeadline(time.Now().Add(30 * time.Second))
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatalf("%s: QEMU did not connect its virtio-serial channel: %v", vm.Name, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	vm.conn = c
+	go vm.readEvents()
+	migSock := strings.TrimPrefix(uri, "unix:")
+	waitUntil(t, "the destination listening for the migration", 30*time.Second, func() bool {
+		_, err := os.Stat(migSock)
+		return err == nil
+	})
+	return vm, uri
+}
+
+// TestLiveMigrationToIncoming: a booted guest receiving a steady UDP stream
+// through one vhost device is live-migrated by QEMU to a second QEMU
+// (-incoming, same machine) whose NIC is on a second device, as between two
+// hosts' daemons. On the destination the guest runs on: it receives the
+// stream through the second device (its RX ring resumes where the source
+// stopped, from the dirty-logged used ring and GET_VRING_BASE) and
+// transmits through it. Loss around the switch is reported, not asserted.
+//
+// The stream pauses while QEMU migrates unless
+// XDP_HOSTD_VMTEST_MIGRATE_UNDER_LOAD=1: with ~10k frames/s written into
+// the guest during the migration, about one destination guest in five
+// crashed on resume here (QEMU 7.2 TCG) with a stale kernel page (list
+// corruption, a stale stack), which a DPDK testpmd back-end at a higher
+// rate did not show (0 of 12) and which marking the whole log at
+// GET_VRING_BASE hid (0 of 8): an open problem, see the README.
+func TestLiveMigrationToIncoming(t *testing.T) {
+	SkipWithoutQEMU(t)
+	const (
+		guestMAC = "52:54:00:00:ab:02"
+		guestIP  = "10.202.0.60"
+		peerIP   = "10.202.0.1"
+		port     = 40110
+	)
+	src, dst := startMigBackend(t, "src"), startMigBackend(t, "dst")
+	qmpPath := filepath.Join(filepath.Dir(src.sock), "qmp.sock")
+	g := StartT(t, WithName("migsrc"), WithVhostUserNIC(VhostUserNIC{Socket: src.sock, MAC: guestMAC}),
+		WithQEMUArgs("-qmp", "unix:"+qmpPath+",server=on,wait=off"))
+	peer, _ := net.ParseMAC("52:54:00:00:ab:fe")
+	if cfg, err := Call[vmproto.ConfigureResult](g, vmproto.Configure{MAC: guestMAC, Addr: guestIP + "/24",
+		Neighbors: []vmproto.Neighbor{{IP: peerIP, MAC: peer.String()}}}); err != nil || !cfg.Carrier {
+		t.Fatalf("configure guest NIC: %+v %v", cfg, err)
+	}
+	if _, err := g.Do(vmproto.UDPListen{Port: port}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The stream: 20 frames every 2 ms into whichever device runs the
+	// guest's rings; after the switch the frames carry another marker.
+	mac, _ := net.ParseMAC(guestMAC)
+	spec := traffic.FrameSpec{Dst: mac, Src: peer, SrcIP: netip.MustParseAddr(peerIP), DstIP: netip.MustParseAddr(guestIP),
+		SrcPort: 7110, DstPort: port, Size: 300, Tag: 1}
+	tag := time.Now().UnixNano()
+	span, after := fmt.Sprintf("span-%d", tag), fmt.Sprintf("post-%d", tag)
+	var marker atomic.Pointer[string]
+	marker.Store(&span)
+	var placedSrc, placedDst, offered atomic.Uint64
+	var paused atomic.Bool
+	underLoad := os.Getenv("XDP_HOSTD_VMTEST_MIGRATE_UNDER_LOAD") == "1"
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		frames := make([][]byte, 20)
+		for i := range frames {
+			frames[i] = make([]byte, spec.Size)
+		}
+		for seq := uint32(0); ; {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			if paused.Load() {
+				continue
+			}
+			dev, placed := src.dev, &placedSrc
+			if !src.dev.Ready(0) && placedSrc.Load() > 0 {
+				dev, placed = dst.dev, &placedDst
+			}
+			m := *marker.Load()
+			for _, f := range frames {
+				spec.Build(f, seq)
+				copy(f[traffic.HeaderLen:], fmt.Sprintf("%s %d ", m, seq))
+				seq++
+			}
+			n, _ := dev.Deliver(0, frames)
+			placed.Add(uint64(n))
+			offered.Add(uint64(len(frames)))
+		}
+	}()
+	t.Cleanup(func() {
+		close(stop)
+		wg.Wait()
+	})
+	waitUntil(t, "frames reaching the guest", 10*time.Second, func() bool { return placedSrc.Load() > 200 })
+
+	dvm, uri := startIncoming(t, g, src.sock, dst.sock)
+	// A count that spans the migration: started on the source, answered
+	// on the destination. Every sequence number is sent once, so a
+	// datagram counted twice is an RX buffer whose new contents the
+	// destination never got (a write the dirty log missed).
+	spanned := carryCommand(t, g, dvm, vmproto.UDPCount{Port: port, Marker: span, Timeout: 20 * time.Second})
+	c, err := qmp.Dial(qmpPath, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if !underLoad {
+		paused.Store(true)
+		time.Sleep(100 * time.Millisecond)
+	}
+	start := time.Now()
+	if err := c.Run(context.Background(), "migrate", map[string]any{"uri": uri}, nil); err != nil {
+		t.Fatalf("QMP migrate: %v", err)
+	}
+	var st struct {
+		Status    string `json:"status"`
+		ErrorDesc string `json:"error-desc"`
+		Downtime  int64  `json:"downtime"`
+	}
+	for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if err := c.Run(context.Background(), "query-migrate", nil, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Status == "completed" {
+			break
+		}
+		if st.Status == "failed" || st.Status == "cancelled" {
+			t.Fatalf("migration %s: %s", st.Status, st.ErrorDesc)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("migration still %q after 90 s", st.Status)
+		}
+	}
+	t.Logf("migration completed in %v (downtime %d ms)", time.Since(start).Round(time.Millisecond), st.Downtime)
+	if m := src.dev.LogMissed(); m != 0 {
+		t.Errorf("source: %d page writes were not logged", m)
+	}
+	if !strings.Contains(src.logs.String(), "dirty log mapped") {
+		t.Error("the source QEMU never shared a dirty log")
+	}
+	waitUntil(t, "the destination's rings running", 30*time.Second, func() bool { return dst.dev.Ready(0) })
+	paused.Store(false)
+	var sc vmproto.UDPCountResult
+	select {
+	case ev, ok := <-spanned:
+		if !ok || ev.Type != vmproto.EventResult {
+			t.Fatalf("the count spanning the migration ended without a result: %+v", ev)
+		}
+		if err := (Result{Data: ev.Data}).Decode(&sc); err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("no answer from the guest to the count spanning the migration")
+	}
+	t.Logf("count across the migration: %d datagrams, %d distinct sequence numbers (%d placed through the source, %d through the destination so far)",
+		sc.Matched, sc.Seqs, placedSrc.Load(), placedDst.Load())
+	if sc.Matched != sc.Seqs {
+		t.Errorf("the guest received %d datagrams but %d distinct sequence numbers: stale RX buffers on the destination (dirty log missed writes)", sc.Matched, sc.Seqs)
+	}
+	if sc.Seqs == 0 {
+		t.Error("the guest counted nothing across the migration")
+	}
+	marker.Store(&after)
+
+	// The guest, now on the destination, receives the stream there...
+	const want = 500
+	got, err := Call[vmproto.UDPCountResult](dvm, vmproto.UDPCount{Port: port, Marker: after, Want: want, Timeout: 20 * time.Second})
+	if err != nil {
+		t.Fatalf("UDP count on the destination: %v", err)
+	}
+	if got.Matched < want {
+		t.Errorf("the guest got %d of %d datagrams through the destination's device: %+v", got.Matched, want, got)
+	}
+	// ...and sends through it.
+	m := fmt.Sprintf("out-%d", tag)
+	dst.marker.Store(&m)
+	sent, err := Call[vmproto.UDPSendResult](dvm, vmproto.UDPSend{Dst: fmt.Sprintf("%s:7111", peerIP), Count: 50, Size: 100, Marker: m, Interval: time.Millisecond})
+	if err != nil || sent.Sent != 50 {
+		t.Fatalf("UDP send on the destination: %+v %v", sent, err)
+	}
+	waitUntil(t, "the guest's datagrams at the destination's device", 10*time.Second, func() bool { return dst.marked.Load() >= 50 })
+	s, d := placedSrc.Load(), placedDst.Load()
+	t.Logf("stream: %d frames offered, %d placed through the source, %d through the destination, %d not placed (no guest buffers, or no ring running during the switch)",
+		offered.Load(), s, d, offered.Load()-s-d)
+}
+
+// carryCommand sends req to the guest program through src's channel and
+// returns where its answer arrives through dst's: for a command that runs
+// across a migration (the guest answers on the destination's channel).
+func carryCommand(t *testing.T, src, dst *VM, req vmproto.Request) <-chan vmproto.Event {
+	t.Helper()
+	id := src.nextID.Add(1)
+	if dst.nextID.Load() < id+1000 {
+		dst.nextID.Store(id + 1000)
+	}
+	ch := make(chan vmproto.Event, 1)
+	dst.pmu.Lock()
+	dst.pending[id] = ch
+	dst.pmu.Unlock()
+	cmd, err := vmproto.NewCommand(id, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := json.Marshal(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src.wmu.Lock()
+	defer src.wmu.Unlock()
+	src.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := src.conn.Write(append(line, '\n')); err != nil {
+		t.Fatalf("send %s: %v", req.Op(), err)
+	}
+	return ch
+}
