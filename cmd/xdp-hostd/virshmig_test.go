@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +18,7 @@ import (
 	"github.com/xdp-hostd/xdp-hostd/daemon"
 	"github.com/xdp-hostd/xdp-hostd/hostnet/testnet"
 	"github.com/xdp-hostd/xdp-hostd/libvirthook"
+	"github.com/xdp-hostd/xdp-hostd/traffic"
 )
 
 // migLibvirt is a libvirtd of its own: its own /etc/libvirt (a copy of
@@ -38,7 +41,7 @@ func randomUUID() string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
 }
 
-func startMigLibvirt(t *testing.T, libvirtd, netns, hook string) *migLibvirt {
+func startMigLibvirt(t *testing.T, libvirtd, netns, hook string, binds map[string]string) *migLibvirt {
 	t.Helper()
 	root := t.TempDir()
 	os.Chmod(root, 0o755)
@@ -71,6 +74,9 @@ stdio_handler = "file"
 		src := filepath.Join(root, dir)
 		os.MkdirAll(src, 0o755)
 		os.MkdirAll(target, 0o755)
+		mounts = append(mounts, fmt.Sprintf("mount --bind %s %s", src, target))
+	}
+	for src, target := range binds {
 		mounts = append(mounts, fmt.Sprintf("mount --bind %s %s", src, target))
 	}
 	os.MkdirAll(filepath.Join(root, "log", "qemu"), 0o755)
@@ -163,6 +169,41 @@ func (l *migLibvirt) startDomain(xml string, name string, others ...*migLibvirt)
 	})
 }
 
+// newNSMigHost is newMigHost with the daemon in a mount namespace of its
+// own where sockDir is a directory of this host's (bind-mounted): the
+// vhost-user socket paths in a domain's XML are the same on both hosts.
+func newNSMigHost(t *testing.T, name, extraCfg, sockDir string) (*migHost, string) {
+	t.Helper()
+	h := &migHost{t: t, name: name, topo: testnet.Topology(t, 2), taps: map[string]*traffic.Counter{}}
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	own := filepath.Join(dir, "vms")
+	os.MkdirAll(own, 0o755)
+	os.MkdirAll(sockDir, 0o755)
+	h.socket = filepath.Join(dir, "api.sock")
+	cfg := filepath.Join(dir, "config.json")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`{%s"vm_socket_dirs": [%q], "uplinks": [{"name": %q, "netns": %q, "vms": []}]}`, extraCfg, sockDir, h.topo.Uplink, h.topo.HostNS)), 0o644)
+	p := &daemonProc{socket: h.socket, stderr: &syncBuffer{}}
+	p.cmd = exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
+		fmt.Sprintf("mount --bind %s %s && exec %s run --config %s --socket %s", own, sockDir, binary, cfg, h.socket))
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.stop(t); err != nil {
+			t.Errorf("daemon %s exit: %v\n%s", name, err, p.stderr.String())
+		}
+	})
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(p.stderr.String(), "msg=ready"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon %s not ready:\n%s", name, p.stderr.String())
+		}
+	}
+	h.sender = testnet.Sender(t, h.topo)
+	return h, own
+}
+
 // virshDomainXML is a domain that boots no OS under TCG, with a managed
 // tap interface the metadata marks for xdp-hostd.
 func virshDomainXML(name, uuid, mac, uplink, tap, emulator string) string {
@@ -211,8 +252,14 @@ func TestVirshMigrate(t *testing.T) {
 	testnet.RequireTool(t, "unshare", "util-linux")
 	testnet.RequireTool(t, "ip", "iproute2")
 	start := time.Now()
-	a := newMigHost(t, "a", "")
-	b := newMigHost(t, "b", `"max_cost_instructions": 150, `)
+	// The domain's vhost-user socket path, the same on both hosts: each
+	// host's daemon and libvirtd see their own directory there.
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	sockDir := fmt.Sprintf("/run/xdp-hostd-mig-%x", rnd)
+	t.Cleanup(func() { os.Remove(sockDir) })
+	a, ownA := newNSMigHost(t, "a", "", sockDir)
+	b, ownB := newNSMigHost(t, "b", `"max_cost_instructions": 150, `, sockDir)
 	// The two "hosts" reach each other (QEMU's migration stream).
 	an, bn := filepath.Base(a.topo.HostNS), filepath.Base(b.topo.HostNS)
 	va, vb := a.topo.Prefix+"mg", b.topo.Prefix+"mg"
@@ -229,8 +276,8 @@ func TestVirshMigrate(t *testing.T) {
 			t.Fatalf("%v: %v\n%s", c, err, out)
 		}
 	}
-	la := startMigLibvirt(t, libvirtd, a.topo.HostNS, hookScript(binary, a.socket, b.socket))
-	lb := startMigLibvirt(t, libvirtd, b.topo.HostNS, strings.Replace(hookScript(binary, b.socket, a.socket), " qemu \"$@\"", " --uplink-map "+a.topo.Uplink+"="+b.topo.Uplink+" qemu \"$@\"", 1))
+	la := startMigLibvirt(t, libvirtd, a.topo.HostNS, hookScript(binary, a.socket, b.socket), map[string]string{ownA: sockDir})
+	lb := startMigLibvirt(t, libvirtd, b.topo.HostNS, strings.Replace(hookScript(binary, b.socket, a.socket), " qemu \"$@\"", " --uplink-map "+a.topo.Uplink+"="+b.topo.Uplink+" qemu \"$@\"", 1), map[string]string{ownB: sockDir})
 	t.Logf("daemons and libvirtds up after %v", time.Since(start).Round(time.Millisecond))
 
 	p := a.topo.Prefix
@@ -239,12 +286,49 @@ func TestVirshMigrate(t *testing.T) {
 	okUUID := randomUUID()
 	la.startDomain(virshDomainXML(okDom, okUUID, mac(1), a.topo.Uplink, p+"t1", qemu), okDom, lb)
 	la.startDomain(virshDomainXML(badDom, randomUUID(), mac(2), a.topo.Uplink, p+"t2", qemu), badDom, lb)
+	// A vhost-user domain (memfd shared memory, a dedicated queue): QEMU
+	// connects to a's socket.
+	vuDom := "xhvu-" + p
+	vuSock := filepath.Join(sockDir, p+"-vu.sock")
+	la.startDomain(domainXML(vuDom, qemu, mac(3), a.topo.Uplink, fmt.Sprintf(`<interface type='vhostuser'>
+      <mac address='%s'/>
+      <source type='unix' path='%s' mode='client'>
+        <reconnect enabled='yes' timeout='1'/>
+      </source>
+      <model type='virtio'/>
+      <alias name='ua-xh0'/>
+    </interface>`, mac(3), vuSock), 1), vuDom, lb)
+	vuUUID := strings.TrimSpace(la.must("domuuid", vuDom))
+	frontEnd := func(h *migHost) bool {
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			if h.vm(vuDom).FrontEndConnected {
+				return true
+			}
+		}
+		return false
+	}
+	if !frontEnd(a) {
+		t.Fatalf("a: QEMU did not connect to %s: %+v", vuSock, a.vm(vuDom))
+	}
 	a.cli("prog", "load", "--vm", okDom, writeObject(t, false, "counter"))
+	a.cli("prog", "load", "--vm", vuDom, writeObject(t, false, "counter"))
 	a.cli("prog", "load", "--vm", badDom, writeObject(t, true, "bridge"))
-	okProg, badProg := a.vm(okDom).Program, a.vm(badDom).Program
+	okProg, vuProg, badProg := a.vm(okDom).Program, a.vm(vuDom).Program, a.vm(badDom).Program
 	a.send(mac(1), allowedAddr, 1, 7)
 	if got := a.seen(okDom, 7); got != 7 {
 		t.Fatalf("a: the counter saw %d of 7 frames", got)
+	}
+	sendQ := func(h *migHost, n int) {
+		t.Helper()
+		m, _ := net.ParseMAC(mac(3))
+		spec := traffic.FrameSpec{Dst: m, Src: h.topo.WireMAC, SrcIP: netip.MustParseAddr(allowedAddr), DstIP: netip.MustParseAddr("10.9.9.9"), Size: 100, Tag: 9}
+		if err := h.sender.Send(spec, 1, 0, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sendQ(a, 4)
+	if got := a.seen(vuDom, 4); got != 4 {
+		t.Fatalf("a: the vhost-user VM's counter saw %d of 4 frames", got)
 	}
 	dest := lb.uri
 	migrate := func(dom string) (string, error) {
@@ -296,6 +380,37 @@ func TestVirshMigrate(t *testing.T) {
 	b.seen(okDom, 5)
 	if n := mapU64(t, b.export(okDom), "totals", zeroKey); n != 12 {
 		t.Errorf("b: counter totals %d, want 7 from a + 5", n)
+	}
+
+	// The vhost-user domain: b's QEMU connects to b's socket (from
+	// "migrate begin" on), the program and counts arrive, a keeps nothing.
+	mstart = time.Now()
+	if out, err := migrate(vuDom); err != nil {
+		t.Fatalf("virsh migrate --live %s: %v\n%s", vuDom, err, out)
+	}
+	t.Logf("virsh migrate --live (vhost-user): %v", time.Since(mstart).Round(time.Millisecond))
+	if st := lb.state(vuDom); st != "running" {
+		t.Errorf("b: domain %s is %q after the migration", vuDom, st)
+	}
+	(&libvirtHost{migHost: a}).noVM(vuDom, "after the migration")
+	vs = b.vm(vuDom)
+	if vs.Incoming || vs.Frozen || vs.Program == 0 || vs.UUID != vuUUID || vs.VhostUserSocket != vuSock {
+		t.Fatalf("b after the migration: %+v", vs)
+	}
+	if !frontEnd(b) {
+		t.Errorf("b: QEMU is not connected to the VM's socket: %+v", b.vm(vuDom))
+	}
+	doc = b.export(vuDom)
+	if n := mapU64(t, doc, "totals", zeroKey); n != 4 {
+		t.Errorf("b: the vhost-user VM's counter totals %d after the migration, want a's 4", n)
+	}
+	if doc.Program == nil || len(doc.Program.History) != 1 || doc.Program.History[0].ID != vuProg {
+		t.Errorf("b's export: program history %+v, want a's ID %d", doc.Program, vuProg)
+	}
+	sendQ(b, 3)
+	b.seen(vuDom, 3)
+	if n := mapU64(t, b.export(vuDom), "totals", zeroKey); n != 7 {
+		t.Errorf("b: the vhost-user VM's counter totals %d, want 4 from a + 3", n)
 	}
 	t.Logf("test: %v", time.Since(start).Round(time.Millisecond))
 }
