@@ -239,10 +239,19 @@ func virshDomainXML(name, uuid, mac, uplink, tap, emulator string) string {
 //     over its budget of 150): the migration fails with the hook's
 //     message; the domain runs on at the source with its program, not
 //     frozen; the destination has neither the domain nor the VM;
-//   - a domain with the counter program: after `virsh migrate --live` the
-//     domain runs on the destination, the destination's daemon has the VM
-//     (not incoming) with the program and the counts made at the source,
-//     and counts on; the source's daemon no longer has the VM.
+//   - a migration failing half-way (the destination's hooks ran and its
+//     QEMU waits, then QEMU's stream cannot reach it): the destination
+//     keeps neither domain nor VM, the source's domain runs on with its
+//     program, unfrozen, counting;
+//   - a domain with a managed tap and one with vhost-user (memfd shared
+//     memory, a dedicated queue), each with the counter program: after
+//     `virsh migrate --live` the domain runs on the destination, the
+//     destination's daemon has the VM (not incoming; the vhost-user one
+//     with its QEMU connected) with the program and the counts made at
+//     the source, and counts on; the source's daemon no longer has it.
+//
+// The daemons run in mount namespaces of their own too, where the
+// vhost-user socket directory the XML names is their host's.
 func TestVirshMigrate(t *testing.T) {
 	testnet.RequireRoot(t)
 	testnet.RequireTool(t, "virsh", "make deps (Debian: libvirt-clients)")
@@ -352,8 +361,33 @@ func TestVirshMigrate(t *testing.T) {
 	}
 	(&libvirtHost{migHost: b}).noVM(badDom, "after the refused migration")
 
-	// Completed.
+	// Failing half-way: b's hooks ran (migrate, prepare, start, started:
+	// the VM incoming there, QEMU waiting), then QEMU's stream cannot reach
+	// b (an address nobody has): libvirt kills b's QEMU (b's stopped and
+	// release) and resumes a's domain, which runs on with its program.
 	mstart := time.Now()
+	out, err = la.virsh("migrate", "--live", okDom, dest, "tcp://10.77.0.3")
+	t.Logf("migration failing half-way (%v): %v: %s", time.Since(mstart).Round(time.Millisecond), err, strings.TrimSpace(out))
+	if err == nil {
+		t.Fatalf("migrating %s to an unreachable address succeeded", okDom)
+	}
+	if st := la.state(okDom); st != "running" {
+		t.Errorf("a: domain %s is %q after the failed migration", okDom, st)
+	}
+	if st := lb.state(okDom); st != "" {
+		t.Errorf("b: domain %s is %q after the failed migration", okDom, st)
+	}
+	(&libvirtHost{migHost: b}).noVM(okDom, "after the failed migration")
+	if vs := a.vm(okDom); vs.Frozen || vs.Incoming || vs.Program != okProg {
+		t.Errorf("a after the failed migration: %+v", vs)
+	}
+	a.send(mac(1), allowedAddr, 3, 2)
+	if got := a.seen(okDom, 9); got != 9 {
+		t.Errorf("a: after the failed migration the counter saw %d of 7+2 frames", got)
+	}
+
+	// Completed.
+	mstart = time.Now()
 	if out, err := migrate(okDom); err != nil {
 		t.Fatalf("virsh migrate --live %s: %v\n%s", okDom, err, out)
 	}
@@ -370,16 +404,16 @@ func TestVirshMigrate(t *testing.T) {
 		t.Fatalf("b after the migration: %+v", vs)
 	}
 	doc := b.export(okDom)
-	if n := mapU64(t, doc, "totals", zeroKey); n != 7 {
-		t.Errorf("b: counter totals %d after the migration, want a's 7", n)
+	if n := mapU64(t, doc, "totals", zeroKey); n != 9 {
+		t.Errorf("b: counter totals %d after the migration, want a's 9", n)
 	}
 	if doc.Program == nil || len(doc.Program.History) != 1 || doc.Program.History[0].ID != okProg {
 		t.Errorf("b's export: program history %+v, want a's ID %d", doc.Program, okProg)
 	}
 	b.send(mac(1), allowedAddr, 2, 5)
 	b.seen(okDom, 5)
-	if n := mapU64(t, b.export(okDom), "totals", zeroKey); n != 12 {
-		t.Errorf("b: counter totals %d, want 7 from a + 5", n)
+	if n := mapU64(t, b.export(okDom), "totals", zeroKey); n != 14 {
+		t.Errorf("b: counter totals %d, want 9 from a + 5", n)
 	}
 
 	// The vhost-user domain: b's QEMU connects to b's socket (from
