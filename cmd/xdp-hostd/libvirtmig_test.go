@@ -223,3 +223,38 @@ func TestLibvirtHookMigration(t *testing.T) {
 	hb.noVM(dom, "after the domain's release")
 	t.Logf("test: %v", time.Since(start).Round(time.Millisecond))
 }
+
+// The hook's flags: a malformed --uplink-map and an unknown flag are usage
+// errors naming the accepted form; a domain of xdp-hostd's arriving by
+// migration at a hook without --peer is refused (libvirt cancels the
+// migration) with what to add, before any daemon is asked.
+func TestHookMigrationFlags(t *testing.T) {
+	xml := migDomainXML("web", "6f1c2d3e-0000-4000-8000-000000000001", macCounter, "eth1", "web-tap")
+	for _, c := range []struct {
+		args  []string
+		code  int
+		says  string
+		stdin string
+	}{
+		{[]string{"hook", "--uplink-map", "eth1", "qemu", "web", "prepare", "begin", "-"}, 2, "METADATA_UPLINK=LOCAL_UPLINK", xml},
+		{[]string{"hook", "--peers", "/x", "qemu", "web", "prepare", "begin", "-"}, 2, "unknown flag --peers", xml},
+		{[]string{"hook", "--socket", "/nonexistent/api.sock", "qemu", "web", "migrate", "begin", "-"}, 1, "has no --peer", xml},
+		// Not xdp-hostd's domain: nothing to do, no daemon asked.
+		{[]string{"hook", "--socket", "/nonexistent/api.sock", "qemu", "other", "migrate", "begin", "-"}, 0, "", "<domain type='qemu'><name>other</name></domain>"},
+	} {
+		cmd := exec.Command(binary, c.args...)
+		cmd.Stdin = strings.NewReader(c.stdin)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if code != c.code || !strings.Contains(errb.String(), c.says) || out.Len() != 0 {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit %d saying %q", c.args, code, out.String(), errb.String(), c.code, c.says)
+		}
+	}
+}
