@@ -172,7 +172,7 @@ func (l *migLibvirt) startDomain(xml string, name string, others ...*migLibvirt)
 // newNSMigHost is newMigHost with the daemon in a mount namespace of its
 // own where sockDir is a directory of this host's (bind-mounted): the
 // vhost-user socket paths in a domain's XML are the same on both hosts.
-func newNSMigHost(t *testing.T, name, extraCfg, sockDir string) (*migHost, string) {
+func newNSMigHost(t *testing.T, name, extraCfg, sockDir string) (*migHost, string, *syncBuffer) {
 	t.Helper()
 	h := &migHost{t: t, name: name, topo: testnet.Topology(t, 2), taps: map[string]*traffic.Counter{}}
 	dir := t.TempDir()
@@ -201,7 +201,7 @@ func newNSMigHost(t *testing.T, name, extraCfg, sockDir string) (*migHost, strin
 		}
 	}
 	h.sender = testnet.Sender(t, h.topo)
-	return h, own
+	return h, own, p.stderr
 }
 
 // virshDomainXML is a domain that boots no OS under TCG, with a managed
@@ -267,8 +267,8 @@ func TestVirshMigrate(t *testing.T) {
 	rand.Read(rnd[:])
 	sockDir := fmt.Sprintf("/run/xdp-hostd-mig-%x", rnd)
 	t.Cleanup(func() { os.Remove(sockDir) })
-	a, ownA := newNSMigHost(t, "a", "", sockDir)
-	b, ownB := newNSMigHost(t, "b", `"max_cost_instructions": 150, `, sockDir)
+	a, ownA, aLog := newNSMigHost(t, "a", "", sockDir)
+	b, ownB, bLog := newNSMigHost(t, "b", `"max_cost_instructions": 150, `, sockDir)
 	// The two "hosts" reach each other (QEMU's migration stream).
 	an, bn := filepath.Base(a.topo.HostNS), filepath.Base(b.topo.HostNS)
 	va, vb := a.topo.Prefix+"mg", b.topo.Prefix+"mg"
@@ -433,6 +433,37 @@ func TestVirshMigrate(t *testing.T) {
 	}
 	if !frontEnd(b) {
 		t.Errorf("b: QEMU is not connected to the VM's socket: %+v", b.vm(vuDom))
+	}
+	if log := bLog.String(); true {
+		var rarp, final string
+		for _, l := range strings.Split(log, "\n") {
+			if strings.Contains(l, "SEND_RARP") && rarp == "" {
+				rarp = l
+			}
+			if strings.Contains(l, "audit=vm_import") && strings.Contains(l, "vm="+vuDom) && strings.Contains(l, "final=true") {
+				final = l
+			}
+		}
+		var export string
+		for _, l := range strings.Split(aLog.String(), "\n") {
+			if strings.Contains(l, "audit=vm_export") && strings.Contains(l, "vm="+vuDom) && strings.Contains(l, "final=true") {
+				export = l
+			}
+		}
+		// From the guest's announcement on b (it runs there) to its
+		// program there, b drops the VM's frames: libvirt's confirm
+		// phase on a, then a's stopped hook.
+		at := func(l string) time.Time {
+			f, _, _ := strings.Cut(strings.TrimPrefix(l, "time="), " ")
+			ts, _ := time.Parse(time.RFC3339Nano, f)
+			return ts
+		}
+		if rarp != "" && export != "" && final != "" {
+			t.Logf("b drops the VM's frames for %v after its QEMU announced the guest: %v until a's final export (libvirt's confirm phase on a, a's stopped hook), %v from there to b's final import",
+				at(final).Sub(at(rarp)).Round(time.Millisecond), at(export).Sub(at(rarp)).Round(time.Millisecond), at(final).Sub(at(export)).Round(time.Millisecond))
+		} else {
+			t.Logf("b: the destination QEMU's announcement: %q\na: the final export: %q\nb: the final import: %q", rarp, export, final)
+		}
 	}
 	doc = b.export(vuDom)
 	if n := mapU64(t, doc, "totals", zeroKey); n != 4 {
