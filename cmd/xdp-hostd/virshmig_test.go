@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -93,6 +94,22 @@ stdio_handler = "file"
 	done := make(chan struct{})
 	go func() { cmd.Wait(); logf.Close(); close(done) }()
 	t.Cleanup(func() {
+		// A QEMU still running (its domain could not be destroyed) goes
+		// with its libvirtd.
+		pids, _ := filepath.Glob(filepath.Join(root, "run", "qemu", "*.pid"))
+		for _, pf := range pids {
+			b, _ := os.ReadFile(pf)
+			pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+			if err != nil || pid <= 1 {
+				continue
+			}
+			// Only that domain's QEMU (the PID may be another's by now).
+			cl, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			if bytes.Contains(cl, []byte("qemu-system")) && bytes.Contains(cl, []byte("guest="+strings.TrimSuffix(filepath.Base(pf), ".pid"))) {
+				t.Logf("killing QEMU %d left by libvirtd %s", pid, root)
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
 		cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-done:
