@@ -160,9 +160,11 @@ type ImportRequest struct {
 	Final bool `json:"final,omitempty"`
 	// This host's side of the registration; empty: the document's uplink
 	// and queues, the default tap, no sockets.
-	Uplink          string `json:"uplink,omitempty"`
-	Queues          []int  `json:"queues,omitempty"`
-	Tap             string `json:"tap,omitempty"`
+	Uplink string `json:"uplink,omitempty"`
+	Queues []int  `json:"queues,omitempty"`
+	Tap    string `json:"tap,omitempty"`
+	// TapMode is who opens the tap ("", "qemu", "external": as VMConfig).
+	TapMode         string `json:"tap_mode,omitempty"`
 	VhostUserSocket string `json:"vhost_user_socket,omitempty"`
 	AgentSocket     string `json:"agent_socket,omitempty"`
 }
@@ -194,7 +196,7 @@ func (d *Daemon) Import(ctx context.Context, req ImportRequest) (_ *ImportResult
 	}
 	name := doc.VM.Name
 	vc := VMConfig{Name: name, UUID: doc.VM.UUID, MAC: doc.VM.MAC, Delivery: doc.VM.Delivery, Queues: doc.VM.Queues,
-		TapQueues: doc.VM.TapQueues, BusyPollMicros: doc.VM.BusyPollMicros, Tap: req.Tap,
+		TapQueues: doc.VM.TapQueues, BusyPollMicros: doc.VM.BusyPollMicros, Tap: req.Tap, TapMode: req.TapMode,
 		VhostUserSocket: req.VhostUserSocket, AgentSocket: req.AgentSocket}
 	if req.Queues != nil {
 		vc.Queues = req.Queues

@@ -46,6 +46,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -319,6 +320,10 @@ func probe(ctx context.Context, api API) error {
 //     one of the MACs its metadata marks, whatever their names and
 //     whatever the XML says of the taps; it never fails the teardown.
 func Run(ctx context.Context, api API, op, subop string, domainXML io.Reader, logf func(string, ...any)) error {
+	return RunWith(ctx, api, Options{}, op, subop, domainXML, logf)
+}
+
+func run(ctx context.Context, api API, opts Options, op, subop string, domainXML io.Reader, logf func(string, ...any)) error {
 	switch op {
 	case "prepare", "started":
 	case "release":
@@ -354,10 +359,28 @@ func Run(ctx context.Context, api API, op, subop string, domainXML io.Reader, lo
 		}
 		return nil
 	}
-	reqs := make([]daemon.AddVMRequest, len(vms))
-	for i, vm := range vms {
-		reqs[i] = daemon.AddVMRequest{Uplink: vm.Uplink, VM: vm.Config}
+	// VMs arriving by migration (registered by "migrate begin") are
+	// there already, closed until the source's final step.
+	lctx, lcancel := context.WithTimeout(ctx, PrepareTimeout)
+	have, err := api.VMs(lctx)
+	lcancel()
+	if err != nil {
+		return fmt.Errorf("domain %s: list the daemon's VMs: %w", name, err)
 	}
+	var reqs []daemon.AddVMRequest
+	var added []VM
+	for _, vm := range vms {
+		if slices.ContainsFunc(have, func(vs daemon.VMStatus) bool { return vs.Incoming && sameVM(vs, vm.Config.UUID, vm.Config.MAC) }) {
+			logf("xdp-hostd hook: domain %s: VM %s is arriving by migration (registered closed)", name, vm.Config.Name)
+			continue
+		}
+		reqs = append(reqs, daemon.AddVMRequest{Uplink: opts.uplink(vm.Uplink), VM: vm.Config})
+		added = append(added, vm)
+	}
+	if len(reqs) == 0 {
+		return nil
+	}
+	vms = added
 	actx, cancel := context.WithTimeout(ctx, PrepareTimeout)
 	defer cancel()
 	if _, err := api.AddVMs(actx, reqs); err != nil {
@@ -376,8 +399,8 @@ func Run(ctx context.Context, api API, op, subop string, domainXML io.Reader, lo
 		}
 		return fmt.Errorf("domain %s: register its %d xdp-hostd interfaces: %w", name, len(vms), err)
 	}
-	for _, vm := range vms {
-		logf("xdp-hostd hook: domain %s: registered VM %s on %s", name, vm.Config.Name, vm.Uplink)
+	for i, vm := range vms {
+		logf("xdp-hostd hook: domain %s: registered VM %s on %s", name, vm.Config.Name, reqs[i].Uplink)
 	}
 	return nil
 }
@@ -415,7 +438,12 @@ func release(ctx context.Context, api API, domainXML io.Reader, logf func(string
 		if !strings.EqualFold(vm.UUID, uuid) || !macs[hw.String()] {
 			continue
 		}
-		if err := api.RemoveOwnedVM(rctx, vm.Name, daemon.VMOwner{UUID: uuid, MAC: vm.MAC}); err != nil {
+		remove := func() error { return api.RemoveOwnedVM(rctx, vm.Name, daemon.VMOwner{UUID: uuid, MAC: vm.MAC}) }
+		if mapi, ok := api.(MigrationAPI); ok && vm.Incoming {
+			// A migration here failed: undo its import.
+			remove = func() error { return mapi.AbortImport(rctx, vm.Name) }
+		}
+		if err := remove(); err != nil {
 			errs = append(errs, err)
 			continue
 		}

@@ -20,8 +20,14 @@ const hookTimeout = 25 * time.Second
 
 // hookScript is the file libvirt runs, /etc/libvirt/hooks/qemu, for a
 // daemon on socket.
-func hookScript(binary, socket string) string {
-	return fmt.Sprintf("#!/bin/sh\n# xdp-hostd: register the domain's xdp-hostd interfaces (see 'xdp-hostd hook -h')\nexec %s hook --socket %s qemu \"$@\"\n", binary, socket)
+// With peers (the other hosts' daemon sockets, forwarded here), domains
+// migrate with their programs (see the README, "Live migration").
+func hookScript(binary, socket string, peers ...string) string {
+	flags := ""
+	for _, p := range peers {
+		flags += " --peer " + p
+	}
+	return fmt.Sprintf("#!/bin/sh\n# xdp-hostd: register the domain's xdp-hostd interfaces (see 'xdp-hostd hook -h')\nexec %s hook --socket %s%s qemu \"$@\"\n", binary, socket, flags)
 }
 
 // runHook is libvirt's hook: /etc/libvirt/hooks/qemu runs
@@ -31,7 +37,9 @@ func hookScript(binary, socket string) string {
 // XDP_HOSTD_SOCKET, else the default).
 func runHook(ctx context.Context, e *env, args []string) error {
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-		fmt.Fprintln(e.stderr, `usage: xdp-hostd hook [--socket PATH] qemu DOMAIN OPERATION SUBOPERATION [EXTRA]   (domain XML on stdin)
+		fmt.Fprintln(e.stderr, `usage: xdp-hostd hook [--socket PATH] [--peer PATH]... [--uplink-map FROM=TO]... qemu DOMAIN OPERATION SUBOPERATION [EXTRA]   (domain XML on stdin)
+  --peer: another host's daemon API socket, forwarded here: domains migrate from and to it with their programs
+  --uplink-map: this host's name for an uplink the domain metadata names otherwise
 install as /etc/libvirt/hooks/qemu (mode 0755), then restart libvirtd (it reads hooks at start):
 `+strings.TrimSpace(hookScript("/usr/local/bin/xdp-hostd", daemon.DefaultSocket))+`
 mark a domain's interfaces for xdp-hostd in its metadata (see package libvirthook):
@@ -40,13 +48,36 @@ mark a domain's interfaces for xdp-hostd in its metadata (see package libvirthoo
 		return nil
 	}
 	socket := os.Getenv("XDP_HOSTD_SOCKET")
-	if len(args) >= 2 && args[0] == "--socket" {
-		socket, args = args[1], args[2:]
-	} else if len(args) >= 1 && strings.HasPrefix(args[0], "--socket=") {
-		socket, args = strings.TrimPrefix(args[0], "--socket="), args[1:]
+	var opts libvirthook.Options
+	for len(args) > 0 && strings.HasPrefix(args[0], "--") {
+		flag, val, eq := strings.Cut(args[0], "=")
+		if !eq {
+			if len(args) < 2 {
+				return fmt.Errorf("%w: %s needs a value", errUsage, flag)
+			}
+			val, args = args[1], args[1:]
+		}
+		args = args[1:]
+		switch flag {
+		case "--socket":
+			socket = val
+		case "--peer":
+			opts.Peers = append(opts.Peers, libvirthook.Peer{Name: val, API: client.New(val)})
+		case "--uplink-map":
+			from, to, ok := strings.Cut(val, "=")
+			if !ok || from == "" || to == "" {
+				return fmt.Errorf("%w: --uplink-map %q: write METADATA_UPLINK=LOCAL_UPLINK, such as eth1=ens5", errUsage, val)
+			}
+			if opts.Uplinks == nil {
+				opts.Uplinks = map[string]string{}
+			}
+			opts.Uplinks[from] = to
+		default:
+			return fmt.Errorf("%w: unknown flag %s; want: hook [--socket PATH] [--peer PATH]... [--uplink-map FROM=TO]... qemu DOMAIN OPERATION SUBOPERATION [EXTRA]", errUsage, flag)
+		}
 	}
 	if len(args) < 4 || args[0] != "qemu" {
-		return fmt.Errorf("%w: want: hook [--socket PATH] qemu DOMAIN OPERATION SUBOPERATION [EXTRA]", errUsage)
+		return fmt.Errorf("%w: want: hook [--socket PATH] [--peer PATH]... [--uplink-map FROM=TO]... qemu DOMAIN OPERATION SUBOPERATION [EXTRA]", errUsage)
 	}
 	op, subop := args[2], args[3]
 	if socket == "" {
@@ -55,7 +86,7 @@ mark a domain's interfaces for xdp-hostd in its metadata (see package libvirthoo
 	ctx, cancel := context.WithTimeout(ctx, hookTimeout)
 	defer cancel()
 	logf := func(format string, a ...any) { fmt.Fprintf(e.stderr, format+"\n", a...) }
-	return libvirthook.Run(ctx, client.New(socket), op, subop, e.stdin, logf)
+	return libvirthook.RunWith(ctx, client.New(socket), opts, op, subop, e.stdin, logf)
 }
 
 // runQEMUArgs prints the QEMU arguments that connect a registered
