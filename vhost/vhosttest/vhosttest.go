@@ -239,12 +239,19 @@ func (f *FrontEnd) takeDesc(q int) uint16 {
 	return d
 }
 
-// PostRX makes n RX buffers available.
+// PostRX makes n RX buffers available, and kicks the RX queue if the
+// back-end asked for it (avail_event, EVENT_IDX being negotiated), as
+// virtio's virtqueue_kick_prepare does.
 func (f *FrontEnd) PostRX(n int) {
+	old := f.nextAvail[0]
 	for range n {
 		d := f.takeDesc(0)
 		f.setDesc(0, d, f.bufs[0]+uint64(d)*BufSize, BufSize, descFWrite, 0)
 		f.offer(0, d)
+	}
+	nw := f.nextAvail[0]
+	if ev := f.u16(f.used[0] + 4 + 8*uint64(f.size)); nw-ev-1 < nw-old {
+		f.Kick(0)
 	}
 }
 
