@@ -1,0 +1,138 @@
+package bench
+
+import (
+	"fmt"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/xdp-hostd/xdp-hostd/hostnet"
+	"github.com/xdp-hostd/xdp-hostd/vmport"
+)
+
+// Accounting says where every frame the source sent at one rate went on
+// the xdp-hostd path. The columns from WireLost to Delivered add up to
+// Sent; Vhost fails when they do not.
+type Accounting struct {
+	Sent uint64 `json:"sent"`
+	// WireLost are the wire veth's TX drops: frames its XDP transmit could
+	// not put in the uplink's ring. (The uplink's RX drops count these
+	// again, and the AF_XDP redirects that failed.)
+	WireLost uint64 `json:"wire_lost"`
+	// The VM program's verdicts other than PASS (drop, aborted, invalid,
+	// TX, redirect, undelivered, spoofed, no port).
+	NotPassed uint64 `json:"not_passed"`
+	// AF_XDP socket drops (XDP_STATISTICS): the fill ring was empty, the
+	// RX ring was full, invalid descriptors, others.
+	XSKFillEmpty uint64 `json:"xsk_fill_ring_empty"`
+	XSKRingFull  uint64 `json:"xsk_rx_ring_full"`
+	XSKInvalid   uint64 `json:"xsk_invalid"`
+	XSKDropped   uint64 `json:"xsk_dropped"`     // rx_dropped less the fill ring's
+	HoldDrops    uint64 `json:"hold_drops"`      // the guest had no RX buffers within the hold limit
+	VQDrops      uint64 `json:"virtqueue_drops"` // the virtqueue refused them (too large, broken)
+	Delivered    uint64 `json:"delivered"`       // placed in the guest's RX ring
+	// Unaccounted is Sent less every column above: 0, or the benchmark
+	// fails.
+	Unaccounted int64 `json:"unaccounted"`
+	// SinkGot is the sink's own count, read after it settled, less the
+	// broadcast and multicast copies the port flooded to it: Delivered,
+	// or the benchmark fails.
+	SinkGot uint64 `json:"sink_got"`
+	Flooded uint64 `json:"flooded"`
+}
+
+// snapshot is the raw counters of the xdp-hostd path at one moment.
+type snapshot struct {
+	wireTXDrop                              uint64
+	pass, notPassed                         uint64
+	fillEmpty, ringFull, invalid, xskDrop   uint64
+	portDropped, delivered, flooded, vqDrop uint64
+}
+
+func takeSnapshot(topo *hostnet.Topology, vm *hostnet.VM, port *vmport.Port) (snapshot, error) {
+	var s snapshot
+	var err error
+	if s.wireTXDrop, _, err = linkDrops(topo.WireNS, topo.Wire); err != nil {
+		return s, err
+	}
+	v, err := vm.Verdicts()
+	if err != nil {
+		return s, err
+	}
+	s.pass = v.Pass.Packets
+	for _, c := range []hostnet.Count{v.Aborted, v.Drop, v.TX, v.Redirect, v.Invalid, v.Undelivered, v.Spoofed, v.NoPort} {
+		s.notPassed += c.Packets
+	}
+	socks, err := port.SocketStats()
+	if err != nil {
+		return s, err
+	}
+	for _, st := range socks {
+		s.fillEmpty += st.RXFillRingEmpty
+		s.ringFull += st.RXRingFull
+		s.invalid += st.RXInvalidDescs
+		// The kernel counts a frame the fill ring had no buffer for in
+		// rx_dropped too.
+		s.xskDrop += st.RXDropped - min(st.RXDropped, st.RXFillRingEmpty)
+	}
+	ps := port.Stats()
+	s.portDropped, s.delivered, s.flooded = ps.RXDropped, ps.RXDelivered, ps.RXFlooded
+	for i, q := range port.Device().Stats() {
+		if i%2 == 0 {
+			s.vqDrop += q.Drops
+		}
+	}
+	return s, nil
+}
+
+// account fills in where the sent frames went between two snapshots.
+func account(sent uint64, a, b snapshot, sinkGot uint64) Accounting {
+	acc := Accounting{
+		Sent:         sent,
+		WireLost:     b.wireTXDrop - a.wireTXDrop,
+		NotPassed:    b.notPassed - a.notPassed,
+		XSKFillEmpty: b.fillEmpty - a.fillEmpty,
+		XSKRingFull:  b.ringFull - a.ringFull,
+		XSKInvalid:   b.invalid - a.invalid,
+		XSKDropped:   b.xskDrop - a.xskDrop,
+		VQDrops:      b.vqDrop - a.vqDrop,
+		Delivered:    b.delivered - a.delivered,
+		Flooded:      b.flooded - a.flooded,
+	}
+	// The port counts the virtqueue's refusals among its drops too.
+	acc.HoldDrops = (b.portDropped - a.portDropped) - acc.VQDrops
+	acc.SinkGot = sinkGot - acc.Flooded
+	acc.Unaccounted = int64(sent) - int64(acc.WireLost+acc.NotPassed+acc.XSKFillEmpty+acc.XSKRingFull+acc.XSKInvalid+acc.XSKDropped+acc.HoldDrops+acc.VQDrops+acc.Delivered)
+	return acc
+}
+
+// check fails unless the columns add up to what was sent and the sink got
+// what was delivered.
+func (a Accounting) check() error {
+	if a.Unaccounted != 0 {
+		return fmt.Errorf("FRAMES UNACCOUNTED FOR: %d of %d sent are in no column (%+v)", a.Unaccounted, a.Sent, a)
+	}
+	if a.SinkGot != a.Delivered {
+		return fmt.Errorf("THE SINK DISAGREES: it counted %d frames, the port delivered %d (%+v)", a.SinkGot, a.Delivered, a)
+	}
+	return nil
+}
+
+// linkDrops reads an interface's TX and RX drop counters in a namespace.
+func linkDrops(ns, ifname string) (tx, rx uint64, err error) {
+	r, err := hostnet.NewNSRunner(ns)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer r.Close()
+	err = r.Do(func() error {
+		l, err := netlink.LinkByName(ifname)
+		if err != nil {
+			return fmt.Errorf("counters of %s: %w", ifname, err)
+		}
+		if st := l.Attrs().Statistics; st != nil {
+			tx, rx = st.TxDropped, st.RxDropped
+		}
+		return nil
+	})
+	return tx, rx, err
+}

@@ -1,0 +1,29 @@
+package bench
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestAccountAddsUp: every frame in one column gives a clean check; a
+// frame missing from the counters, or a sink that disagrees with the port,
+// fails loudly.
+func TestAccountAddsUp(t *testing.T) {
+	a := snapshot{wireTXDrop: 5, fillEmpty: 10, ringFull: 1, portDropped: 7, vqDrop: 2, delivered: 100, flooded: 3, notPassed: 4}
+	b := snapshot{wireTXDrop: 6, fillEmpty: 30, ringFull: 2, invalid: 1, xskDrop: 1, portDropped: 12, vqDrop: 3, delivered: 1100, flooded: 5, notPassed: 6}
+	// 1 wire + 2 not passed + 20 fill + 1 full + 1 invalid + 1 other
+	// + 4 hold (5 port drops less 1 virtqueue) + 1 virtqueue + 1000 = 1031.
+	acc := account(1031, a, b, 1002)
+	if err := acc.check(); err != nil {
+		t.Fatalf("a complete account failed: %v", err)
+	}
+	if acc.HoldDrops != 4 || acc.VQDrops != 1 || acc.Delivered != 1000 || acc.SinkGot != 1000 {
+		t.Fatalf("columns: %+v", acc)
+	}
+	if err := account(1032, a, b, 1002).check(); err == nil || !strings.Contains(err.Error(), "UNACCOUNTED") {
+		t.Fatalf("one frame in no column: %v", err)
+	}
+	if err := account(1031, a, b, 1001).check(); err == nil || !strings.Contains(err.Error(), "SINK DISAGREES") {
+		t.Fatalf("the sink one short: %v", err)
+	}
+}
