@@ -232,6 +232,7 @@ func measureRates(ctx context.Context, opts VhostOptions, topo *hostnet.Topology
 				return nil, err
 			}
 			acc := account(sent, s0, s1, rx1-rx0)
+			acc.SourceRestarts = br.Restarts
 			p.Accounting = &acc
 			p.Delivered = acc.Delivered
 		}
@@ -330,7 +331,7 @@ func xdpHostdPath(ctx context.Context, opts VhostOptions, testpmdSink bool) ([]V
 		}
 	}
 	pts, err := measureRates(ctx, opts, topo, sinkCount, func() time.Duration { return port.Stats().RXCPU },
-		func() (snapshot, error) { return takeSnapshot(topo, vm, port) })
+		func() (snapshot, error) { return takeSnapshot(topo, dp, vm, port) })
 	if err == nil && gs != nil {
 		err = gs.err()
 	}

@@ -13,7 +13,14 @@ import (
 // the xdp-hostd path. The columns from WireLost to Delivered add up to
 // Sent; Vhost fails when they do not.
 type Accounting struct {
-	Sent uint64 `json:"sent"`
+	// Sent is what the source put out by the kernel's count: the uplink's
+	// RX packets and the wire's TX drops. (The source's own count,
+	// SourceSent, is short when a signal restarted a live-frames run.)
+	Sent       uint64 `json:"sent"`
+	SourceSent uint64 `json:"source_sent"`
+	// ToHost are the uplink's frames that were not the VM's (the host's
+	// own traffic on the veth: IPv6 neighbour discovery, say).
+	ToHost uint64 `json:"to_host"`
 	// WireLost are the wire veth's TX drops: frames its XDP transmit could
 	// not put in the uplink's ring. (The uplink's RX drops count these
 	// again, and the AF_XDP redirects that failed.)
@@ -42,20 +49,33 @@ type Accounting struct {
 	// or the benchmark fails.
 	SinkGot uint64 `json:"sink_got"`
 	Flooded uint64 `json:"flooded"`
+	// WireTX and UplinkRX are the veths' packet counters (for reference).
+	WireTX   uint64 `json:"wire_tx_packets"`
+	UplinkRX uint64 `json:"uplink_rx_packets"`
+	// SourceRestarts are live-frames runs a signal interrupted and the
+	// source ran again: each sent some frames twice.
+	SourceRestarts int `json:"source_restarts"`
 }
 
 // snapshot is the raw counters of the xdp-hostd path at one moment.
 type snapshot struct {
-	wireTXDrop                              uint64
+	wireTXDrop, wireTX, upRX, toHost        uint64
 	pass, notPassed                         uint64
 	fillEmpty, ringFull, invalid, xskDrop   uint64
 	portDropped, delivered, flooded, vqDrop uint64
 }
 
-func takeSnapshot(topo *hostnet.Topology, vm *hostnet.VM, port *vmport.Port) (snapshot, error) {
+func takeSnapshot(topo *hostnet.Topology, dp *hostnet.Dataplane, vm *hostnet.VM, port *vmport.Port) (snapshot, error) {
 	var s snapshot
-	var err error
-	if s.wireTXDrop, _, err = linkDrops(topo.WireNS, topo.Wire); err != nil {
+	ds, err := dp.Stats()
+	if err != nil {
+		return s, err
+	}
+	s.toHost = ds.Host.Packets + ds.NoProgram.Packets
+	if s.wireTXDrop, _, s.wireTX, _, err = linkCounts(topo.WireNS, topo.Wire); err != nil {
+		return s, err
+	}
+	if _, _, _, s.upRX, err = linkCounts(topo.HostNS, topo.Uplink); err != nil {
 		return s, err
 	}
 	v, err := vm.Verdicts()
@@ -87,10 +107,14 @@ func takeSnapshot(topo *hostnet.Topology, vm *hostnet.VM, port *vmport.Port) (sn
 }
 
 // account fills in where the sent frames went between two snapshots.
-func account(sent uint64, a, b snapshot, sinkGot uint64) Accounting {
+func account(sourceSent uint64, a, b snapshot, sinkGot uint64) Accounting {
 	acc := Accounting{
-		Sent:               sent,
+		Sent:               (b.upRX - a.upRX) + (b.wireTXDrop - a.wireTXDrop),
+		SourceSent:         sourceSent,
+		ToHost:             b.toHost - a.toHost,
 		WireLost:           b.wireTXDrop - a.wireTXDrop,
+		WireTX:             b.wireTX - a.wireTX,
+		UplinkRX:           b.upRX - a.upRX,
 		NotPassed:          b.notPassed - a.notPassed,
 		XSKFillEmpty:       b.xskDrop - a.xskDrop,
 		XSKFillEmptyEvents: b.fillEmpty - a.fillEmpty,
@@ -103,7 +127,7 @@ func account(sent uint64, a, b snapshot, sinkGot uint64) Accounting {
 	// The port counts the virtqueue's refusals among its drops too.
 	acc.HoldDrops = (b.portDropped - a.portDropped) - acc.VQDrops
 	acc.SinkGot = sinkGot - acc.Flooded
-	acc.Unaccounted = int64(sent) - int64(acc.WireLost+acc.NotPassed+acc.XSKFillEmpty+acc.XSKRingFull+acc.XSKInvalid+acc.HoldDrops+acc.VQDrops+acc.Delivered)
+	acc.Unaccounted = int64(acc.Sent) - int64(acc.WireLost+acc.ToHost+acc.NotPassed+acc.XSKFillEmpty+acc.XSKRingFull+acc.XSKInvalid+acc.HoldDrops+acc.VQDrops+acc.Delivered)
 	return acc
 }
 
@@ -113,17 +137,20 @@ func (a Accounting) check() error {
 	if a.Unaccounted != 0 {
 		return fmt.Errorf("FRAMES UNACCOUNTED FOR: %d of %d sent are in no column (%+v)", a.Unaccounted, a.Sent, a)
 	}
+	if a.SourceRestarts == 0 && a.SourceSent != a.Sent {
+		return fmt.Errorf("THE SOURCE DISAGREES: it sent %d frames, the wire and uplink counted %d (%+v)", a.SourceSent, a.Sent, a)
+	}
 	if a.SinkGot != a.Delivered {
 		return fmt.Errorf("THE SINK DISAGREES: it counted %d frames, the port delivered %d (%+v)", a.SinkGot, a.Delivered, a)
 	}
 	return nil
 }
 
-// linkDrops reads an interface's TX and RX drop counters in a namespace.
-func linkDrops(ns, ifname string) (tx, rx uint64, err error) {
+// linkCounts reads an interface's drop and packet counters in a namespace.
+func linkCounts(ns, ifname string) (txDrop, rxDrop, txPkts, rxPkts uint64, err error) {
 	r, err := hostnet.NewNSRunner(ns)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, 0, err
 	}
 	defer r.Close()
 	err = r.Do(func() error {
@@ -132,9 +159,9 @@ func linkDrops(ns, ifname string) (tx, rx uint64, err error) {
 			return fmt.Errorf("counters of %s: %w", ifname, err)
 		}
 		if st := l.Attrs().Statistics; st != nil {
-			tx, rx = st.TxDropped, st.RxDropped
+			txDrop, rxDrop, txPkts, rxPkts = st.TxDropped, st.RxDropped, st.TxPackets, st.RxPackets
 		}
 		return nil
 	})
-	return tx, rx, err
+	return txDrop, rxDrop, txPkts, rxPkts, err
 }

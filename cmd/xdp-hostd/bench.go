@@ -96,12 +96,12 @@ func runBenchVhost(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%d\t%.0f\t%.1f%%\t%.0f\t\n", p.Path, offeredName(p.OfferedPPS), p.SentPPS, p.Delivered, p.DeliveredPPS, 100*p.Loss, p.ForwarderNsPerFrame)
 	}
 	tw.Flush()
-	fmt.Fprintln(e.stdout, "\nxdp-hostd: where every frame went (columns from wire lost to delivered add up to sent; sink = the sink's own count, less flooded copies)")
+	fmt.Fprintln(e.stdout, "\nxdp-hostd: where every frame went (columns from wire lost to delivered add up to sent, the kernel's count; the source's own is short by a batch when a signal restarted its run; sink = the sink's own count, less flooded copies)")
 	tw = tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "offered pps\tsent\twire lost\tnot passed\tXSK no buffer (fill ring empty)\tRX ring full\tXSK invalid\thold drops\tvirtqueue drops\tdelivered\tunaccounted\tsink\t")
+	fmt.Fprintln(tw, "offered pps\tsource sent\tsent (kernel)\twire lost\tto host\tnot passed\tXSK no buffer (fill ring empty)\tRX ring full\tXSK invalid\thold drops\tvirtqueue drops\tdelivered\tunaccounted\tsink\t")
 	for _, p := range res.Points {
 		if a := p.Accounting; a != nil {
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", offeredName(p.OfferedPPS), a.Sent, a.WireLost, a.NotPassed,
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", offeredName(p.OfferedPPS), a.SourceSent, a.Sent, a.WireLost, a.ToHost, a.NotPassed,
 				a.XSKFillEmpty, a.XSKRingFull, a.XSKInvalid, a.HoldDrops, a.VQDrops, a.Delivered, a.Unaccounted, a.SinkGot)
 		}
 	}
