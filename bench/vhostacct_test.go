@@ -14,7 +14,7 @@ func TestAccountAddsUp(t *testing.T) {
 	// Sent: 1032 on the uplink + 1 lost on the wire = 1033 = 1 wire
 	// + 2 to the host + 2 not passed + 21 rx_dropped (fill ring empty; the kernel's
 	// event count, 21, is not summed) + 1 full + 1 invalid
-	// + 4 hold (5 port drops less 1 virtqueue) + 1 virtqueue + 1000 = 1031.
+	// + 4 hold (5 port drops less 1 virtqueue) + 1 virtqueue + 1000.
 	acc := account(1031, a, b, 1002) // a restart: the source is short
 	acc.SourceRestarts = 1
 	if err := acc.check(); err != nil {

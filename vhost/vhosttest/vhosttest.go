@@ -300,6 +300,10 @@ func (f *FrontEnd) Recycle() int {
 	}
 }
 
+// AvailEvent is queue q's avail_event (EVENT_IDX): the avail index at
+// which the back-end asked to be kicked.
+func (f *FrontEnd) AvailEvent(q int) uint16 { return f.u16(f.used[q] + 4 + 8*uint64(f.size)) }
+
 // CallFD is queue q's call eventfd (the back-end's interrupts).
 func (f *FrontEnd) CallFD(q int) int { return f.call[q] }
 
