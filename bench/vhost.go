@@ -83,8 +83,9 @@ func Vhost(ctx context.Context, opts VhostOptions) (*VhostResult, error) {
 		}
 	}
 	res := &VhostResult{Placement: fmt.Sprintf("placement: the source (BPF_PROG_RUN live frames pinned to CPU %d, paced in runs of 20 ms of frames, with the uplink's XDP and AF_XDP work in its softirq); "+
-		"the forwarding party (xdp-hostd's receive thread, or testpmd's lcores) and the sink (testpmd virtio-user rxonly, both lcores) on CPU %d. "+
-		"testpmd polls, so its CPU per Mpkt is its whole CPU time over the run", vhostSourceCPU, vhostSwitchCPU)}
+		"the forwarding party (xdp-hostd's receive thread, or testpmd's lcores) and the sink on CPU %d: for \"xdp-hostd\" the Go sink (a virtio front-end waiting on the call eventfd, 1024-entry RX ring), "+
+		"otherwise testpmd virtio-user rxonly (two polling lcores, whose printed count lags: a floor). "+
+		"testpmd polls, so its forwarder ns/frame is its whole CPU time over the run", vhostSourceCPU, vhostSwitchCPU)}
 	paths := []struct {
 		name string
 		run  func(context.Context, VhostOptions, func(string, ...any)) ([]VhostPoint, error)
@@ -195,7 +196,7 @@ func lastLines(s string, n int) string {
 // measureRates sends opts.Packets at each rate and reads what the sink got
 // and what the switch's CPU time did. With snap (the xdp-hostd path) it
 // also accounts for every frame, and fails when the columns do not add up.
-func measureRates(ctx context.Context, opts VhostOptions, topo *hostnet.Topology, sinkCount func() uint64, cpu func() time.Duration, snap func() (snapshot, error)) ([]VhostPoint, error) {
+func measureRates(ctx context.Context, opts VhostOptions, topo *hostnet.Topology, sinkCount func() uint64, sinkLags bool, cpu func() time.Duration, snap func() (snapshot, error)) ([]VhostPoint, error) {
 	frame := benchFrame()
 	var pts []VhostPoint
 	for _, rate := range opts.Rates {
@@ -232,7 +233,7 @@ func measureRates(ctx context.Context, opts VhostOptions, topo *hostnet.Topology
 				return nil, err
 			}
 			acc := account(sent, s0, s1, rx1-rx0)
-			acc.SourceRestarts = br.Restarts
+			acc.SourceRestarts, acc.SinkLags = br.Restarts, sinkLags
 			p.Accounting = &acc
 			p.Delivered = acc.Delivered
 		}
@@ -330,7 +331,7 @@ func xdpHostdPath(ctx context.Context, opts VhostOptions, testpmdSink bool) ([]V
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	pts, err := measureRates(ctx, opts, topo, sinkCount, func() time.Duration { return port.Stats().RXCPU },
+	pts, err := measureRates(ctx, opts, topo, sinkCount, testpmdSink, func() time.Duration { return port.Stats().RXCPU },
 		func() (snapshot, error) { return takeSnapshot(topo, dp, vm, port) })
 	if err == nil && gs != nil {
 		err = gs.err()
@@ -382,7 +383,7 @@ func vhostDPDK(ctx context.Context, opts VhostOptions, progress func(string, ...
 	if err := waitOutput(fwd, "NIC statistics", 30*time.Second); err != nil {
 		return nil, err
 	}
-	return measureRates(ctx, opts, topo, func() uint64 { return settledRX(pmd) }, func() time.Duration { return procCPU(fwd.Pid()) }, nil)
+	return measureRates(ctx, opts, topo, func() uint64 { return settledRX(pmd) }, true, func() time.Duration { return procCPU(fwd.Pid()) }, nil)
 }
 
 // procCPU is a process's user+system CPU time from /proc.

@@ -48,7 +48,11 @@ type Accounting struct {
 	// broadcast and multicast copies the port flooded to it: Delivered,
 	// or the benchmark fails.
 	SinkGot uint64 `json:"sink_got"`
-	Flooded uint64 `json:"flooded"`
+	// SinkLags: the sink is testpmd, whose printed counters lag (its stats
+	// thread shares a CPU with two polling lcores), so SinkGot is a floor
+	// and not checked.
+	SinkLags bool   `json:"sink_lags,omitempty"`
+	Flooded  uint64 `json:"flooded"`
 	// WireTX and UplinkRX are the veths' packet counters (for reference).
 	WireTX   uint64 `json:"wire_tx_packets"`
 	UplinkRX uint64 `json:"uplink_rx_packets"`
@@ -140,7 +144,7 @@ func (a Accounting) check() error {
 	if a.SourceRestarts == 0 && a.SourceSent != a.Sent {
 		return fmt.Errorf("THE SOURCE DISAGREES: it sent %d frames, the wire and uplink counted %d (%+v)", a.SourceSent, a.Sent, a)
 	}
-	if a.SinkGot != a.Delivered {
+	if a.SinkGot != a.Delivered && !(a.SinkLags && a.SinkGot < a.Delivered) {
 		return fmt.Errorf("THE SINK DISAGREES: it counted %d frames, the port delivered %d (%+v)", a.SinkGot, a.Delivered, a)
 	}
 	return nil

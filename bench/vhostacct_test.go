@@ -34,4 +34,9 @@ func TestAccountAddsUp(t *testing.T) {
 	if err := account(1033, a, b, 1001).check(); err == nil || !strings.Contains(err.Error(), "SINK DISAGREES") {
 		t.Fatalf("the sink one short: %v", err)
 	}
+	lag := account(1033, a, b, 1001)
+	lag.SinkLags = true
+	if err := lag.check(); err != nil {
+		t.Fatalf("testpmd's lagging count one short: %v", err)
+	}
 }
