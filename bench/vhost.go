@@ -141,8 +141,11 @@ func Vhost(ctx context.Context, opts VhostOptions) (*VhostResult, error) {
 				continue
 			}
 			x := res.Points[c.j]
-			res.Ratios = append(res.Ratios, Ratio{Name: "delivered pps, " + c.name + " / testpmd af_xdp->vhost, " + rate,
-				Value: fmt.Sprintf("%.2fx (%.0f vs %.0f; loss %.1f%% vs %.1f%%)", x.DeliveredPPS/max(d.DeliveredPPS, 1), x.DeliveredPPS, d.DeliveredPPS, 100*x.Loss, 100*d.Loss)})
+			v := fmt.Sprintf("%.2fx (%.0f vs %.0f; loss %.1f%% vs %.1f%%)", x.DeliveredPPS/max(d.DeliveredPPS, 1), x.DeliveredPPS, d.DeliveredPPS, 100*x.Loss, 100*d.Loss)
+			if d.DeliveredPPS == 0 {
+				v = fmt.Sprintf("n/a: testpmd's sink counted nothing (%.0f vs 0)", x.DeliveredPPS)
+			}
+			res.Ratios = append(res.Ratios, Ratio{Name: "delivered pps, " + c.name + " / testpmd af_xdp->vhost, " + rate, Value: v})
 			if x.SwitchCPUPerM > 0 && d.SwitchCPUPerM > 0 {
 				res.Ratios = append(res.Ratios, Ratio{Name: "forwarder CPU per frame, " + c.name + " / testpmd, " + rate,
 					Value: fmt.Sprintf("%.3fx (%.0f vs %.0f ns)", x.ForwarderNsPerFrame/d.ForwarderNsPerFrame, x.ForwarderNsPerFrame, d.ForwarderNsPerFrame)})
