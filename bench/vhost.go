@@ -28,7 +28,9 @@ type VhostOptions struct {
 	// NoTestpmd skips the testpmd af_xdp -> vhost path; NoTap the XDP tap
 	// path.
 	NoTestpmd, NoTap bool
-	Progress         io.Writer
+	// TX, if set, receives the guest -> wire measurement (xdp-hostd only).
+	TX       *TXPoint
+	Progress io.Writer
 }
 
 // VhostPoint is one path at one offered rate.
@@ -56,6 +58,7 @@ type VhostResult struct {
 	Points    []VhostPoint `json:"points"`
 	Placement string       `json:"placement"`
 	Tap       *PathResult  `json:"xdp_tap,omitempty"` // the XDP tap path, unpaced
+	TX        *TXPoint     `json:"tx,omitempty"`      // guest -> wire through xdp-hostd
 	Ratios    []Ratio      `json:"ratios"`
 }
 
@@ -86,6 +89,7 @@ func Vhost(ctx context.Context, opts VhostOptions) (*VhostResult, error) {
 		"the forwarding party (xdp-hostd's receive thread, or testpmd's lcores) and the sink on CPU %d: for \"xdp-hostd\" the Go sink (a virtio front-end waiting on the call eventfd, 1024-entry RX ring), "+
 		"otherwise testpmd virtio-user rxonly (two polling lcores, whose printed count lags: a floor). "+
 		"testpmd polls, so its forwarder ns/frame is its whole CPU time over the run", vhostSourceCPU, vhostSwitchCPU)}
+	opts.TX = &TXPoint{}
 	paths := []struct {
 		name string
 		run  func(context.Context, VhostOptions, func(string, ...any)) ([]VhostPoint, error)
@@ -111,6 +115,9 @@ func Vhost(ctx context.Context, opts VhostOptions) (*VhostResult, error) {
 			pts[i].Path = path.name
 		}
 		res.Points = append(res.Points, pts...)
+	}
+	if opts.TX.Frames > 0 {
+		res.TX = opts.TX
 	}
 	n := len(opts.Rates)
 	if !opts.NoTap {
@@ -239,6 +246,7 @@ func measureRates(ctx context.Context, opts VhostOptions, topo *hostnet.Topology
 			acc.SourceRestarts, acc.SinkLags = br.Restarts, sinkLags
 			p.Accounting = &acc
 			p.Delivered = acc.Delivered
+			p.Sent = acc.Sent // the kernel's count (see Accounting)
 		}
 		if elapsed > 0 {
 			p.SentPPS = float64(sent) / elapsed.Seconds()
@@ -339,6 +347,9 @@ func xdpHostdPath(ctx context.Context, opts VhostOptions, testpmdSink bool) ([]V
 	if err == nil && gs != nil {
 		err = gs.err()
 	}
+	if err == nil && gs != nil && opts.TX != nil {
+		*opts.TX, err = measureTX(topo, port, gs, opts.Packets)
+	}
 	return pts, err
 }
 
@@ -416,4 +427,33 @@ func rateName(pps float64) string {
 		return fmt.Sprintf("%.0f", pps)
 	}
 	return "unpaced"
+}
+
+// measureTX has the Go front-end transmit n frames from the VM's MAC and
+// counts what the port sent and what reached the wire.
+func measureTX(topo *hostnet.Topology, port *vmport.Port, gs *goSink, n int) (TXPoint, error) {
+	frame := make([]byte, 64)
+	spec := traffic.FrameSpec{Dst: topo.WireMAC, Src: vhostVMMAC, Size: 64, Tag: 2}
+	if _, err := spec.Build(frame, 0); err != nil {
+		return TXPoint{}, err
+	}
+	_, _, _, rx0, err := linkCounts(topo.WireNS, topo.Wire)
+	if err != nil {
+		return TXPoint{}, err
+	}
+	st0 := port.Stats()
+	elapsed := gs.transmit(n, vhostSwitchCPU, frame)
+	time.Sleep(200 * time.Millisecond) // completions, the wire's counters
+	_, _, _, rx1, err := linkCounts(topo.WireNS, topo.Wire)
+	if err != nil {
+		return TXPoint{}, err
+	}
+	st1 := port.Stats()
+	p := TXPoint{Frames: uint64(n), Elapsed: elapsed, TXSent: st1.TXSent - st0.TXSent, TXDropped: st1.TXDropped - st0.TXDropped,
+		TXSpoofed: st1.TXSpoofed - st0.TXSpoofed, WireGot: rx1 - rx0}
+	if s := elapsed.Seconds(); s > 0 {
+		p.GuestPPS = float64(n) / s
+		p.WirePPS = float64(p.WireGot) / s
+	}
+	return p, nil
 }

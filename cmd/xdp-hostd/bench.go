@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/xdp-hostd/xdp-hostd/bench"
 )
@@ -106,6 +107,10 @@ func runBenchVhost(ctx context.Context, e *env, args []string) error {
 		}
 	}
 	tw.Flush()
+	if t := res.TX; t != nil {
+		fmt.Fprintf(e.stdout, "\nguest -> wire (Go front-end, source MAC checked): %d frames in %v: %.0f pps from the guest; the port sent %d (dropped %d, spoofed %d), the wire got %d (%.0f pps)\n",
+			t.Frames, t.Elapsed.Round(time.Millisecond), t.GuestPPS, t.TXSent, t.TXDropped, t.TXSpoofed, t.WireGot, t.WirePPS)
+	}
 	if t := res.Tap; t != nil {
 		fmt.Fprintf(e.stdout, "\nXDP tap path (unpaced): sent %d at %.2f Mpps, the tap reader got %d at %.2f Mpps (loss %.1f%%)\n", t.Sent, t.SenderMpps, t.ReaderGot, t.ReaderMpps, 100*t.Loss)
 	}

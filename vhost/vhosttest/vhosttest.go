@@ -304,6 +304,10 @@ func (f *FrontEnd) Recycle() int {
 // which the back-end asked to be kicked.
 func (f *FrontEnd) AvailEvent(q int) uint16 { return f.u16(f.used[q] + 4 + 8*uint64(f.size)) }
 
+// TXInFlight is how many frames on the TX ring the back-end has not
+// returned yet (Transmit must not be given more than Size less this).
+func (f *FrontEnd) TXInFlight() int { return int(f.nextAvail[1] - f.u16(f.used[1]+2)) }
+
 // CallFD is queue q's call eventfd (the back-end's interrupts).
 func (f *FrontEnd) CallFD(q int) int { return f.call[q] }
 
