@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -28,6 +29,11 @@ type VhostOptions struct {
 	// NoTestpmd skips the testpmd af_xdp -> vhost path; NoTap the XDP tap
 	// path.
 	NoTestpmd, NoTap bool
+	// BusyPoll is xdp-hostd's vmport.Config.BusyPoll (0: event-driven).
+	BusyPoll time.Duration
+	// CPUProfile, if set, gets a Go CPU profile of the xdp-hostd path
+	// (Go sink) while it runs.
+	CPUProfile io.Writer
 	// TX, if set, receives the guest -> wire measurement (xdp-hostd only).
 	TX       *TXPoint
 	Progress io.Writer
@@ -315,7 +321,7 @@ func xdpHostdPath(ctx context.Context, opts VhostOptions, testpmdSink bool) ([]V
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	port, err := vmport.Open(vmport.Config{VM: vm, Socket: filepath.Join(dir, "vm.sock"), NetNS: topo.HostNS, RXAffinity: []int{vhostSwitchCPU}})
+	port, err := vmport.Open(vmport.Config{VM: vm, Socket: filepath.Join(dir, "vm.sock"), NetNS: topo.HostNS, RXAffinity: []int{vhostSwitchCPU}, BusyPoll: opts.BusyPoll})
 	if err != nil {
 		return nil, err
 	}
@@ -341,6 +347,12 @@ func xdpHostdPath(ctx context.Context, opts VhostOptions, testpmdSink bool) ([]V
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
+	}
+	if opts.CPUProfile != nil && !testpmdSink {
+		if err := pprof.StartCPUProfile(opts.CPUProfile); err != nil {
+			return nil, err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	pts, err := measureRates(ctx, opts, topo, sinkCount, testpmdSink, func() time.Duration { return port.Stats().RXCPU },
 		func() (snapshot, error) { return takeSnapshot(topo, dp, vm, port) })

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -61,12 +62,14 @@ func runBench(ctx context.Context, e *env, args []string) error {
 }
 
 func runBenchVhost(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "bench vhost", "bench vhost [--json] [--packets N] [--rates R,R,...] [--no-testpmd] [--no-tap]")
+	fs := newFlags(e, "bench vhost", "bench vhost [--json] [--packets N] [--rates R,R,...] [--no-testpmd] [--no-tap] [--busy-poll D] [--cpuprofile FILE]")
 	asJSON := fs.Bool("json", false, "print the results as JSON")
 	packets := fs.Int("packets", 1000000, "packets per offered rate")
 	rates := fs.String("rates", "300k,1M,2M,0", "offered rates in packets per second (k and M suffixes; 0 = unpaced)")
 	noTestpmd := fs.Bool("no-testpmd", false, "skip the testpmd af_xdp -> vhost path")
 	noTap := fs.Bool("no-tap", false, "skip the XDP tap path")
+	busyPoll := fs.Duration("busy-poll", 0, "xdp-hostd's receive threads spin this long for more frames before they sleep (0: event-driven)")
+	cpuProfile := fs.String("cpuprofile", "", "write a Go CPU profile of the xdp-hostd path (Go sink) to this file")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -81,7 +84,16 @@ func runBenchVhost(ctx context.Context, e *env, args []string) error {
 		}
 		rs = append(rs, v)
 	}
-	res, err := bench.Vhost(ctx, bench.VhostOptions{Packets: *packets, Rates: rs, NoTestpmd: *noTestpmd, NoTap: *noTap, Progress: e.stderr})
+	opts := bench.VhostOptions{Packets: *packets, Rates: rs, NoTestpmd: *noTestpmd, NoTap: *noTap, BusyPoll: *busyPoll, Progress: e.stderr}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer f.Close()
+		opts.CPUProfile = f
+	}
+	res, err := bench.Vhost(ctx, opts)
 	if res == nil {
 		return err
 	}
