@@ -2,11 +2,13 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -22,8 +24,18 @@ import (
 type VhostOptions struct {
 	// Rates are the offered rates in packets per second; 0 means as fast as
 	// the source goes. Default 100k, 300k, 1M and max.
-	Rates    []float64
-	Packets  int // per rate; default 300,000
+	Rates   []float64
+	Packets int // per rate; default 300,000
+	// NoTestpmd skips the testpmd af_xdp -> vhost path; NoTap the XDP tap
+	// path.
+	NoTestpmd, NoTap bool
+	// BusyPoll is xdp-hostd's vmport.Config.BusyPoll (0: event-driven).
+	BusyPoll time.Duration
+	// CPUProfile, if set, gets a Go CPU profile of the xdp-hostd path
+	// (Go sink) while it runs.
+	CPUProfile io.Writer
+	// TX, if set, receives the guest -> wire measurement (xdp-hostd only).
+	TX       *TXPoint
 	Progress io.Writer
 }
 
@@ -41,12 +53,18 @@ type VhostPoint struct {
 	// delivered packets. The kernel's share (XDP, AF_XDP) runs in the
 	// source's softirq on its CPU for both paths and is not in it.
 	SwitchCPUPerM time.Duration `json:"switch_cpu_per_mpkt"`
+	// ForwarderNsPerFrame is the same in ns per delivered frame.
+	ForwarderNsPerFrame float64 `json:"forwarder_ns_per_frame"`
+	// Accounting says where every frame went (xdp-hostd path only).
+	Accounting *Accounting `json:"accounting,omitempty"`
 }
 
 // VhostResult is the whole benchmark.
 type VhostResult struct {
 	Points    []VhostPoint `json:"points"`
 	Placement string       `json:"placement"`
+	Tap       *PathResult  `json:"xdp_tap,omitempty"` // the XDP tap path, unpaced
+	TX        *TXPoint     `json:"tx,omitempty"`      // guest -> wire through xdp-hostd
 	Ratios    []Ratio      `json:"ratios"`
 }
 
@@ -63,7 +81,7 @@ var vhostVMMAC = net.HardwareAddr{0x02, 0, 0, 0, 0x0c, 0x01}
 // testpmd forwarding net_af_xdp -> net_vhost (the OVS-DPDK-style path).
 func Vhost(ctx context.Context, opts VhostOptions) (*VhostResult, error) {
 	if len(opts.Rates) == 0 {
-		opts.Rates = []float64{100e3, 300e3, 1e6, 0}
+		opts.Rates = []float64{300e3, 1e6, 2e6, 0}
 	}
 	if opts.Packets == 0 {
 		opts.Packets = 300000
@@ -73,39 +91,78 @@ func Vhost(ctx context.Context, opts VhostOptions) (*VhostResult, error) {
 			fmt.Fprintf(opts.Progress, "bench: "+format+"\n", args...)
 		}
 	}
-	res := &VhostResult{Placement: fmt.Sprintf("placement: the source (unpaced: BPF_PROG_RUN live frames pinned to CPU %d, with the uplink's XDP and AF_XDP work in its softirq; "+
-		"paced: AF_XDP TX from the wire side, which cannot be pinned as a Go thread); "+
-		"the forwarding party (xdp-hostd's receive thread, or testpmd's lcores) and the sink (testpmd virtio-user rxonly, both lcores) on CPU %d. "+
-		"testpmd polls, so its CPU per Mpkt is its whole CPU time over the run", vhostSourceCPU, vhostSwitchCPU)}
-	for _, path := range []struct {
+	res := &VhostResult{Placement: fmt.Sprintf("placement: the source (BPF_PROG_RUN live frames pinned to CPU %d, paced in runs of 20 ms of frames, with the uplink's XDP and AF_XDP work in its softirq); "+
+		"the forwarding party (xdp-hostd's receive thread, or testpmd's lcores) and the sink on CPU %d: for \"xdp-hostd\" the Go sink (a virtio front-end waiting on the call eventfd, 1024-entry RX ring), "+
+		"otherwise testpmd virtio-user rxonly (two polling lcores, whose printed count lags: a floor). "+
+		"testpmd polls, so its forwarder ns/frame is its whole CPU time over the run", vhostSourceCPU, vhostSwitchCPU)}
+	opts.TX = &TXPoint{}
+	paths := []struct {
 		name string
 		run  func(context.Context, VhostOptions, func(string, ...any)) ([]VhostPoint, error)
 	}{
 		{"xdp-hostd", vhostXDPHostd},
 		{"testpmd af_xdp->vhost", vhostDPDK},
-	} {
+		{"xdp-hostd, testpmd sink", vhostXDPHostdTestpmdSink},
+	}
+	if opts.NoTestpmd {
+		paths = paths[:1]
+	}
+	for _, path := range paths {
 		progress("%s: %d packets at each of %v pps (0 = unpaced)", path.name, opts.Packets, opts.Rates)
 		pts, err := path.run(ctx, opts, progress)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path.name, err)
+			for i := range pts {
+				pts[i].Path = path.name
+			}
+			res.Points = append(res.Points, pts...)
+			return res, fmt.Errorf("%s: %w", path.name, err)
 		}
 		for i := range pts {
 			pts[i].Path = path.name
 		}
 		res.Points = append(res.Points, pts...)
 	}
+	if opts.TX.Frames > 0 {
+		res.TX = opts.TX
+	}
 	n := len(opts.Rates)
-	for i := 0; i < n && i+n < len(res.Points); i++ {
-		x, d := res.Points[i], res.Points[i+n]
-		rate := "unpaced"
-		if x.OfferedPPS > 0 {
-			rate = fmt.Sprintf("%.0fk pps offered", x.OfferedPPS/1e3)
+	if !opts.NoTap {
+		// The XDP tap path in the same run: unpaced live frames, one
+		// read() per frame from the tap on the forwarder's CPU.
+		progress("XDP tap path: %d packets unpaced", opts.Packets)
+		tp, err := xdpTapPath(ctx, opts.Packets)
+		if err != nil {
+			return res, fmt.Errorf("XDP tap path: %w", err)
 		}
-		r := Ratio{Name: "delivered pps, xdp-hostd / testpmd, " + rate, Value: fmt.Sprintf("%.2fx (%.0f vs %.0f; loss %.1f%% vs %.1f%%)", x.DeliveredPPS/max(d.DeliveredPPS, 1), x.DeliveredPPS, d.DeliveredPPS, 100*x.Loss, 100*d.Loss)}
-		res.Ratios = append(res.Ratios, r)
-		if x.SwitchCPUPerM > 0 && d.SwitchCPUPerM > 0 {
-			res.Ratios = append(res.Ratios, Ratio{Name: "forwarding CPU per Mpkt, xdp-hostd / testpmd, " + rate,
-				Value: fmt.Sprintf("%.2fx (%v vs %v)", float64(x.SwitchCPUPerM)/float64(d.SwitchCPUPerM), x.SwitchCPUPerM.Round(time.Millisecond), d.SwitchCPUPerM.Round(time.Millisecond))})
+		res.Tap = &tp
+		if x := res.Points[n-1]; x.OfferedPPS == 0 {
+			res.Ratios = append(res.Ratios, Ratio{Name: "delivered pps unpaced, vhost-user / XDP tap reader",
+				Value: fmt.Sprintf("%.2fx (%.0f vs %.0f; loss %.1f%% vs %.1f%%)", x.DeliveredPPS/max(tp.ReaderMpps*1e6, 1), x.DeliveredPPS, tp.ReaderMpps*1e6, 100*x.Loss, 100*tp.Loss)})
+		}
+	}
+	for i := 0; i < n && i+n < len(res.Points); i++ {
+		d := res.Points[i+n]
+		rate := "unpaced"
+		if d.OfferedPPS > 0 {
+			rate = fmt.Sprintf("%.0fk pps offered", d.OfferedPPS/1e3)
+		}
+		for _, c := range []struct {
+			j    int
+			name string
+		}{{i, "xdp-hostd (Go sink)"}, {i + 2*n, "xdp-hostd (testpmd sink, as testpmd's)"}} {
+			if c.j >= len(res.Points) {
+				continue
+			}
+			x := res.Points[c.j]
+			v := fmt.Sprintf("%.2fx (%.0f vs %.0f; loss %.1f%% vs %.1f%%)", x.DeliveredPPS/max(d.DeliveredPPS, 1), x.DeliveredPPS, d.DeliveredPPS, 100*x.Loss, 100*d.Loss)
+			if d.DeliveredPPS == 0 {
+				v = fmt.Sprintf("n/a: testpmd's sink counted nothing (%.0f vs 0)", x.DeliveredPPS)
+			}
+			res.Ratios = append(res.Ratios, Ratio{Name: "delivered pps, " + c.name + " / testpmd af_xdp->vhost, " + rate, Value: v})
+			if x.SwitchCPUPerM > 0 && d.SwitchCPUPerM > 0 {
+				res.Ratios = append(res.Ratios, Ratio{Name: "forwarder CPU per frame, " + c.name + " / testpmd, " + rate,
+					Value: fmt.Sprintf("%.3fx (%.0f vs %.0f ns)", x.ForwarderNsPerFrame/d.ForwarderNsPerFrame, x.ForwarderNsPerFrame, d.ForwarderNsPerFrame)})
+			}
 		}
 	}
 	return res, nil
@@ -153,39 +210,50 @@ func lastLines(s string, n int) string {
 }
 
 // measureRates sends opts.Packets at each rate and reads what the sink got
-// and what the switch's CPU time did.
-func measureRates(ctx context.Context, opts VhostOptions, topo *hostnet.Topology, pmd *testpmd.Proc, cpu func() time.Duration) ([]VhostPoint, error) {
+// and what the switch's CPU time did. With snap (the xdp-hostd path) it
+// also accounts for every frame, and fails when the columns do not add up.
+func measureRates(ctx context.Context, opts VhostOptions, topo *hostnet.Topology, sinkCount func() uint64, sinkLags bool, cpu func() time.Duration, snap func() (snapshot, error)) ([]VhostPoint, error) {
 	frame := benchFrame()
-	// One sender for all rates: its AF_XDP socket stays bound to the queue.
-	sender, err := traffic.NewSender(topo.WireNS, topo.Wire)
-	if err != nil {
-		return nil, err
-	}
-	defer sender.Close()
 	var pts []VhostPoint
 	for _, rate := range opts.Rates {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		rx0 := settledRX(pmd)
-		cpu0 := cpu()
-		var sent uint64
-		var elapsed time.Duration
-		if rate == 0 {
-			br, err := traffic.Blast(traffic.BlastOptions{NetNS: topo.WireNS, Ifname: topo.Wire, Frame: frame, Count: uint32(opts.Packets), CPU: vhostSourceCPU})
-			if err != nil {
-				return nil, err
-			}
-			sent, elapsed = br.Sent, br.Elapsed
-		} else {
+		rx0 := sinkCount()
+		var s0 snapshot
+		if snap != nil {
 			var err error
-			if sent, elapsed, err = pacedSend(sender, topo, rate, opts.Packets); err != nil {
+			if s0, err = snap(); err != nil {
 				return nil, err
 			}
 		}
-		rx1 := settledRX(pmd)
+		cpu0 := cpu()
+		// Live frames from CPU vhostSourceCPU, paced in long runs (each
+		// BPF_PROG_RUN sets up a page pool): a run is 20 ms of frames at
+		// the rate, sent as fast as the kernel goes.
+		bo := traffic.BlastOptions{NetNS: topo.WireNS, Ifname: topo.Wire, Frame: frame, Count: uint32(opts.Packets), CPU: vhostSourceCPU}
+		if rate > 0 {
+			bo.Rate, bo.Chunk = rate, uint32(max(4096, rate/50))
+		}
+		br, err := traffic.Blast(bo)
+		if err != nil {
+			return nil, err
+		}
+		sent, elapsed := br.Sent, br.Elapsed
+		rx1 := sinkCount()
 		used := cpu() - cpu0
 		p := VhostPoint{OfferedPPS: rate, Sent: sent, Delivered: rx1 - rx0}
+		if snap != nil {
+			s1, err := snap()
+			if err != nil {
+				return nil, err
+			}
+			acc := account(sent, s0, s1, rx1-rx0)
+			acc.SourceRestarts, acc.SinkLags = br.Restarts, sinkLags
+			p.Accounting = &acc
+			p.Delivered = acc.Delivered
+			p.Sent = acc.Sent // the kernel's count (see Accounting)
+		}
 		if elapsed > 0 {
 			p.SentPPS = float64(sent) / elapsed.Seconds()
 			p.DeliveredPPS = float64(p.Delivered) / elapsed.Seconds()
@@ -195,32 +263,16 @@ func measureRates(ctx context.Context, opts VhostOptions, topo *hostnet.Topology
 		}
 		if p.Delivered > 0 {
 			p.SwitchCPUPerM = time.Duration(float64(used) * 1e6 / float64(p.Delivered))
+			p.ForwarderNsPerFrame = float64(used.Nanoseconds()) / float64(p.Delivered)
 		}
 		pts = append(pts, p)
+		if p.Accounting != nil {
+			if err := p.Accounting.check(); err != nil {
+				return pts, fmt.Errorf("at %s pps offered: %w", rateName(rate), err)
+			}
+		}
 	}
 	return pts, nil
-}
-
-// pacedSend offers frames at rate from the wire side, in batches of 64
-// through AF_XDP TX aimed at the VM's queue. (BPF_PROG_RUN live frames
-// cannot be paced: every run sets up and tears down a page pool, about
-// 25 ms here, so they are used only for the unpaced point.)
-func pacedSend(s *traffic.Sender, topo *hostnet.Topology, rate float64, packets int) (uint64, time.Duration, error) {
-	spec := traffic.FrameSpec{Dst: vhostVMMAC, Src: topo.WireMAC, Size: 64, Tag: 1}
-	const batch = 64
-	start := time.Now()
-	sent := 0
-	for sent < packets {
-		n := min(batch, packets-sent)
-		if err := s.Send(spec, vhostSourceCPU, uint32(sent), n); err != nil {
-			return uint64(sent), time.Since(start), err
-		}
-		sent += n
-		if ahead := time.Duration(float64(sent)/rate*float64(time.Second)) - time.Since(start); ahead > 0 {
-			time.Sleep(ahead)
-		}
-	}
-	return uint64(sent), time.Since(start), nil
 }
 
 // settledRX waits until the sink's received count stops moving (its report
@@ -239,6 +291,16 @@ func settledRX(p *testpmd.Proc) uint64 {
 }
 
 func vhostXDPHostd(ctx context.Context, opts VhostOptions, progress func(string, ...any)) ([]VhostPoint, error) {
+	return xdpHostdPath(ctx, opts, false)
+}
+
+func vhostXDPHostdTestpmdSink(ctx context.Context, opts VhostOptions, progress func(string, ...any)) ([]VhostPoint, error) {
+	return xdpHostdPath(ctx, opts, true)
+}
+
+// xdpHostdPath measures xdp-hostd's vhost-user port, into the Go sink or
+// testpmd's.
+func xdpHostdPath(ctx context.Context, opts VhostOptions, testpmdSink bool) ([]VhostPoint, error) {
 	topo, err := hostnet.NewTopology(hostnet.TopologyOptions{Prefix: "xhbvx", Queues: 2})
 	if err != nil {
 		return nil, err
@@ -259,17 +321,48 @@ func vhostXDPHostd(ctx context.Context, opts VhostOptions, progress func(string,
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	port, err := vmport.Open(vmport.Config{VM: vm, Socket: filepath.Join(dir, "vm.sock"), NetNS: topo.HostNS, RXAffinity: []int{vhostSwitchCPU}})
+	port, err := vmport.Open(vmport.Config{VM: vm, Socket: filepath.Join(dir, "vm.sock"), NetNS: topo.HostNS, RXAffinity: []int{vhostSwitchCPU}, BusyPoll: opts.BusyPoll})
 	if err != nil {
 		return nil, err
 	}
 	defer port.Close()
-	pmd, err := sink(filepath.Join(dir, "vm.sock"), "xhbvxs")
-	if err != nil {
-		return nil, err
+	sinkCount := func() uint64 { return 0 }
+	var gs *goSink
+	if testpmdSink {
+		pmd, err := sink(filepath.Join(dir, "vm.sock"), "xhbvxs")
+		if err != nil {
+			return nil, err
+		}
+		defer pmd.Stop()
+		sinkCount = func() uint64 { return settledRX(pmd) }
+	} else {
+		if gs, err = startGoSink(filepath.Join(dir, "vm.sock"), vhostSwitchCPU); err != nil {
+			return nil, err
+		}
+		defer gs.close()
+		sinkCount = gs.settled
+		for deadline := time.Now().Add(10 * time.Second); !port.Device().Ready(0); {
+			if time.Now().After(deadline) {
+				return nil, errors.New("the Go sink's queues did not start")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
-	defer pmd.Stop()
-	return measureRates(ctx, opts, topo, pmd, func() time.Duration { return port.Stats().RXCPU })
+	if opts.CPUProfile != nil && !testpmdSink {
+		if err := pprof.StartCPUProfile(opts.CPUProfile); err != nil {
+			return nil, err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	pts, err := measureRates(ctx, opts, topo, sinkCount, testpmdSink, func() time.Duration { return port.Stats().RXCPU },
+		func() (snapshot, error) { return takeSnapshot(topo, dp, vm, port) })
+	if err == nil && gs != nil {
+		err = gs.err()
+	}
+	if err == nil && gs != nil && opts.TX != nil {
+		*opts.TX, err = measureTX(topo, port, gs, min(opts.Packets, 1000000))
+	}
+	return pts, err
 }
 
 func vhostDPDK(ctx context.Context, opts VhostOptions, progress func(string, ...any)) ([]VhostPoint, error) {
@@ -316,7 +409,7 @@ func vhostDPDK(ctx context.Context, opts VhostOptions, progress func(string, ...
 	if err := waitOutput(fwd, "NIC statistics", 30*time.Second); err != nil {
 		return nil, err
 	}
-	return measureRates(ctx, opts, topo, pmd, func() time.Duration { return procCPU(fwd.Pid()) })
+	return measureRates(ctx, opts, topo, func() uint64 { return settledRX(pmd) }, true, func() time.Duration { return procCPU(fwd.Pid()) }, nil)
 }
 
 // procCPU is a process's user+system CPU time from /proc.
@@ -339,4 +432,40 @@ func procCPU(pid int) time.Duration {
 	st, _ := strconv.ParseUint(f[12], 10, 64)
 	const hz = 100 // USER_HZ
 	return time.Duration(ut+st) * time.Second / hz
+}
+
+func rateName(pps float64) string {
+	if pps > 0 {
+		return fmt.Sprintf("%.0f", pps)
+	}
+	return "unpaced"
+}
+
+// measureTX has the Go front-end transmit n frames from the VM's MAC and
+// counts what the port sent and what reached the wire.
+func measureTX(topo *hostnet.Topology, port *vmport.Port, gs *goSink, n int) (TXPoint, error) {
+	frame := make([]byte, 64)
+	spec := traffic.FrameSpec{Dst: topo.WireMAC, Src: vhostVMMAC, Size: 64, Tag: 2}
+	if _, err := spec.Build(frame, 0); err != nil {
+		return TXPoint{}, err
+	}
+	_, _, _, rx0, err := linkCounts(topo.WireNS, topo.Wire)
+	if err != nil {
+		return TXPoint{}, err
+	}
+	st0 := port.Stats()
+	elapsed := gs.transmit(n, vhostSwitchCPU, frame)
+	time.Sleep(200 * time.Millisecond) // completions, the wire's counters
+	_, _, _, rx1, err := linkCounts(topo.WireNS, topo.Wire)
+	if err != nil {
+		return TXPoint{}, err
+	}
+	st1 := port.Stats()
+	p := TXPoint{Frames: uint64(n), Elapsed: elapsed, TXSent: st1.TXSent - st0.TXSent, TXDropped: st1.TXDropped - st0.TXDropped,
+		TXSpoofed: st1.TXSpoofed - st0.TXSpoofed, WireGot: rx1 - rx0}
+	if s := elapsed.Seconds(); s > 0 {
+		p.GuestPPS = float64(n) / s
+		p.WirePPS = float64(p.WireGot) / s
+	}
+	return p, nil
 }

@@ -47,5 +47,8 @@
 // on by default (WithSharedMemory). QEMU 7.2 under TCG segfaults in
 // vhost_net_start when virtio-net-pci uses MSI-X, so NICs get vectors=0.
 // A guest is ready about 3 s (no NIC) to 6 s (vhost-user NIC, testpmd
-// busy-polling one of two cores) after QEMU starts.
+// busy-polling one of two cores) after QEMU starts. QEMU before 9.0 loses
+// guest stores under TCG while it live-migrates (upstream 03bfc2188f): a
+// guest that is migrated takes WithMigratableTCGMemory, or its destination
+// may get stale pages.
 package vmtests

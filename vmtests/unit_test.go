@@ -44,6 +44,26 @@ func TestQEMUArgsNIC(t *testing.T) {
 	}
 }
 
+// The migratable TCG memory (WithMigratableTCGMemory) is not a multiple of
+// 64 pages, in -m and in the memory backend alike.
+func TestQEMUArgsMigratableMemory(t *testing.T) {
+	cfg := config{name: "x", memMB: 256, cpus: 1, shared: true, accel: "tcg"}
+	WithMigratableTCGMemory()(&cfg)
+	args, err := (&VM{}).qemuArgs(cfg, &imageStub, "/agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := shellQuote(args)
+	for _, want := range []string{" -m 262152K ", "memory-backend-memfd,id=mem,size=262152K,share=on"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("command line lacks %q:\n%s", want, line)
+		}
+	}
+	if kib := 256*1024 + 8; (kib/4)%64 == 0 {
+		t.Errorf("%d KiB is a multiple of 64 pages", kib)
+	}
+}
+
 func TestBudgets(t *testing.T) {
 	if b := (vmproto.UDPCount{Timeout: 30 * time.Second}).Budget(); b <= 30*time.Second {
 		t.Errorf("UDPCount budget %v does not cover its timeout", b)

@@ -62,3 +62,16 @@ func TestPrintVMWarnings(t *testing.T) {
 		t.Errorf("vm show:\n%s", got)
 	}
 }
+
+func TestParseRate(t *testing.T) {
+	for in, want := range map[string]float64{"300000": 300e3, "300k": 300e3, "2M": 2e6, "1.5M": 1.5e6, "0": 0} {
+		if got, err := parseRate(in); err != nil || got != want {
+			t.Errorf("parseRate(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "fast", "-1k", "2G"} {
+		if _, err := parseRate(in); err == nil {
+			t.Errorf("parseRate(%q) accepted", in)
+		}
+	}
+}

@@ -454,7 +454,7 @@ func TestLibvirtHook(t *testing.T) {
 	if _, err := os.Stat(vsock); err != nil {
 		t.Errorf("the vhost-user socket is not served: %v", err)
 	}
-	if code, out, _ := cli(t, "qemu-args", s, "web1-0"); code != 0 || !strings.Contains(out, "path="+vsock) || !strings.Contains(out, "mac=52:54:00:00:00:01") {
+	if code, out, _ := cli(t, "qemu-args", s, "web1-0"); code != 0 || !strings.Contains(out, "path="+vsock) || !strings.Contains(out, "mac=52:54:00:00:00:01") || !strings.Contains(out, "rx_queue_size=1024") {
 		t.Errorf("qemu-args: exit %d\n%s", code, out)
 	}
 	other := libvirtxml.Domain{Type: "kvm", Name: "other"}
