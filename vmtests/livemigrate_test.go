@@ -95,7 +95,7 @@ func TestLiveMigrationQMP(t *testing.T) {
 	blockPrefix16(t, idF.KernelID, netip.MustParseAddr(blocked))
 
 	srcQMP := sock("qmp-src.sock")
-	src := StartT(t, WithName("src"), WithQMP(srcQMP), WithXDPHostdAgent(sock("a-ag.sock")),
+	src := StartT(t, WithMigratableTCGMemory(), WithName("src"), WithQMP(srcQMP), WithXDPHostdAgent(sock("a-ag.sock")),
 		WithVhostUserNIC(VhostUserNIC{Socket: sock("a-f.sock"), MAC: macF}),
 		WithVhostUserNIC(VhostUserNIC{Socket: sock("a-c.sock"), MAC: macC, NoGuestAnnounce: true}))
 	wireIP, _ := netip.AddrFromSlice(topoA.WireIP) // the same on B's wire
@@ -171,7 +171,7 @@ func TestLiveMigrationQMP(t *testing.T) {
 			t.Fatalf("B: migf after the prepare: %+v, want incoming", vs)
 		}
 		migSock, dstQMP := sock(fmt.Sprintf("mig%d.sock", n)), sock(fmt.Sprintf("qmp-dst%d.sock", n))
-		dst := StartT(t, WithName(fmt.Sprintf("dst%d", n)), WithQMP(dstQMP), WithIncoming("unix:"+migSock), WithXDPHostdAgent(ag),
+		dst := StartT(t, WithMigratableTCGMemory(), WithName(fmt.Sprintf("dst%d", n)), WithQMP(dstQMP), WithIncoming("unix:"+migSock), WithXDPHostdAgent(ag),
 			WithVhostUserNIC(VhostUserNIC{Socket: f, MAC: macF}),
 			WithVhostUserNIC(VhostUserNIC{Socket: c, MAC: macC, NoGuestAnnounce: true}))
 		waitFor(t, "the destination's QMP socket", 20*time.Second, func() bool { _, err := os.Stat(dstQMP); return err == nil })
@@ -404,7 +404,7 @@ func TestLiveMigrationQMP(t *testing.T) {
 	b.cli(t, "migrate", "migf", "--to", a.api, "--socket", b.api, "--uplink", topoA.Uplink, "--queues", "0", "--vhost-user-socket", fA, "--agent-socket", agA)
 	b.cli(t, "migrate", "migc", "--to", a.api, "--socket", b.api, "--uplink", topoA.Uplink, "--queues", "1", "--vhost-user-socket", cA)
 	backMig, backQMP := sock("mig-back.sock"), sock("qmp-back.sock")
-	back := StartT(t, WithName("back"), WithQMP(backQMP), WithIncoming("unix:"+backMig), WithXDPHostdAgent(agA),
+	back := StartT(t, WithMigratableTCGMemory(), WithName("back"), WithQMP(backQMP), WithIncoming("unix:"+backMig), WithXDPHostdAgent(agA),
 		WithVhostUserNIC(VhostUserNIC{Socket: fA, MAC: macF}),
 		WithVhostUserNIC(VhostUserNIC{Socket: cA, MAC: macC, NoGuestAnnounce: true}))
 	waitFor(t, "the QMP socket of the QEMU back on A", 20*time.Second, func() bool { _, err := os.Stat(backQMP); return err == nil })
