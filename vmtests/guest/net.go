@@ -110,6 +110,11 @@ func configure(c vmproto.Configure) (vmproto.ConfigureResult, error) {
 			return res, fmt.Errorf("add %s to %s: %w", c.Addr, ifi.Name, err)
 		}
 	}
+	if c.Channels > 0 {
+		if res.Channels, err = setChannels(ifi.Name, c.Channels); err != nil {
+			return res, err
+		}
+	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return res, fmt.Errorf("set %s up: %w", ifi.Name, err)
 	}
