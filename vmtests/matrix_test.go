@@ -177,11 +177,9 @@ func matrixRow(t *testing.T, mode string, queues int) {
 	if mode == deliverTap {
 		opts = append(opts, WithNetNS(topo.HostNS), WithTapNIC(TapNIC{Ifname: tapName, MAC: guestMAC, Queues: queues}))
 	} else {
-		nic := VhostUserNIC{Socket: vu, MAC: guestMAC, Queues: queues}
-		if queues > 1 {
-			nic.Vectors = 2*queues + 2
-		}
-		opts = append(opts, WithVhostUserNIC(nic))
+		// INTx (vectors=0): QEMU 7.2 under TCG segfaults at boot with
+		// MSI-X on vhost-user NICs (see VhostUserNIC.Vectors).
+		opts = append(opts, WithVhostUserNIC(VhostUserNIC{Socket: vu, MAC: guestMAC, Queues: queues}))
 	}
 	g := StartT(t, opts...)
 	gc, err := Call[vmproto.ConfigureResult](g, vmproto.Configure{MAC: guestMAC, Addr: guestIP + "/24", Channels: queues})

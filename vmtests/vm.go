@@ -37,8 +37,11 @@ type VhostUserNIC struct {
 	// restarts. Either way QEMU does not start the guest before the
 	// backend is connected.
 	Server bool
-	// Vectors is the device's MSI-X vectors; 0 leaves vectors=0 (INTx).
-	// With mq, 2*Queues+2 gives each virtqueue its own vector.
+	// Vectors is the device's MSI-X vectors; 0 leaves vectors=0 (INTx,
+	// which works with mq too). With mq, 2*Queues+2 gives each virtqueue
+	// its own vector. Debian's QEMU 7.2 under TCG segfaults at boot with
+	// any MSI-X vectors on a vhost-user NIC, whatever the backend
+	// (testpmd as well as xdp-hostd), 1 or 2 queue pairs.
 	Vectors int
 }
 
