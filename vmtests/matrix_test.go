@@ -194,7 +194,7 @@ func matrixRow(t *testing.T, mode string, queues int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
 
-	cell := matrixCell{t: t, g: g, vm: vm, topo: topo, ifname: gc.Name, queues: queues,
+	cell := matrixCell{t: t, g: g, vm: vm, mode: mode, topo: topo, ifname: gc.Name, queues: queues,
 		mac: guestMAC, ip: netip.MustParseAddr(guestIP), sender: testnet.Sender(t, topo)}
 	t.Run("builtin", func(t *testing.T) {
 		if cur, _ := d.Programs.Current(vmName); cur != 0 {
@@ -235,6 +235,7 @@ type matrixCell struct {
 	vm     *hostnet.VM
 	topo   *hostnet.Topology
 	ifname string // the guest's NIC
+	mode   string
 	queues int
 	mac    string
 	ip     netip.Addr
@@ -303,12 +304,15 @@ func (c *matrixCell) run(name string) {
 		copy(frames[i][traffic.HeaderLen:], fmt.Sprintf("%s %d ", in, i))
 	}
 	before, _ := c.vm.Verdicts()
+	gBefore := c.guestCounters()
 	const batch = 25
+	perQueue := make([]int, c.queues)
 	for sent := 0; sent < matrixBurst; sent += batch {
 		q := (sent / batch) % c.queues
 		if err := c.sender.SendFrames(q, frames[sent:sent+batch]); err != nil {
 			t.Fatal(err)
 		}
+		perQueue[q] += batch
 		time.Sleep(5 * time.Millisecond)
 	}
 	got, err := Call[vmproto.UDPCountResult](c.g, vmproto.UDPCount{Port: 40000, Marker: in, Want: matrixBurst, Timeout: 10 * time.Second})
@@ -321,6 +325,16 @@ func (c *matrixCell) run(name string) {
 	}
 	if u := after.Undelivered.Packets - before.Undelivered.Packets; u != 0 {
 		t.Errorf("wire -> guest: %d frames passed but undelivered", u)
+	}
+	gAfter := c.guestCounters()
+	for q := range c.queues {
+		d := queueDelta(gBefore, gAfter, "rx", q)
+		t.Logf("wire -> guest: uplink queue %d got %d frames of the burst, guest RX queue %d %d", q, perQueue[q], q, d)
+		// vhost-user: uplink queue i feeds queue pair i. A tap picks
+		// its queue itself.
+		if c.mode != deliverTap && d < uint64(perQueue[q]) {
+			t.Errorf("wire -> guest: guest RX queue %d took %d frames, want at least the %d sent on uplink queue %d", q, d, perQueue[q], q)
+		}
 	}
 
 	// Counted bursts, guest -> wire; with 2 queue pairs, one burst per
@@ -342,6 +356,7 @@ func (c *matrixCell) run(name string) {
 			}
 			c.exec("sh", "-c", script.String())
 		}
+		txBefore := c.guestCounters()
 		out := fmt.Sprintf("%s-out%d", marker, q)
 		n := matrixBurst / c.queues
 		sent, err := Call[vmproto.UDPSendResult](c.g, vmproto.UDPSend{Dst: fmt.Sprintf("%s:7003", c.topo.WireIP), Count: n, Size: 100, Marker: out, Interval: time.Millisecond})
@@ -350,6 +365,9 @@ func (c *matrixCell) run(name string) {
 		}
 		if arrived := countDatagrams(conn, []byte(out), n, 10*time.Second); arrived != n || sent.Sent != n {
 			t.Errorf("guest -> wire (TX queue %d): the wire side got %d; the guest sent %d of %d; wire side's UDP counters: %s", q, arrived, sent.Sent, n, udpCounters(c.topo.WireNS))
+		}
+		if d := queueDelta(txBefore, c.guestCounters(), "tx", q); d < uint64(n) {
+			t.Errorf("guest -> wire: guest TX queue %d sent %d frames, want at least %d (XPS steering)", q, d, n)
 		}
 	}
 	st1, _ := c.vm.Verdicts()
@@ -371,4 +389,20 @@ func udpCounters(ns string) string {
 		return err
 	})
 	return out
+}
+
+// guestCounters reads the guest NIC's counters, ethtool -S included.
+func (c *matrixCell) guestCounters() vmproto.CountersResult {
+	c.t.Helper()
+	r, err := Call[vmproto.CountersResult](c.g, vmproto.Counters{MAC: c.mac})
+	if err != nil {
+		c.t.Fatalf("guest counters: %v", err)
+	}
+	return r
+}
+
+// queueDelta is how much dir ("rx" or "tx") queue q's packet count grew.
+func queueDelta(before, after vmproto.CountersResult, dir string, q int) uint64 {
+	k := fmt.Sprintf("%s_queue_%d_packets", dir, q)
+	return after.Ethtool[k] - before.Ethtool[k]
 }

@@ -177,7 +177,8 @@ func counters(c vmproto.Counters) (vmproto.CountersResult, error) {
 			return res, fmt.Errorf("%s of %s: %w", name, ifi.Name, err)
 		}
 	}
-	return res, nil
+	res.Ethtool, err = ethtoolStats(ifi.Name)
+	return res, err
 }
 
 func ping(p vmproto.Ping) (vmproto.PingResult, error) {

@@ -230,6 +230,9 @@ type CountersResult struct {
 	TXDropped uint64 `json:"tx_dropped"`
 	RXErrors  uint64 `json:"rx_errors"`
 	TXErrors  uint64 `json:"tx_errors"`
+	// Ethtool are the driver's counters (ethtool -S), such as virtio-net's
+	// per-queue rx_queue_1_packets.
+	Ethtool map[string]uint64 `json:"ethtool,omitempty"`
 }
 
 // Exec runs Argv in the guest (busybox applets are on PATH) with a Timeout
