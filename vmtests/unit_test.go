@@ -57,7 +57,8 @@ func TestJSONHasValue(t *testing.T) {
 		`{"delivery_modes": ["copy", "zerocopy"]}`:                        true,
 		`{"vm": {"mode": "zerocopy"}}`:                                    true,
 		`{"mode": "copy", "reason": "zerocopy: the uplink cannot do it"}`: false,
-		`{"zerocopy": true}`:                                              false,
+		`{"zerocopy": true}`:                                              true,
+		`{"zerocopy": false}`:                                             false,
 		`not json`:                                                        false,
 	} {
 		if got := jsonHasValue(doc, "zerocopy"); got != want {
