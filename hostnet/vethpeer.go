@@ -19,8 +19,9 @@ const ethtoolGGRO = 0x0000002b // ETHTOOL_GGRO
 const maxNetNSScan = 4096
 
 // RedirectProblem says why the kernel would drop the frames XDP sends into
-// ifname (a redirect from a tap or another device, or XDP_TX on ifname
-// itself), in the namespace at netnsPath ("" for the caller's): ifname is
+// ifname (a native-mode redirect from another device, or XDP_TX on ifname
+// itself; a VM's tap transmit runs in generic mode and is not affected),
+// in the namespace at netnsPath ("" for the caller's): ifname is
 // a veth whose peer is down, or has neither an XDP program nor GRO on. A
 // veth hands XDP frames to its peer through NAPI queues the peer has only
 // then; without them every such frame is dropped, silently (no device
@@ -70,7 +71,7 @@ func RedirectProblem(netnsPath, ifname string) (string, error) {
 			return fmt.Errorf("read GRO of %s (ETHTOOL_GGRO): %w", a.Name, err)
 		}
 		if gro.Data == 0 {
-			problem = fmt.Sprintf("%s has neither an XDP program nor GRO on: the kernel drops every frame redirected into %s (a VM's tap transmit, XDP_TX, a redirect to the port), though they count as redirected; turn GRO on on the peer (ethtool -K %s gro on) or attach an XDP program to it", peer, ifname, a.Name)
+			problem = fmt.Sprintf("%s has neither an XDP program nor GRO on: the kernel drops every frame XDP sends into %s from a driver-mode program (XDP_TX, a redirect to the port), though they count as sent; turn GRO on on the peer (ethtool -K %s gro on) or attach an XDP program to it", peer, ifname, a.Name)
 		}
 		return nil
 	})

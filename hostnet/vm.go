@@ -334,7 +334,15 @@ func (vm *VM) useTap(name string) (err error) {
 		vm.tapLink = l
 		return nil
 	}
-	if vm.tapLink, _, err = d.attach(d.vmtx.VmTx, tapIndex, name, AttachAuto); err != nil {
+	// Generic (skb) mode, never native: a guest behind QEMU's tap offloads
+	// its checksums (virtio-net's default), so its UDP and TCP frames
+	// arrive with CHECKSUM_PARTIAL in the virtio-net header. The tap's
+	// native XDP path runs on the bare frame and drops that state, so a
+	// redirected frame left with its checksum unfinished (the wire side
+	// counts it in InCsumErrors); in generic mode the skb keeps it, and the
+	// uplink (or a veth peer) finishes it. Frames with GSO took the
+	// generic path on taps anyway.
+	if vm.tapLink, _, err = d.attach(d.vmtx.VmTx, tapIndex, name, AttachGeneric); err != nil {
 		return err
 	}
 	return d.pinTxLink(tapIndex, vm.tapLink)

@@ -71,3 +71,18 @@ func TestBudgets(t *testing.T) {
 }
 
 var imageStub = image.Image{Kernel: "/vmlinuz", Initramfs: "/initrd"}
+
+func TestJSONHasValue(t *testing.T) {
+	for doc, want := range map[string]bool{
+		`{"delivery_modes": ["copy", "zerocopy"]}`:                        true,
+		`{"vm": {"mode": "zerocopy"}}`:                                    true,
+		`{"mode": "copy", "reason": "zerocopy: the uplink cannot do it"}`: false,
+		`{"zerocopy": true}`:                                              true,
+		`{"zerocopy": false}`:                                             false,
+		`not json`:                                                        false,
+	} {
+		if got := jsonHasValue(doc, "zerocopy"); got != want {
+			t.Errorf("jsonHasValue(%s) = %v, want %v", doc, got, want)
+		}
+	}
+}

@@ -42,6 +42,25 @@ type VhostUserNIC struct {
 	// vhost-user back-end to announce the guest (SEND_RARP) instead of
 	// having the guest send gratuitous ARPs.
 	NoGuestAnnounce bool
+	// Vectors is the device's MSI-X vectors; 0 leaves vectors=0 (INTx,
+	// which works with mq too). With mq, 2*Queues+2 gives each virtqueue
+	// its own vector. Debian's QEMU 7.2 under TCG segfaults at boot with
+	// any MSI-X vectors on a vhost-user NIC, whatever the backend
+	// (testpmd as well as xdp-hostd), 1 or 2 queue pairs.
+	Vectors int
+}
+
+// TapNIC is a virtio-net-pci device backed by an existing tap that QEMU
+// opens by name (-netdev tap,ifname=...), in QEMU's network namespace
+// (WithNetNS). The tap must have QEMU's flags (vnet_hdr; multi_queue
+// with more than one queue), as hostnet.CreatePersistentTap (tap_mode "qemu") makes it.
+type TapNIC struct {
+	Ifname string
+	// MAC of the guest NIC. Empty: 52:54:00:12:34:56 plus the NIC's index.
+	MAC string
+	// Queues is the number of queue pairs (default 1); more turns on mq
+	// with a vector per virtqueue.
+	Queues int
 }
 
 // Option configures StartT.
@@ -54,6 +73,8 @@ type config struct {
 	cpus        int
 	shared      bool
 	nics        []VhostUserNIC
+	taps        []TapNIC
+	netns       string
 	bootTimeout time.Duration
 	cmdTimeout  time.Duration
 	lifetime    time.Duration
@@ -132,6 +153,15 @@ func WithVhostUserNIC(nic VhostUserNIC) Option {
 	return func(c *config) { c.nics = append(c.nics, nic) }
 }
 
+// WithTapNIC adds a tap-backed virtio-net-pci NIC after the vhost-user
+// ones; use it once per NIC.
+func WithTapNIC(nic TapNIC) Option { return func(c *config) { c.taps = append(c.taps, nic) } }
+
+// WithNetNS runs QEMU in the network namespace at path (through nsenter,
+// which execs QEMU: the VM's process is still QEMU's), for taps that live
+// there.
+func WithNetNS(path string) Option { return func(c *config) { c.netns = path } }
+
 // WithBootTimeout bounds the time from starting QEMU to the guest's ready
 // event (default 60 s).
 func WithBootTimeout(d time.Duration) Option { return func(c *config) { c.bootTimeout = d } }
@@ -162,6 +192,7 @@ type VM struct {
 	Name    string
 	Cmdline []string       // the QEMU command line, as run
 	NICs    []VhostUserNIC // as configured, defaults filled in
+	Taps    []TapNIC       // as configured, defaults filled in
 	Ready   vmproto.Ready  // what the guest reported when it came up
 	Boot    time.Duration  // from starting QEMU to the ready event
 
@@ -325,7 +356,11 @@ func StartT(tb testing.TB, opts ...Option) *VM {
 
 func (vm *VM) qemuArgs(cfg config, img *image.Image, agentSock string) ([]string, error) {
 	q := qemuCommand()
-	args := append([]string{}, q...)
+	var args []string
+	if cfg.netns != "" {
+		args = append(args, "nsenter", "--net="+cfg.netns, "--")
+	}
+	args = append(args, q...)
 	args = append(args,
 		"-name", cfg.name,
 		"-machine", "pc",
@@ -372,7 +407,7 @@ func (vm *VM) qemuArgs(cfg config, img *image.Image, agentSock string) ([]string
 		} else {
 			chardev += ",reconnect=1"
 		}
-		dev := fmt.Sprintf("virtio-net-pci,netdev=n%d,mac=%s,vectors=0", i, nic.MAC)
+		dev := fmt.Sprintf("virtio-net-pci,netdev=n%d,mac=%s,vectors=%d", i, nic.MAC, max(nic.Vectors, 0))
 		if nic.Queues > 1 {
 			dev += ",mq=on"
 		}
@@ -384,6 +419,29 @@ func (vm *VM) qemuArgs(cfg config, img *image.Image, agentSock string) ([]string
 			"-netdev", fmt.Sprintf("vhost-user,id=n%d,chardev=vu%d,queues=%d", i, i, nic.Queues),
 			"-device", dev)
 		vm.NICs = append(vm.NICs, nic)
+	}
+	for j, tap := range cfg.taps {
+		i := len(cfg.nics) + j
+		if tap.Ifname == "" {
+			return nil, fmt.Errorf("vmtests: tap NIC %d has no interface name", j)
+		}
+		if tap.Queues <= 0 {
+			tap.Queues = 1
+		}
+		if tap.MAC == "" {
+			tap.MAC = fmt.Sprintf("52:54:00:12:34:%02x", 0x56+i)
+		}
+		if _, err := net.ParseMAC(tap.MAC); err != nil {
+			return nil, fmt.Errorf("vmtests: tap NIC %d: %w", j, err)
+		}
+		netdev := fmt.Sprintf("tap,id=n%d,ifname=%s,script=no,downscript=no,vhost=off", i, tap.Ifname)
+		dev := fmt.Sprintf("virtio-net-pci,netdev=n%d,mac=%s", i, tap.MAC)
+		if tap.Queues > 1 {
+			netdev += fmt.Sprintf(",queues=%d", tap.Queues)
+			dev += fmt.Sprintf(",mq=on,vectors=%d", 2*tap.Queues+2)
+		}
+		args = append(args, "-netdev", netdev, "-device", dev)
+		vm.Taps = append(vm.Taps, tap)
 	}
 	if cfg.qmp != "" {
 		args = append(args, "-qmp", "unix:"+cfg.qmp+",server=on,wait=off")

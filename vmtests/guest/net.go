@@ -110,6 +110,11 @@ func configure(c vmproto.Configure) (vmproto.ConfigureResult, error) {
 			return res, fmt.Errorf("add %s to %s: %w", c.Addr, ifi.Name, err)
 		}
 	}
+	if c.Channels > 0 {
+		if res.Channels, err = setChannels(ifi.Name, c.Channels); err != nil {
+			return res, err
+		}
+	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return res, fmt.Errorf("set %s up: %w", ifi.Name, err)
 	}
@@ -172,7 +177,8 @@ func counters(c vmproto.Counters) (vmproto.CountersResult, error) {
 			return res, fmt.Errorf("%s of %s: %w", name, ifi.Name, err)
 		}
 	}
-	return res, nil
+	res.Ethtool, err = ethtoolStats(ifi.Name)
+	return res, err
 }
 
 func ping(p vmproto.Ping) (vmproto.PingResult, error) {

@@ -114,6 +114,9 @@ type Configure struct {
 	MTU            int           `json:"mtu,omitempty"`
 	Neighbors      []Neighbor    `json:"neighbors,omitempty"`
 	CarrierTimeout time.Duration `json:"carrier_timeout,omitempty"`
+	// Channels, if set, is the number of queue pairs to enable (ethtool
+	// -L combined N) before bringing the interface up.
+	Channels int `json:"channels,omitempty"`
 }
 
 func (Configure) Op() Op                  { return OpConfigure }
@@ -123,6 +126,8 @@ func (c Configure) Budget() time.Duration { return c.CarrierTimeout + 10*time.Se
 type ConfigureResult struct {
 	Interface
 	Carrier bool `json:"carrier"`
+	// Channels is the combined channel count after Configure.Channels.
+	Channels int `json:"channels,omitempty"`
 }
 
 // Ping sends Count ICMP echo requests (default 3) to Addr, one per Interval
@@ -225,6 +230,9 @@ type CountersResult struct {
 	TXDropped uint64 `json:"tx_dropped"`
 	RXErrors  uint64 `json:"rx_errors"`
 	TXErrors  uint64 `json:"tx_errors"`
+	// Ethtool are the driver's counters (ethtool -S), such as virtio-net's
+	// per-queue rx_queue_1_packets.
+	Ethtool map[string]uint64 `json:"ethtool,omitempty"`
 }
 
 // Exec runs Argv in the guest (busybox applets are on PATH) with a Timeout
