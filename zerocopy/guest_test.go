@@ -201,6 +201,9 @@ func drive(g *testGuest, rx *GuestRX, tag uint16, want int, repost bool, deadlin
 			if u.len == 0 {
 				r.zeroLen++
 				r.byHead[u.head]++
+				if repost {
+					g.postBuf(int(u.head))
+				}
 				continue
 			}
 			b := g.at(bufGPA(int(u.head)), int(u.len))
@@ -286,5 +289,226 @@ func TestIntegrationGuestRX(t *testing.T) {
 	}
 	if st.Notified == 0 || st.Batches > st.Delivered {
 		t.Errorf("%d batches, %d notifications for %d frames", st.Batches, st.Notified, st.Delivered)
+	}
+}
+
+// A hostile guest's buffers (overlapping, reposted while in flight, tiny,
+// at the very start of a region, device-readable, then one outside guest
+// memory) are refused and counted, one by one; its good buffers still get
+// their frames, a frame longer than its buffers is dropped and counted,
+// and another VM on another queue gets every one of its frames throughout.
+func TestIntegrationGuestRXHostile(t *testing.T) {
+	topo := testnet.Topology(t, 4)
+	xsks := redirectByQueue(t, topo)
+	sender := newSender(t, topo)
+
+	good := newTestGuest(t)
+	for i := range gRingSize {
+		good.postBuf(i)
+	}
+	grx := openGuestRX(t, topo, good, 2)
+	if err := grx.Register(xsks, 2); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	gprog := new(atomic.Int64)
+	gdone := make(chan guestRun, 1)
+	go func() { gdone <- drive(good, grx, 2, 2000, true, deadline, gprog, nil) }()
+
+	h := newTestGuest(t)
+	const goodBufs = 64
+	for i := range goodBufs {
+		h.postBuf(i)
+	}
+	const W = 2                            // VIRTQ_DESC_F_WRITE
+	h.post(64, bufGPA(0)+100, gBufSize, W) // overlaps buffer 0, in flight
+	h.post(65, bufGPA(0), gBufSize, W)     // buffer 0 reposted while in flight
+	h.post(66, bufGPA(66), 500, W)         // tiny
+	h.post(67, gR1GPA+16, gBufSize, W)     // no room for the chunk in its region
+	h.post(68, bufGPA(68), gBufSize, 0)    // device-readable
+	h.post(69, bufGPA(69), 1<<20, W)       // huge but inside memory: fine, 1036 bytes used
+	hrx, err := OpenGuestRX(GuestRXOptions{NetNS: topo.HostNS, Ifname: topo.Uplink, Queue: 1,
+		View: h.view, VQ: h.vq, HeaderLen: 12, BufLen: 1036, RingSize: gRingSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hrx.Close(false) })
+	if err := hrx.Register(xsks, 1); err != nil {
+		t.Fatal(err)
+	}
+	st := hrx.Stats()
+	if st.Posted != goodBufs+1 || st.RefusedOverlap != 2 || st.RefusedTiny != 1 || st.RefusedOutside != 1 || st.RefusedChain != 1 {
+		t.Errorf("hostile buffers: stats %+v, want 65 posted, 2 overlapping, 1 tiny, 1 outside, 1 chain refused", st)
+	}
+	hprog := new(atomic.Int64)
+	hdone := make(chan guestRun, 1)
+	go func() { hdone <- drive(h, hrx, 1, goodBufs+1, false, deadline, hprog, nil) }()
+	send(t, topo, sender, 1, 1, 0, goodBufs+1, 1000, hprog, deadline)
+	send(t, topo, sender, 2, 2, 0, 1000, 300, gprog, deadline)
+	hr := <-hdone
+	if hr.frames != goodBufs+1 || hr.zeroLen != 5 || hr.badHeader+hr.unmarked+hr.dups != 0 {
+		t.Errorf("hostile guest: %+v, want %d frames and 5 refused buffers back", hr, goodBufs+1)
+	}
+	for head := uint16(64); head <= 68; head++ {
+		if hr.byHead[head] != 1 {
+			t.Errorf("refused buffer %d returned %d times, want once", head, hr.byHead[head])
+		}
+	}
+
+	// Larger than its 1036-byte buffers: the kernel drops it, counted.
+	h.postBuf(0)
+	hrx.Poll()
+	if err := sender.Send(traffic.FrameSpec{Dst: topo.UplinkMAC, Src: topo.WireMAC, Size: 1200, Tag: 1}, 1, 9999, 1); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(2 * time.Second); hrx.Stats().KernelDropped != 1 && time.Now().Before(end); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st := hrx.Stats(); st.KernelDropped != 1 || st.Delivered != goodBufs+1 {
+		t.Errorf("oversized frame: stats %+v, want 1 dropped by the kernel", st)
+	}
+
+	// A buffer outside guest memory breaks the hostile queue; nothing else.
+	h.post(70, 0x40000000, gBufSize, W)
+	hrx.Poll()
+	if st := hrx.Stats(); st.QueueBroken == nil {
+		t.Errorf("buffer outside guest memory: queue not broken, stats %+v", st)
+	} else {
+		t.Logf("hostile queue broken: %v", st.QueueBroken)
+	}
+	hrx.Poll()
+	send(t, topo, sender, 2, 2, 1000, 1000, 1514, gprog, deadline)
+	gr := <-gdone
+	if gr.frames != 2000 || gr.badHeader+gr.unmarked+gr.dups+gr.zeroLen != 0 {
+		t.Errorf("other VM: %+v, want 2000 frames", gr)
+	}
+	if st := grx.Stats(); st.Delivered != 2000 || st.KernelDropped+st.FillRingEmpty != 0 {
+		t.Errorf("other VM: stats %+v", st)
+	}
+}
+
+// The memory table changes under traffic (the socket is closed before the
+// old view goes, buffers in flight come back empty), then the front-end
+// disconnects under traffic: once Close returns, not one byte of guest
+// memory changes although frames keep coming; after a reconnect over a
+// fresh device state the guest gets exact counts again.
+func TestIntegrationGuestRXRemapDisconnect(t *testing.T) {
+	topo := testnet.Topology(t, 4)
+	xsks := redirectByQueue(t, topo)
+	g := newTestGuest(t)
+	for i := range gRingSize {
+		g.postBuf(i)
+	}
+	rx := openGuestRX(t, topo, g, 1)
+	if err := rx.Register(xsks, 1); err != nil {
+		t.Fatal(err)
+	}
+	// Unpaced traffic from a goroutine until the end.
+	stopSend := make(chan struct{})
+	sent := make(chan error, 1)
+	sender := newSender(t, topo)
+	go func() {
+		spec := traffic.FrameSpec{Dst: topo.UplinkMAC, Src: topo.WireMAC, Size: 200, Tag: 1}
+		for seq := uint32(0); ; seq += 64 {
+			select {
+			case <-stopSend:
+				sent <- nil
+				return
+			default:
+			}
+			if err := sender.Send(spec, 1, seq, 64); err != nil {
+				sent <- err
+				return
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+	}()
+	stopped := false
+	stopTraffic := func() {
+		if !stopped {
+			stopped = true
+			close(stopSend)
+			if err := <-sent; err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	t.Cleanup(stopTraffic)
+
+	phase := func(rx *GuestRX) guestRun {
+		stop := make(chan struct{})
+		time.AfterFunc(300*time.Millisecond, func() { close(stop) })
+		return drive(g, rx, 1, 1<<30, true, time.Now().Add(10*time.Second), new(atomic.Int64), stop)
+	}
+	r1 := phase(rx)
+	// SET_MEM_TABLE: close (buffers in flight back, empty), unmap, map anew.
+	if err := rx.Close(true); err != nil {
+		t.Fatal(err)
+	}
+	st1 := rx.Stats()
+	g.detach()
+	g.attach(g.vq.LastAvail())
+	rx2 := openGuestRX(t, topo, g, 1)
+	if err := rx2.Register(xsks, 1); err != nil {
+		t.Fatal(err)
+	}
+	r2 := phase(rx2)
+	st2 := rx2.Stats()
+	t.Logf("before the change: %d frames, stats %+v", r1.frames, st1)
+	t.Logf("after: %d frames (%d empty), stats %+v", r2.frames, r2.zeroLen, st2)
+	if r1.frames == 0 || r2.frames == 0 {
+		t.Errorf("frames before/after the memory-table change: %d/%d, want some in both", r1.frames, r2.frames)
+	}
+	if uint64(r1.frames+r2.frames) > st1.Delivered+st2.Delivered || r1.badHeader+r2.badHeader+r1.unmarked+r2.unmarked != 0 {
+		t.Errorf("driver saw %d+%d frames (%d+%d bad headers), device delivered %d+%d", r1.frames, r2.frames, r1.badHeader, r2.badHeader, st1.Delivered, st2.Delivered)
+	}
+	if st1.ReturnedOnClose == 0 || uint64(r2.zeroLen) != st1.ReturnedOnClose {
+		t.Errorf("%d buffers returned at the change, driver saw %d empty", st1.ReturnedOnClose, r2.zeroLen)
+	}
+	if st1.BadCompletions+st2.BadCompletions != 0 || st2.QueueBroken != nil {
+		t.Errorf("bad completions or broken queue: %+v / %+v", st1, st2)
+	}
+
+	// Disconnect under traffic: after Close, guest memory stays as it is.
+	if rx2.InFlight() == 0 {
+		t.Fatal("no buffers in flight at the disconnect: the check would prove nothing")
+	}
+	if err := rx2.Close(false); err != nil {
+		t.Fatal(err)
+	}
+	snap := [2][]byte{bytes.Clone(g.mem[0]), bytes.Clone(g.mem[1])}
+	time.Sleep(300 * time.Millisecond) // traffic keeps coming meanwhile
+	for i := range snap {
+		if !bytes.Equal(snap[i], g.mem[i]) {
+			n := 0
+			for j := range snap[i] {
+				if snap[i][j] != g.mem[i][j] {
+					n++
+				}
+			}
+			t.Errorf("guest memory file %d: %d bytes changed after the socket was closed", i, n)
+		}
+	}
+	g.detach()
+	stopTraffic()
+
+	// Reconnect: the driver resets its rings, the device maps anew.
+	clear(g.mem[0][gAvail : gUsed+4+8*gRingSize+2])
+	g.availIdx, g.usedSeen = 0, 0
+	for i := range gRingSize {
+		g.postBuf(i)
+	}
+	g.attach(0)
+	rx3 := openGuestRX(t, topo, g, 1)
+	if err := rx3.Register(xsks, 1); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	progress := new(atomic.Int64)
+	done := make(chan guestRun, 1)
+	go func() { done <- drive(g, rx3, 7, 1000, true, deadline, progress, nil) }()
+	send(t, topo, sender, 1, 7, 0, 1000, 800, progress, deadline)
+	if r := <-done; r.frames != 1000 || r.unmarked+r.dups+r.badHeader+r.zeroLen != 0 {
+		t.Errorf("after the reconnect: %+v, want 1000 frames", r)
 	}
 }
