@@ -61,6 +61,7 @@ type GuestRXOptions struct {
 type GuestRXStats struct {
 	Posted    uint64 // guest buffers given to the kernel
 	Delivered uint64 // frames written into guest buffers and published
+	Injected  uint64 // frames copied in by Inject
 	Batches   uint64 // Polls that published used entries
 	Notified  uint64 // of which asked to notify the driver
 	// Starved counts Polls that found the guest had posted no buffer while
@@ -451,4 +452,69 @@ func (g *GuestRX) Close(giveBack bool) error {
 	clear(g.inflight)
 	g.held = 0
 	return err
+}
+
+// Inject copies frames into guest buffers taken from the same virtqueue
+// (for frames that do not come through the socket, such as the uplink's
+// broadcasts), publishes them with one store, notifies at most once, and
+// returns how many it placed. It stops at the first frame the guest has no
+// buffer for; a buffer too small for its frame goes back empty, counted in
+// RefusedTiny.
+func (g *GuestRX) Inject(frames [][]byte) int {
+	placed, pushed := 0, 0
+	for _, f := range frames {
+		if g.st.QueueBroken != nil {
+			break
+		}
+		ok, err := g.vq.Pop(&g.chain)
+		if err != nil {
+			g.st.QueueBroken = err
+			break
+		}
+		if !ok {
+			break
+		}
+		written := uint32(0)
+		if len(g.chain.Readable) == 0 && uint64(g.chain.WriteLen) >= g.hdr+uint64(len(f)) {
+			var h [12]byte
+			if g.hdr == 12 {
+				h[10] = 1
+			}
+			rest := scatter(g.chain.Writable, h[:g.hdr], 0)
+			scatter(g.chain.Writable, f, rest)
+			written = uint32(g.hdr) + uint32(len(f))
+			placed++
+		} else {
+			g.st.RefusedTiny++
+		}
+		if err := g.vq.PushUsed(g.chain.Head, written); err != nil {
+			g.st.QueueBroken = err
+			break
+		}
+		pushed++
+	}
+	if pushed > 0 {
+		g.publish()
+	}
+	g.st.Injected += uint64(placed)
+	return placed
+}
+
+// scatter copies src into segs from byte offset at on, and returns the
+// offset after it. The segments must have room.
+func scatter(segs [][]byte, src []byte, at int) int {
+	end := at + len(src)
+	for _, s := range segs {
+		if at >= len(s) {
+			at -= len(s)
+			continue
+		}
+		n := copy(s[at:], src)
+		src = src[n:]
+		at = 0
+		if len(src) == 0 {
+			break
+		}
+	}
+	return end
 }
