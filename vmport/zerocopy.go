@@ -282,6 +282,8 @@ type ZeroCopyStatus struct {
 	Active   []bool                `json:"active,omitempty"`   // per pair: zero-copy now
 	Fallback string                `json:"fallback,omitempty"` // why the last connection fell back to copy
 	Stats    zerocopy.GuestRXStats `json:"stats"`              // summed over pairs and connections
+	// QueueBroken is why a guest's RX virtqueue broke under zero-copy.
+	QueueBroken string `json:"queue_broken,omitempty"`
 }
 
 // ZeroCopy reports the port's delivery mode and zero-copy counters.
@@ -304,6 +306,9 @@ func (p *Port) ZeroCopy() ZeroCopyStatus {
 			addGuestStats(&st.Stats, g.Stats())
 		}
 		qu.mu.Unlock()
+	}
+	if st.Stats.QueueBroken != nil {
+		st.QueueBroken = st.Stats.QueueBroken.Error()
 	}
 	return st
 }

@@ -74,7 +74,7 @@ type GuestRXStats struct {
 	BadCompletions  uint64 // RX descriptors matching no buffer in flight (never expected)
 	Moved           uint64 // packets not where the header needs them, moved in the buffer
 	ReturnedOnClose uint64 // in flight at Close, returned unused
-	QueueBroken     error  // the driver corrupted the virtqueue: no more buffers taken
+	QueueBroken     error  `json:"-"` // the driver corrupted the virtqueue: no more buffers taken
 
 	// From the kernel (XDP_STATISTICS).
 	KernelDropped   uint64 // frames longer than BufLen-HeaderLen, among others
