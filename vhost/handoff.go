@@ -68,7 +68,7 @@ func (d *NetDevice) offerRX(q *queue, log *slog.Logger) {
 	default:
 		for i, s := range d.mem.Sealing() {
 			if s == Shrinkable {
-				err = fmt.Errorf("guest memory region %d can shrink under the back-end (%v): the kernel would write into pages the guest no longer shares", i, s)
+				err = fmt.Errorf("guest memory region %d can shrink under the back-end (%v): zero-copy needs guest memory that stays, a memfd sealed against shrinking (QEMU's memory-backend-memfd; DPDK's --no-huge memory is not)", i, s)
 				break
 			}
 		}
