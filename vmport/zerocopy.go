@@ -138,6 +138,7 @@ func (p *Port) takeRX(pair int, rx vhost.HandedRX) error {
 		NetNS: p.cfg.NetNS, Ifname: p.cfg.VM.Uplink(), Queue: qu.rxq,
 		View: view, VQ: rx.VQ, HeaderLen: rx.HeaderLen,
 		RingSize: min(p.cfg.RingSize, int(rx.VQ.Size())),
+		Reserve:  reserveFor(pair, min(p.cfg.RingSize, int(rx.VQ.Size()))),
 		Notify:   func() { p.zc.pairs[pair].notify = true },
 	})
 	if err == nil {
@@ -156,6 +157,15 @@ func (p *Port) takeRX(pair int, rx vhost.HandedRX) error {
 	p.zc.active[pair].Store(true)
 	p.log.Info("zero-copy RX: the guest's memory is the AF_XDP UMEM", "pair", pair, "uplink_queue", qu.rxq, "guest_memory", len(view.Bytes()))
 	return nil
+}
+
+// reserveFor is how many guest buffers pair 0 holds back for the uplink's
+// broadcasts (flood.go); other pairs get none.
+func reserveFor(pair, ring int) int {
+	if pair != 0 {
+		return 0
+	}
+	return min(8, ring/8)
 }
 
 func (p *Port) reopenCopy(qu *queue) error {
@@ -210,7 +220,7 @@ func (p *Port) zcReceive(ctx context.Context, qu *queue) bool {
 		return false
 	}
 	n := z.g.Poll()
-	fd, low := z.g.FD(), z.g.InFlight() < p.cfg.RingSize/4
+	fd, hungry := z.g.FD(), z.g.Hungry()
 	notify := z.notify
 	z.notify = false
 	qu.mu.Unlock()
@@ -221,9 +231,9 @@ func (p *Port) zcReceive(ctx context.Context, qu *queue) bool {
 	if n == 0 && ctx.Err() == nil {
 		// Readable when frames are in the RX ring. The guest's new buffers
 		// come without a kick (RX notifications are off), so look again
-		// soon while few are in the kernel's hands.
+		// within a millisecond while the kernel could hold more of them.
 		timeout := 100
-		if low {
+		if hungry {
 			timeout = 1
 		}
 		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}

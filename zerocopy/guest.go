@@ -51,6 +51,9 @@ type GuestRXOptions struct {
 	// RingSize is the number of entries of the RX ring (the fill ring has
 	// twice as many), and the most guest buffers in the kernel's hands.
 	RingSize int
+	// Reserve is how many guest buffers to hold back from the kernel for
+	// Inject (0: none; at most RingSize/4).
+	Reserve int
 	// Notify is called once per Poll that published used entries the
 	// driver wants to hear about (signal the call eventfd).
 	Notify func()
@@ -81,6 +84,11 @@ type GuestRXStats struct {
 	FillRingEmpty   uint64 // frames that found no guest buffer
 	RXRingFull      uint64
 	InvalidFillDesc uint64
+}
+
+type reserved struct {
+	head uint16
+	buf  []byte // its one writable descriptor
 }
 
 type inflight struct {
@@ -116,6 +124,12 @@ type GuestRX struct {
 	inflight map[uint64]inflight
 	held     int
 
+	// reserve holds a few guest buffers back from the kernel for Inject
+	// (frames that do not come through the socket: the uplink's
+	// broadcasts); refill keeps it stocked first.
+	reserve    []reserved
+	reserveMax int
+
 	chain vhost.Chain
 	addrs []uint64
 	descs []Desc
@@ -145,16 +159,21 @@ func OpenGuestRX(o GuestRXOptions) (_ *GuestRX, err error) {
 	if o.RingSize < 1 || o.RingSize&(o.RingSize-1) != 0 || o.RingSize > 1<<16 {
 		return nil, fmt.Errorf("zero-copy guest RX: ring size %d, want a power of two up to %d", o.RingSize, 1<<16)
 	}
+	if o.Reserve < 0 || o.Reserve > o.RingSize/4 {
+		return nil, fmt.Errorf("zero-copy guest RX: reserve of %d buffers, want 0 to %d", o.Reserve, o.RingSize/4)
+	}
 	if o.Ifindex == 0 && o.Ifname == "" {
 		return nil, errors.New("zero-copy guest RX: no interface (Ifindex or Ifname)")
 	}
 	g := &GuestRX{
 		fd: -1, queue: o.Queue, view: o.View, mem: o.View.Bytes(), vq: o.VQ, notify: o.Notify,
 		hdr: uint64(o.HeaderLen), bufLen: uint64(o.BufLen), ring: o.RingSize,
-		lowMark:  max(1, o.RingSize/4),
-		inflight: make(map[uint64]inflight, o.RingSize),
-		addrs:    make([]uint64, o.RingSize),
-		descs:    make([]Desc, o.RingSize),
+		lowMark:    max(1, o.RingSize/4),
+		inflight:   make(map[uint64]inflight, o.RingSize),
+		reserveMax: o.Reserve,
+		reserve:    make([]reserved, 0, o.Reserve),
+		addrs:      make([]uint64, o.RingSize),
+		descs:      make([]Desc, o.RingSize),
 	}
 	// The chunk ends where the used part of the guest buffer ends; the
 	// kernel writes a packet at chunk + headroom + XDP_PACKET_HEADROOM,
@@ -257,12 +276,18 @@ func (g *GuestRX) Register(m *ebpf.Map, key uint32) error {
 // InFlight is the number of guest buffers in the kernel's hands.
 func (g *GuestRX) InFlight() int { return g.held }
 
+// Hungry reports whether the kernel holds fewer guest buffers than it could
+// (ring and reserve not full): the guest's next buffers should be taken
+// soon. The guest posts RX buffers without a kick (RX notifications are
+// off), so the caller polls again within a short time while Hungry.
+func (g *GuestRX) Hungry() bool { return g.held+len(g.reserve) < g.ring }
+
 // refill pops guest buffers, checks them and posts them to the fill ring,
 // in one batch. Refused buffers are returned as used entries of length 0.
 func (g *GuestRX) refill() (refused int) {
 	want := min(g.ring-g.held, g.fill.Free())
 	n := 0
-	for n < want && g.st.QueueBroken == nil {
+	for (n < want || len(g.reserve) < g.reserveMax) && g.st.QueueBroken == nil {
 		ok, err := g.vq.Pop(&g.chain)
 		if err != nil {
 			g.st.QueueBroken = err
@@ -274,7 +299,17 @@ func (g *GuestRX) refill() (refused int) {
 			}
 			break
 		}
-		addr, bad := g.check(&g.chain)
+		if len(g.reserve) < g.reserveMax && len(g.chain.Readable) == 0 && len(g.chain.Writable) == 1 && uint64(len(g.chain.Writable[0])) >= g.bufLen {
+			g.reserve = append(g.reserve, reserved{g.chain.Head, g.chain.Writable[0]})
+			continue
+		}
+		var addr uint64
+		var bad *uint64
+		if n < want {
+			addr, bad = g.check(&g.chain)
+		} else {
+			bad = &g.st.RefusedChain // the fill ring is full and it cannot be held back
+		}
 		if bad != nil {
 			*bad++
 			refused++
@@ -449,6 +484,18 @@ func (g *GuestRX) Close(giveBack bool) error {
 		}
 		g.publish()
 	}
+	if giveBack && g.st.QueueBroken == nil {
+		for _, r := range g.reserve {
+			g.st.ReturnedOnClose++
+			if g.vq.PushUsed(r.head, 0) != nil {
+				break
+			}
+		}
+		if len(g.reserve) > 0 {
+			g.publish()
+		}
+	}
+	g.reserve = g.reserve[:0]
 	clear(g.inflight)
 	g.held = 0
 	return err
@@ -461,60 +508,37 @@ func (g *GuestRX) Close(giveBack bool) error {
 // buffer for; a buffer too small for its frame goes back empty, counted in
 // RefusedTiny.
 func (g *GuestRX) Inject(frames [][]byte) int {
-	placed, pushed := 0, 0
+	placed := 0
 	for _, f := range frames {
-		if g.st.QueueBroken != nil {
+		if len(g.reserve) == 0 {
+			g.refill() // the reserve is stocked first
+		}
+		if len(g.reserve) == 0 || g.st.QueueBroken != nil {
 			break
 		}
-		ok, err := g.vq.Pop(&g.chain)
-		if err != nil {
-			g.st.QueueBroken = err
-			break
-		}
-		if !ok {
-			break
-		}
+		r := g.reserve[len(g.reserve)-1]
+		g.reserve = g.reserve[:len(g.reserve)-1]
 		written := uint32(0)
-		if len(g.chain.Readable) == 0 && uint64(g.chain.WriteLen) >= g.hdr+uint64(len(f)) {
-			var h [12]byte
+		if uint64(len(r.buf)) >= g.hdr+uint64(len(f)) {
+			h := r.buf[:g.hdr]
+			clear(h)
 			if g.hdr == 12 {
 				h[10] = 1
 			}
-			rest := scatter(g.chain.Writable, h[:g.hdr], 0)
-			scatter(g.chain.Writable, f, rest)
+			copy(r.buf[g.hdr:], f)
 			written = uint32(g.hdr) + uint32(len(f))
 			placed++
 		} else {
 			g.st.RefusedTiny++
 		}
-		if err := g.vq.PushUsed(g.chain.Head, written); err != nil {
+		if err := g.vq.PushUsed(r.head, written); err != nil {
 			g.st.QueueBroken = err
 			break
 		}
-		pushed++
 	}
-	if pushed > 0 {
+	if len(frames) > 0 {
 		g.publish()
 	}
 	g.st.Injected += uint64(placed)
 	return placed
-}
-
-// scatter copies src into segs from byte offset at on, and returns the
-// offset after it. The segments must have room.
-func scatter(segs [][]byte, src []byte, at int) int {
-	end := at + len(src)
-	for _, s := range segs {
-		if at >= len(s) {
-			at -= len(s)
-			continue
-		}
-		n := copy(s[at:], src)
-		src = src[n:]
-		at = 0
-		if len(src) == 0 {
-			break
-		}
-	}
-	return end
 }
