@@ -220,7 +220,9 @@ func (p *Port) receive(ctx context.Context, qu *queue) {
 	pending := 0 // qu.descs[:pending] / qu.rx[:pending] wait for the guest
 	var stalled, lastWork time.Time
 	shedding := false // the guest stopped taking frames: drop until it takes one
-	src := qu.sock    // the socket the pending frames came from (zero-copy mode swaps it)
+	qu.mu.Lock()
+	src := qu.sock // the socket the pending frames came from (zero-copy mode swaps it, under qu.mu)
+	qu.mu.Unlock()
 	for batches := 0; ctx.Err() == nil; batches++ {
 		if batches%256 == 0 {
 			account()
@@ -255,7 +257,10 @@ func (p *Port) receive(ctx context.Context, qu *queue) {
 			// Poll the fd directly rather than Socket.Wait, which looks at
 			// TX state the TX handler may be changing: readable means the
 			// RX ring has frames. Bounded, so Close is seen.
-			pfd := []unix.PollFd{{Fd: int32(qu.sock.FD()), Events: unix.POLLIN}}
+			qu.mu.Lock()
+			fd := qu.sock.FD()
+			qu.mu.Unlock()
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 			if _, err := unix.Poll(pfd, 100); err != nil && err != unix.EINTR {
 				p.log.Warn("AF_XDP poll", "queue", qu.rxq, "err", err)
 				time.Sleep(10 * time.Millisecond)
