@@ -17,6 +17,7 @@ import (
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
 	"github.com/xdp-hostd/xdp-hostd/migration"
+	"github.com/xdp-hostd/xdp-hostd/vmport"
 )
 
 // DefaultSocket is where the daemon serves its API.
@@ -74,6 +75,10 @@ type VMStatus struct {
 	// VhostQueueBreaks counts the times one of the VM's virtqueues broke
 	// (a bad ring, or guest memory that faulted: the connection was closed).
 	VhostQueueBreaks uint64 `json:"vhost_queue_breaks,omitempty"`
+	// ZeroCopy is a vhost-user VM's delivery mode (copy or zerocopy), per
+	// queue pair whether zero-copy is on now, why it fell back to copy, and
+	// the zero-copy counters.
+	ZeroCopy *vmport.ZeroCopyStatus `json:"zero_copy,omitempty"`
 	// AgentSocket is where the VM's guest agent channel is served.
 	AgentSocket string `json:"agent_socket,omitempty"`
 	Program     uint64 `json:"program_id"` // 0: the built-in program
@@ -304,6 +309,8 @@ func (d *Daemon) vmStatus(vm *hostnet.VM) VMStatus {
 			for _, q := range p.Device().Stats() {
 				vs.VhostQueueBreaks += q.Broken
 			}
+			zs := p.ZeroCopy()
+			vs.ZeroCopy = &zs
 		}
 		d.mu.Unlock()
 	}
@@ -342,7 +349,10 @@ func (d *Daemon) vmCaps(name string) (guestprog.Capabilities, error) {
 		return c, fmt.Errorf("%w: %q", ErrNoSuchVM, name)
 	}
 	c.VM = name
-	c.DeliveryModes = []string{"copy"}
+	c.DeliveryModes = []string{vmport.ModeCopy}
+	if vm.Delivery() == guestprog.DeliverXSK {
+		c.DeliveryModes = append(c.DeliveryModes, vmport.ModeZeroCopy)
+	}
 	for _, port := range vm.Ports() {
 		c.Ports = append(c.Ports, port.Number)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/xdp-hostd/xdp-hostd/guestprog"
 	"github.com/xdp-hostd/xdp-hostd/hostnet"
+	"github.com/xdp-hostd/xdp-hostd/vmport"
 )
 
 // Config is the daemon's configuration file (JSON). See
@@ -124,6 +125,13 @@ type VMConfig struct {
 	// BusyPollMicros, for vhost-user VMs: spin this long for more frames
 	// before sleeping (lower latency, a CPU burnt). 0: event-driven only.
 	BusyPollMicros int `json:"busy_poll_us,omitempty"`
+	// DeliveryMode, for vhost-user VMs: "copy" (default: frames are copied
+	// from the daemon's AF_XDP memory into the guest's buffers) or
+	// "zerocopy" (the kernel writes them straight into the guest's
+	// buffers: the AF_XDP socket's UMEM is the guest's memory; falls back to
+	// copy with a logged reason when the guest memory or the kernel cannot
+	// do it; see README "Zero-copy delivery").
+	DeliveryMode string `json:"delivery_mode,omitempty"`
 	// Tap is the name of the tap the daemon creates (default
 	// "xh<slot>-<uplink>"); TapQueues its number of queues (default 1).
 	Tap       string `json:"tap,omitempty"`
@@ -249,6 +257,9 @@ func (vm *VMConfig) validate() error {
 		if vm.VhostUserSocket != "" {
 			return errors.New(`vhost_user_socket: only for "delivery": "vhost-user"`)
 		}
+		if vm.DeliveryMode != "" && vm.DeliveryMode != vmport.ModeCopy {
+			return fmt.Errorf(`delivery_mode: %q needs "delivery": "vhost-user" (a tap is always fed by copy)`, vm.DeliveryMode)
+		}
 		switch vm.TapMode {
 		case "", "qemu", "external":
 		default:
@@ -263,6 +274,9 @@ func (vm *VMConfig) validate() error {
 		}
 		if len(vm.Queues) == 0 {
 			return errors.New("queues: vhost-user delivery needs at least one dedicated queue")
+		}
+		if err := vmport.ValidMode(vm.DeliveryMode); err != nil {
+			return fmt.Errorf("delivery_mode: %w", err)
 		}
 		if vm.Tap != "" || vm.TapQueues != 0 || vm.TapMode != "" {
 			return errors.New("tap: a vhost-user VM has no tap")

@@ -180,7 +180,7 @@ func (d *Daemon) addVM(dp *hostnet.Dataplane, netns string, vc VMConfig, origin 
 	}()
 	if vc.Delivery == "vhost-user" {
 		port, err := vmport.Open(vmport.Config{VM: vm, Socket: vhostPath, NetNS: netns, Log: d.log,
-			BusyPoll: time.Duration(vc.BusyPollMicros) * time.Microsecond})
+			BusyPoll: time.Duration(vc.BusyPollMicros) * time.Microsecond, Mode: vc.DeliveryMode})
 		if err != nil {
 			return nil, err
 		}

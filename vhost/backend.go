@@ -33,9 +33,15 @@ func (d *NetDevice) handle(m Message, fds []int, log *slog.Logger) (reply []byte
 		}
 		d.mu.Lock()
 		was := d.features&FeatureLogAll != 0
+		if m.U64&FeatureLogAll != 0 && !was {
+			d.releaseAllRX(true) // the kernel's writes would not be logged
+		}
 		d.features, d.featuresSet = m.U64, true
 		d.hdrLen = d.headerLen(m.U64)
 		logging, haveLog := m.U64&FeatureLogAll != 0, d.dlog != nil
+		if !logging && was {
+			d.offerAllRX(log)
+		}
 		d.mu.Unlock()
 		log.Debug("vhost: features acked", "features", fmt.Sprintf("%#x", m.U64))
 		if logging != was {
@@ -221,6 +227,7 @@ func (d *NetDevice) setLog(l *dirtyLog, log *slog.Logger) error {
 func (d *NetDevice) setMemory(mem *MemoryTable, log *slog.Logger) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.releaseAllRX(true) // before the old table is unmapped
 	for _, q := range d.queues {
 		if q.vq == nil {
 			continue
@@ -251,6 +258,7 @@ func (d *NetDevice) setMemory(mem *MemoryTable, log *slog.Logger) {
 		log.Error("vhost: unmapping old guest memory", "err", err)
 	}
 	log.Debug("vhost: memory table set", "regions", len(mem.regions))
+	d.offerAllRX(log)
 }
 
 // stopQueue stops a ring (GET_VRING_BASE) and returns the next avail index
@@ -262,6 +270,7 @@ func (d *NetDevice) stopQueue(idx uint32) (uint16, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.releaseRX(q, true)
 	if q.vq != nil {
 		q.base = q.vq.LastAvail()
 		d.log.Debug("vhost: queue stopped", "queue", q.index, "base", q.base, "used_idx", q.vq.pubUsed, "pushed", q.vq.nextUsed)
@@ -391,6 +400,7 @@ func (d *NetDevice) startQueue(q *queue, log *slog.Logger) (err error) {
 		q.enabled = true // rings start enabled without protocol features
 	}
 	log.Debug("vhost: queue started", "queue", q.index, "size", q.num, "base", q.base, "used_idx", vq.nextUsed, "enabled", q.enabled)
+	d.offerRX(q, log)
 	return nil
 }
 

@@ -70,6 +70,9 @@ type NetConfig struct {
 	BusyPoll time.Duration
 	// Logger receives the device's logs (nil: slog.Default()).
 	Logger *slog.Logger
+	// RXHandoff, if set, is offered each RX queue when it starts (zero-copy
+	// delivery, handoff.go).
+	RXHandoff RXHandoff
 }
 
 // QueueStats are the counters of one virtqueue.
@@ -194,6 +197,8 @@ type NetDevice struct {
 	stopFD  int
 	done    chan struct{}
 	polling atomic.Int32 // queues started without a kick fd
+
+	handed []bool // per pair: RX queue handed to cfg.RXHandoff (handoff.go)
 }
 
 // NewNetDevice returns a device that no front-end has connected to yet.
@@ -368,6 +373,9 @@ func (d *NetDevice) Offer(pair int, frames [][]byte) (placed, consumed int, err 
 	vq := q.vq
 	if vq == nil || !q.enabled {
 		return 0, 0, ErrNotReady
+	}
+	if d.handed != nil && d.handed[pair] {
+		return 0, 0, ErrHandedOff
 	}
 	// A fault on guest memory: nothing counts as placed (the used index
 	// may not be published), the caller drops the frames.
@@ -656,6 +664,7 @@ func (d *NetDevice) detach() {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.releaseAllRX(false) // before the memory goes
 	for _, q := range d.queues {
 		q.mu.Lock()
 		q.resetConfig()

@@ -86,7 +86,7 @@ func (p *Port) flood(ctx context.Context, fd int) {
 		if len(frames) == 0 {
 			continue
 		}
-		delivered, _ := p.dev.Deliver(0, frames)
+		delivered := p.deliverFlood(frames)
 		p.stats.floodDelivered.Add(uint64(delivered))
 		p.stats.rxDropped.Add(uint64(len(frames) - delivered))
 	}

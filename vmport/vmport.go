@@ -60,7 +60,9 @@ type Config struct {
 	// NoFlood turns off the copies of broadcast and multicast frames from
 	// the uplink's shared queues (ARP requests, for example).
 	NoFlood bool
-	Log     *slog.Logger
+	// Mode is ModeCopy ("" too) or ModeZeroCopy (zerocopy.go).
+	Mode string
+	Log  *slog.Logger
 }
 
 // Stats are the port's counters.
@@ -104,6 +106,7 @@ type Port struct {
 		rxDelivered, rxDropped, txSent, txSpoofed, txDropped, floodDelivered atomic.Uint64
 	}
 	rxCPU []atomic.Int64 // per queue: its receive thread's CPU time
+	zc    *zeroCopy      // zero-copy mode state (zerocopy.go); nil in copy mode
 }
 
 // Open creates the AF_XDP sockets, registers them as the VM's delivery
@@ -111,6 +114,9 @@ type Port struct {
 func Open(cfg Config) (_ *Port, err error) {
 	if cfg.VM == nil || cfg.VM.Delivery() != guestprog.DeliverXSK {
 		return nil, errors.New("vhost-user port: the VM must deliver into AF_XDP sockets (VMSpec.Delivery = DeliverXSK)")
+	}
+	if err := ValidMode(cfg.Mode); err != nil {
+		return nil, fmt.Errorf("VM %s: %w", cfg.VM.Name(), err)
 	}
 	if cfg.Socket == "" {
 		return nil, fmt.Errorf("VM %s: no vhost-user socket path", cfg.VM.Name())
@@ -148,7 +154,10 @@ func Open(cfg Config) (_ *Port, err error) {
 		}
 	}
 	p.txGood = make([][]byte, 0, 256)
-	if p.dev, err = vhost.NewNetDevice(vhost.NetConfig{QueuePairs: len(p.queues), TX: p.transmit, BusyPoll: cfg.BusyPoll, Logger: p.log}); err != nil {
+	if err := p.openZeroCopy(); err != nil {
+		return nil, fmt.Errorf("VM %s: %w", cfg.VM.Name(), err)
+	}
+	if p.dev, err = vhost.NewNetDevice(vhost.NetConfig{QueuePairs: len(p.queues), TX: p.transmit, BusyPoll: cfg.BusyPoll, Logger: p.log, RXHandoff: p.handoff()}); err != nil {
 		return nil, fmt.Errorf("VM %s: %w", cfg.VM.Name(), err)
 	}
 	if err := os.MkdirAll(filepath.Dir(cfg.Socket), 0o755); err != nil {
@@ -226,12 +235,25 @@ func (p *Port) receive(ctx context.Context, qu *queue) {
 	pending := 0 // qu.descs[:pending] / qu.rx[:pending] wait for the guest
 	var stalled, lastWork time.Time
 	shedding := false // the guest stopped taking frames: drop until it takes one
+	qu.mu.Lock()
+	src := qu.sock // the socket the pending frames came from (zero-copy mode swaps it, under qu.mu)
+	qu.mu.Unlock()
 	for batches := 0; ctx.Err() == nil; batches++ {
 		if batches%256 == 0 {
 			account()
 		}
+		if p.zc != nil && p.zc.active[qu.idx].Load() {
+			p.stats.rxDropped.Add(uint64(pending)) // their socket is gone
+			pending = 0
+			p.zcReceive(ctx, qu)
+			continue
+		}
 		if pending < len(qu.descs) {
 			qu.mu.Lock()
+			if qu.sock != src {
+				p.stats.rxDropped.Add(uint64(pending))
+				pending, src = 0, qu.sock
+			}
 			n := qu.sock.Receive(qu.descs[pending:])
 			for i := pending; i < pending+n; i++ {
 				qu.rx[i] = qu.sock.Frame(qu.descs[i])
@@ -250,7 +272,10 @@ func (p *Port) receive(ctx context.Context, qu *queue) {
 			// Poll the fd directly rather than Socket.Wait, which looks at
 			// TX state the TX handler may be changing: readable means the
 			// RX ring has frames. Bounded, so Close is seen.
-			pfd := []unix.PollFd{{Fd: int32(qu.sock.FD()), Events: unix.POLLIN}}
+			qu.mu.Lock()
+			fd := qu.sock.FD()
+			qu.mu.Unlock()
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 			if _, err := unix.Poll(pfd, 100); err != nil && err != unix.EINTR {
 				p.log.Warn("AF_XDP poll", "queue", qu.rxq, "err", err)
 				time.Sleep(10 * time.Millisecond)
@@ -281,8 +306,10 @@ func (p *Port) receive(ctx context.Context, qu *queue) {
 		p.stats.rxDropped.Add(uint64(drop))
 		if done := consumed; done > 0 {
 			qu.mu.Lock()
-			if err := qu.sock.Release(qu.descs[:done]); err != nil {
-				p.log.Warn("AF_XDP release", "queue", qu.rxq, "err", err)
+			if qu.sock == src {
+				if err := qu.sock.Release(qu.descs[:done]); err != nil {
+					p.log.Warn("AF_XDP release", "queue", qu.rxq, "err", err)
+				}
 			}
 			qu.mu.Unlock()
 			copy(qu.descs, qu.descs[done:pending])
@@ -320,7 +347,7 @@ func (p *Port) transmit(pair int, frames [][]byte) {
 	if len(good) == 0 || len(p.queues) == 0 {
 		return
 	}
-	n, err := p.queues[pair%len(p.queues)].send(good)
+	n, err := p.sendTX(pair, good)
 	p.stats.txSent.Add(uint64(n))
 	p.stats.txDropped.Add(uint64(len(good) - n))
 	if err != nil {
@@ -402,6 +429,7 @@ func (p *Port) Close() error {
 		errs = append(errs, p.srv.Close())
 	}
 	p.wg.Wait()
+	p.closeZeroCopy()
 	for _, qu := range p.queues {
 		if qu.sock != nil {
 			errs = append(errs, p.cfg.VM.ClearSocket(qu.rxq), qu.sock.Close())

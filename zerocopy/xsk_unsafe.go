@@ -98,3 +98,17 @@ func xdpStatistics(fd int) (unix.XDPStatistics, error) {
 func pageAligned(mem []byte) bool {
 	return uintptr(unsafe.Pointer(unsafe.SliceData(mem)))%uintptr(unix.Getpagesize()) == 0
 }
+
+// registerGuestUMEM registers mem (a contiguous view of guest memory) as
+// the UMEM of socket fd in unaligned-chunk mode: fill addresses are any
+// byte offsets, not frame numbers (XDP_UMEM_UNALIGNED_CHUNK_FLAG).
+func registerGuestUMEM(fd int, mem []byte, chunk, headroom uint32) error {
+	reg := unix.XDPUmemReg{
+		Addr:     uint64(uintptr(unsafe.Pointer(unsafe.SliceData(mem)))),
+		Len:      uint64(len(mem)),
+		Size:     chunk,
+		Headroom: headroom,
+		Flags:    unix.XDP_UMEM_UNALIGNED_CHUNK_FLAG,
+	}
+	return setsockopt(fd, unix.XDP_UMEM_REG, unsafe.Pointer(&reg), unsafe.Sizeof(reg))
+}

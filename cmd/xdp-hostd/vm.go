@@ -159,6 +159,7 @@ func printVMs(w io.Writer, asJSON bool, vms []daemon.VMStatus) error {
 			fmt.Fprintf(w, "VM %s, program %d: %s\n", v.Name, v.Program, v.ProgramProblem)
 		}
 		printWarnings(w, v)
+		printZeroCopy(w, v)
 		if d := noFrontEndFor(v); d >= longNoFrontEnd {
 			fmt.Fprintf(w, "VM %s: no front-end for %v on %s: its QEMU is not connected (after a daemon restart QEMU reconnects only with reconnect=N on its chardev, in libvirt <reconnect enabled='yes' timeout='N'/> in the interface's <source>)\n",
 				v.Name, d, v.VhostUserSocket)
@@ -296,4 +297,20 @@ func runPort(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\n", p.Number, p.Ifname, p.Ifindex, into)
 	}
 	return tw.Flush()
+}
+
+// printZeroCopy prints a zero-copy VM's state: per queue pair whether the
+// guest's memory is the AF_XDP UMEM now, why not, and what was refused.
+func printZeroCopy(w io.Writer, v daemon.VMStatus) {
+	z := v.ZeroCopy
+	if z == nil || z.Mode != "zerocopy" {
+		return
+	}
+	s := z.Stats
+	fmt.Fprintf(w, "VM %s: delivery mode zerocopy, active per queue pair %v; delivered %d, guest buffers refused %d (chain %d, tiny %d, outside %d, overlapping %d), starved %d, frames without a guest buffer %d, too large %d\n",
+		v.Name, z.Active, s.Delivered, s.RefusedChain+s.RefusedTiny+s.RefusedOutside+s.RefusedOverlap,
+		s.RefusedChain, s.RefusedTiny, s.RefusedOutside, s.RefusedOverlap, s.Starved, s.FillRingEmpty, s.KernelDropped)
+	if z.Fallback != "" {
+		fmt.Fprintf(w, "VM %s: zero-copy fell back to copy: %s\n", v.Name, z.Fallback)
+	}
 }
