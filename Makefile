@@ -39,8 +39,7 @@ vet:
 test: build
 	XDP_HOSTD_REQUIRE_ROOT_TESTS=1 $(GO) test -p 1 -count=1 -timeout 20m $(PKGS)
 
-# The VM test matrix alone (real QEMU guests; XDP_HOSTD_REQUIRE_ZEROCOPY=1 fails
-# the zero-copy row instead of skipping it while the daemon lacks the mode).
+# The VM test matrix alone (real QEMU guests; also part of make test).
 test-matrix:
 	XDP_HOSTD_REQUIRE_ROOT_TESTS=1 XDP_HOSTD_REQUIRE_VM_TESTS=1 $(GO) test -count=1 -timeout 20m -v -run '^TestVMMatrix$$' ./vmtests/
 

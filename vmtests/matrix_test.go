@@ -53,9 +53,9 @@ const matrixExample = "port_forward"
 // caches flushed first on both sides) and a counted UDP burst each way,
 // spread over every queue pair in the 2-queue rows, exact counts.
 //
-// The zero-copy column runs when the daemon accepts the zerocopy mode and
-// keeps it; otherwise it is skipped with "zerocopy not available", a
-// failure with XDP_HOSTD_REQUIRE_ZEROCOPY=1.
+// The zero-copy row fails when the daemon does not offer the mode in the
+// VM's caps or any queue pair falls back to copy with the real guest (a
+// fallback would pass the cells on the copy path).
 func TestVMMatrix(t *testing.T) {
 	SkipWithoutQEMU(t)
 	testnet.RequireRoot(t)
@@ -72,14 +72,11 @@ func TestVMMatrix(t *testing.T) {
 	t.Logf("the matrix took %v", time.Since(start).Round(time.Millisecond))
 }
 
-// zeroCopyUnavailable skips t (fails it with XDP_HOSTD_REQUIRE_ZEROCOPY=1).
+// zeroCopyUnavailable fails t: the daemon has a zero-copy mode, and the
+// matrix's zero-copy cells are its real-guest test.
 func zeroCopyUnavailable(t *testing.T, why string) {
 	t.Helper()
-	msg := "zerocopy not available: " + why
-	if os.Getenv("XDP_HOSTD_REQUIRE_ZEROCOPY") == "1" {
-		t.Fatal(msg + " (XDP_HOSTD_REQUIRE_ZEROCOPY=1 makes this a failure)")
-	}
-	t.Skip(msg)
+	t.Fatal("zerocopy not available: " + why)
 }
 
 // matrixConfig is the daemon's configuration for one row.
@@ -169,7 +166,7 @@ func matrixRow(t *testing.T, mode string, queues int) {
 	if mode == deliverZeroCopy {
 		// A value "zerocopy" (not merely a mention, such as a fallback's
 		// reason) in caps and in the VM's status.
-		if caps := apiGet(t, apiSock, "/caps"); !jsonHasValue(caps, deliverZeroCopy) {
+		if caps := apiGet(t, apiSock, "/caps?vm="+vmName); !jsonHasValue(caps, deliverZeroCopy) {
 			zeroCopyUnavailable(t, "the daemon's caps do not offer it: "+caps)
 		}
 		if show := apiGet(t, apiSock, "/vms/"+vmName); !jsonHasValue(show, deliverZeroCopy) {
@@ -192,6 +189,35 @@ func matrixRow(t *testing.T, mode string, queues int) {
 	}
 	if !gc.Carrier || gc.Channels != queues {
 		t.Fatalf("guest NIC: want carrier and %d queue pairs enabled: %+v", queues, gc)
+	}
+	if mode == deliverZeroCopy {
+		// The guest's front-end is up: every queue pair must be in
+		// zero-copy now, not fallen back to copy (which would pass the
+		// cell on the copy path).
+		var zs struct {
+			ZeroCopy struct {
+				Active   []bool `json:"active"`
+				Fallback string `json:"fallback"`
+			} `json:"zero_copy"`
+		}
+		active := func() bool {
+			zs.ZeroCopy.Active = nil
+			if err := json.Unmarshal([]byte(apiGet(t, apiSock, "/vms/"+vmName)), &zs); err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			for _, a := range zs.ZeroCopy.Active {
+				if a {
+					n++
+				}
+			}
+			return n == queues
+		}
+		for deadline := time.Now().Add(20 * time.Second); !active(); time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("zero-copy not active on all %d queue pairs with a real guest: active %v, fallback %q", queues, zs.ZeroCopy.Active, zs.ZeroCopy.Fallback)
+			}
+		}
 	}
 	vm, _ := d.VM(vmName)
 	c := client.New(apiSock)
