@@ -15,11 +15,14 @@ import (
 	"github.com/xdp-hostd/xdp-hostd/vmtests/image"
 )
 
-// skip skips tb with msg, or fails it when XDP_HOSTD_REQUIRE_VM_TESTS=1.
+// skip skips tb with msg, or fails it when XDP_HOSTD_REQUIRE_VM_TESTS=1 or
+// XDP_HOSTD_REQUIRE_ROOT_TESTS=1 (set by make test and CI).
 func skip(tb testing.TB, msg string) {
 	tb.Helper()
-	if os.Getenv("XDP_HOSTD_REQUIRE_VM_TESTS") == "1" {
-		tb.Fatal(msg + " (XDP_HOSTD_REQUIRE_VM_TESTS=1 makes this a failure)")
+	for _, v := range []string{"XDP_HOSTD_REQUIRE_VM_TESTS", "XDP_HOSTD_REQUIRE_ROOT_TESTS"} {
+		if os.Getenv(v) == "1" {
+			tb.Fatal(msg + " (" + v + "=1 makes this a failure)")
+		}
 	}
 	tb.Skip(msg)
 }
