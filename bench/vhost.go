@@ -26,6 +26,11 @@ type VhostOptions struct {
 	// the source goes. Default 100k, 300k, 1M and max.
 	Rates   []float64
 	Packets int // per rate; default 300,000
+	// Burst is the frames per live-frames run when paced (each run goes
+	// out as fast as the kernel goes); default max(4096, rate/50), 20 ms
+	// of frames. A zero-copy guest has only its own RX buffers (1024
+	// here, QEMU's most) to absorb a run.
+	Burst uint32
 	// NoTestpmd skips the testpmd af_xdp -> vhost path; NoTap the XDP tap
 	// path.
 	NoTestpmd, NoTap bool
@@ -35,8 +40,8 @@ type VhostOptions struct {
 	Modes []string
 	// BusyPoll is xdp-hostd's vmport.Config.BusyPoll (0: event-driven).
 	BusyPoll time.Duration
-	// CPUProfile, if set, gets a Go CPU profile of the xdp-hostd path
-	// (Go sink) while it runs.
+	// CPUProfile, if set, gets a Go CPU profile of the first xdp-hostd
+	// path into the Go sink (the first of Modes) while it runs.
 	CPUProfile io.Writer
 	// TX, if set, receives the guest -> wire measurement (xdp-hostd only).
 	TX       *TXPoint
@@ -95,10 +100,10 @@ func Vhost(ctx context.Context, opts VhostOptions) (*VhostResult, error) {
 			fmt.Fprintf(opts.Progress, "bench: "+format+"\n", args...)
 		}
 	}
-	res := &VhostResult{Placement: fmt.Sprintf("placement: the source (BPF_PROG_RUN live frames pinned to CPU %d, paced in runs of 20 ms of frames, with the uplink's XDP and AF_XDP work in its softirq); "+
-		"the forwarding party (xdp-hostd's receive thread, or testpmd's lcores) and the sink on CPU %d: for \"xdp-hostd\" the Go sink (a virtio front-end waiting on the call eventfd, 1024-entry RX ring), "+
+	res := &VhostResult{Placement: fmt.Sprintf("placement: the source (BPF_PROG_RUN live frames pinned to CPU %d, paced in runs of %s, with the uplink's XDP and AF_XDP work in its softirq); "+
+		"the forwarding party (xdp-hostd's receive thread, or testpmd's lcores) and the sink on CPU %d: for \"xdp-hostd\" and \"xdp-hostd zero-copy\" the Go sink (a virtio front-end waiting on the call eventfd, 1024-entry RX ring; for zero-copy its memory is a sealable memfd and its 1024 buffers are all the kernel can write into), "+
 		"otherwise testpmd virtio-user rxonly (two polling lcores, whose printed count lags: a floor). "+
-		"testpmd polls, so its forwarder ns/frame is its whole CPU time over the run", vhostSourceCPU, vhostSwitchCPU)}
+		"testpmd polls, so its forwarder ns/frame is its whole CPU time over the run", vhostSourceCPU, burstName(opts.Burst), vhostSwitchCPU)}
 	opts.TX = &TXPoint{}
 	if len(opts.Modes) == 0 {
 		opts.Modes = []string{vmport.ModeCopy, vmport.ModeZeroCopy}
@@ -124,6 +129,9 @@ func Vhost(ctx context.Context, opts VhostOptions) (*VhostResult, error) {
 	for _, path := range paths {
 		progress("%s: %d packets at each of %v pps (0 = unpaced)", path.name, opts.Packets, opts.Rates)
 		pts, err := path.run(ctx, opts, progress)
+		if path.name == pathCopy || path.name == pathZeroCopy {
+			opts.CPUProfile = nil // one profile: of the first Go-sink path
+		}
 		for i := range pts {
 			pts[i].Path = path.name
 		}
@@ -218,6 +226,13 @@ func vhostRatios(res *VhostResult, rates []float64) []Ratio {
 	return out
 }
 
+func burstName(b uint32) string {
+	if b > 0 {
+		return fmt.Sprintf("%d frames", b)
+	}
+	return "20 ms of frames (at least 4096)"
+}
+
 func benchFrame() []byte {
 	f := make([]byte, 64)
 	spec := traffic.FrameSpec{Dst: vhostVMMAC, Src: net.HardwareAddr{0x02, 0x58, 0x48, 0, 0, 2}, Size: 64, Tag: 1}
@@ -284,6 +299,9 @@ func measureRates(ctx context.Context, opts VhostOptions, topo *hostnet.Topology
 		bo := traffic.BlastOptions{NetNS: topo.WireNS, Ifname: topo.Wire, Frame: frame, Count: uint32(opts.Packets), CPU: vhostSourceCPU}
 		if rate > 0 {
 			bo.Rate, bo.Chunk = rate, uint32(max(4096, rate/50))
+			if opts.Burst > 0 {
+				bo.Chunk = opts.Burst
+			}
 		}
 		br, err := traffic.Blast(bo)
 		if err != nil {

@@ -62,15 +62,16 @@ func runBench(ctx context.Context, e *env, args []string) error {
 }
 
 func runBenchVhost(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "bench vhost", "bench vhost [--json] [--packets N] [--rates R,R,...] [--modes copy,zerocopy] [--no-testpmd] [--no-tap] [--busy-poll D] [--cpuprofile FILE]")
+	fs := newFlags(e, "bench vhost", "bench vhost [--json] [--packets N] [--rates R,R,...] [--modes copy,zerocopy] [--burst N] [--no-testpmd] [--no-tap] [--busy-poll D] [--cpuprofile FILE]")
 	asJSON := fs.Bool("json", false, "print the results as JSON")
 	packets := fs.Int("packets", 1000000, "packets per offered rate")
 	rates := fs.String("rates", "300k,1M,2M,0", "offered rates in packets per second (k and M suffixes; 0 = unpaced)")
+	burst := fs.Uint("burst", 0, "frames per paced live-frames run, sent back to back (0: max(4096, rate/50), 20 ms of frames)")
 	modes := fs.String("modes", "copy,zerocopy", "xdp-hostd delivery modes measured into the Go sink (copy, zerocopy; zerocopy fails unless the port really is in zero-copy mode)")
 	noTestpmd := fs.Bool("no-testpmd", false, "skip the testpmd af_xdp -> vhost path")
 	noTap := fs.Bool("no-tap", false, "skip the XDP tap path")
 	busyPoll := fs.Duration("busy-poll", 0, "xdp-hostd's receive threads spin this long for more frames before they sleep (0: event-driven)")
-	cpuProfile := fs.String("cpuprofile", "", "write a Go CPU profile of the xdp-hostd path (Go sink) to this file")
+	cpuProfile := fs.String("cpuprofile", "", "write a Go CPU profile of the first xdp-hostd path into the Go sink (the first of --modes) to this file")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -89,7 +90,7 @@ func runBenchVhost(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("%w: --modes: %w", errUsage, err)
 	}
-	opts := bench.VhostOptions{Packets: *packets, Rates: rs, Modes: ms, NoTestpmd: *noTestpmd, NoTap: *noTap, BusyPoll: *busyPoll, Progress: e.stderr}
+	opts := bench.VhostOptions{Packets: *packets, Rates: rs, Modes: ms, Burst: uint32(*burst), NoTestpmd: *noTestpmd, NoTap: *noTap, BusyPoll: *busyPoll, Progress: e.stderr}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
