@@ -46,6 +46,11 @@ type VhostOptions struct {
 	// TX, if set, receives the guest -> wire measurement (xdp-hostd only).
 	TX       *TXPoint
 	Progress io.Writer
+
+	// For tests: the xdp-hostd path's topology prefix (default "xhbvx"),
+	// and a Go sink whose memory cannot be sealed.
+	prefix       string
+	unsealedSink bool
 }
 
 // VhostPoint is one path at one offered rate.
@@ -378,7 +383,11 @@ func vhostXDPHostdTestpmdSink(ctx context.Context, opts VhostOptions, progress f
 // testpmd's.
 func xdpHostdPath(ctx context.Context, opts VhostOptions, testpmdSink bool, mode string) ([]VhostPoint, error) {
 	zc := mode == vmport.ModeZeroCopy
-	topo, err := hostnet.NewTopology(hostnet.TopologyOptions{Prefix: "xhbvx", Queues: 2})
+	prefix := opts.prefix
+	if prefix == "" {
+		prefix = "xhbvx"
+	}
+	topo, err := hostnet.NewTopology(hostnet.TopologyOptions{Prefix: prefix, Queues: 2})
 	if err != nil {
 		return nil, err
 	}
@@ -413,7 +422,7 @@ func xdpHostdPath(ctx context.Context, opts VhostOptions, testpmdSink bool, mode
 		defer pmd.Stop()
 		sinkCount = func() uint64 { return settledRX(pmd) }
 	} else {
-		if gs, err = startGoSink(filepath.Join(dir, "vm.sock"), vhostSwitchCPU, zc); err != nil {
+		if gs, err = startGoSink(filepath.Join(dir, "vm.sock"), vhostSwitchCPU, zc && !opts.unsealedSink); err != nil {
 			return nil, err
 		}
 		defer gs.close()
