@@ -39,8 +39,10 @@ func (s *goSink) Errorf(format string, args ...any) {
 func (s *goSink) Fatalf(format string, args ...any) { panic(sinkFatal{fmt.Sprintf(format, args...)}) }
 func (s *goSink) Cleanup(f func())                  { s.cleanup = append(s.cleanup, f) }
 
-// startGoSink connects to sock and starts receiving on cpu.
-func startGoSink(sock string, cpu int) (s *goSink, err error) {
+// startGoSink connects to sock and starts receiving on cpu. With sealable
+// its memory is a memfd the back-end can seal against shrinking (as QEMU's
+// memory-backend-memfd), which zero-copy mode requires.
+func startGoSink(sock string, cpu int, sealable bool) (s *goSink, err error) {
 	s = &goSink{done: make(chan struct{})}
 	defer func() {
 		if r := recover(); r != nil {
@@ -53,10 +55,26 @@ func startGoSink(sock string, cpu int) (s *goSink, err error) {
 		}
 	}()
 	const size = 1024
-	s.fe = vhosttest.Dial(s, sock, vhosttest.Options{Size: size})
+	o := vhosttest.Options{Size: size}
+	if sealable {
+		o.Memory = sealableMemfd
+	}
+	s.fe = vhosttest.Dial(s, sock, o)
 	s.fe.PostRX(size)
 	go s.run(cpu)
 	return s, nil
+}
+
+func sealableMemfd(size int64) (int, error) {
+	fd, err := unix.MemfdCreate("xdp-hostd-bench-guest", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return -1, fmt.Errorf("sealable guest memory: %w", err)
+	}
+	if err := unix.Ftruncate(fd, size); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("sealable guest memory: %w", err)
+	}
+	return fd, nil
 }
 
 func (s *goSink) run(cpu int) {

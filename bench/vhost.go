@@ -26,17 +26,31 @@ type VhostOptions struct {
 	// the source goes. Default 100k, 300k, 1M and max.
 	Rates   []float64
 	Packets int // per rate; default 300,000
+	// Burst is the frames per live-frames run when paced (each run goes
+	// out as fast as the kernel goes); default max(4096, rate/50), 20 ms
+	// of frames. A zero-copy guest has only its own RX buffers (1024
+	// here, QEMU's most) to absorb a run.
+	Burst uint32
 	// NoTestpmd skips the testpmd af_xdp -> vhost path; NoTap the XDP tap
 	// path.
 	NoTestpmd, NoTap bool
+	// Modes are the delivery modes of xdp-hostd's port measured into the
+	// Go sink (vmport.ModeCopy, vmport.ModeZeroCopy); default both. The
+	// zero-copy column fails unless the port really is in zero-copy mode.
+	Modes []string
 	// BusyPoll is xdp-hostd's vmport.Config.BusyPoll (0: event-driven).
 	BusyPoll time.Duration
-	// CPUProfile, if set, gets a Go CPU profile of the xdp-hostd path
-	// (Go sink) while it runs.
+	// CPUProfile, if set, gets a Go CPU profile of the first xdp-hostd
+	// path into the Go sink (the first of Modes) while it runs.
 	CPUProfile io.Writer
 	// TX, if set, receives the guest -> wire measurement (xdp-hostd only).
 	TX       *TXPoint
 	Progress io.Writer
+
+	// For tests: the xdp-hostd path's topology prefix (default "xhbvx"),
+	// and a Go sink whose memory cannot be sealed.
+	prefix       string
+	unsealedSink bool
 }
 
 // VhostPoint is one path at one offered rate.
@@ -91,41 +105,49 @@ func Vhost(ctx context.Context, opts VhostOptions) (*VhostResult, error) {
 			fmt.Fprintf(opts.Progress, "bench: "+format+"\n", args...)
 		}
 	}
-	res := &VhostResult{Placement: fmt.Sprintf("placement: the source (BPF_PROG_RUN live frames pinned to CPU %d, paced in runs of 20 ms of frames, with the uplink's XDP and AF_XDP work in its softirq); "+
-		"the forwarding party (xdp-hostd's receive thread, or testpmd's lcores) and the sink on CPU %d: for \"xdp-hostd\" the Go sink (a virtio front-end waiting on the call eventfd, 1024-entry RX ring), "+
+	res := &VhostResult{Placement: fmt.Sprintf("placement: the source (BPF_PROG_RUN live frames pinned to CPU %d, paced in runs of %s, with the uplink's XDP and AF_XDP work in its softirq); "+
+		"the forwarding party (xdp-hostd's receive thread, or testpmd's lcores) and the sink on CPU %d: for \"xdp-hostd\" and \"xdp-hostd zero-copy\" the Go sink (a virtio front-end waiting on the call eventfd, 1024-entry RX ring; for zero-copy its memory is a sealable memfd and its 1024 buffers are all the kernel can write into), "+
 		"otherwise testpmd virtio-user rxonly (two polling lcores, whose printed count lags: a floor). "+
-		"testpmd polls, so its forwarder ns/frame is its whole CPU time over the run", vhostSourceCPU, vhostSwitchCPU)}
+		"testpmd polls, so its forwarder ns/frame is its whole CPU time over the run", vhostSourceCPU, burstName(opts.Burst), vhostSwitchCPU)}
 	opts.TX = &TXPoint{}
-	paths := []struct {
+	if len(opts.Modes) == 0 {
+		opts.Modes = []string{vmport.ModeCopy, vmport.ModeZeroCopy}
+	}
+	type benchPath struct {
 		name string
 		run  func(context.Context, VhostOptions, func(string, ...any)) ([]VhostPoint, error)
-	}{
-		{"xdp-hostd", vhostXDPHostd},
-		{"testpmd af_xdp->vhost", vhostDPDK},
-		{"xdp-hostd, testpmd sink", vhostXDPHostdTestpmdSink},
 	}
-	if opts.NoTestpmd {
-		paths = paths[:1]
+	var paths []benchPath
+	for _, m := range opts.Modes {
+		switch m {
+		case vmport.ModeCopy:
+			paths = append(paths, benchPath{pathCopy, vhostXDPHostd})
+		case vmport.ModeZeroCopy:
+			paths = append(paths, benchPath{pathZeroCopy, vhostXDPHostdZeroCopy})
+		default:
+			return nil, fmt.Errorf("bench vhost: mode %q: want %q or %q", m, vmport.ModeCopy, vmport.ModeZeroCopy)
+		}
+	}
+	if !opts.NoTestpmd {
+		paths = append(paths, benchPath{pathTestpmd, vhostDPDK}, benchPath{pathTestpmdSink, vhostXDPHostdTestpmdSink})
 	}
 	for _, path := range paths {
 		progress("%s: %d packets at each of %v pps (0 = unpaced)", path.name, opts.Packets, opts.Rates)
 		pts, err := path.run(ctx, opts, progress)
-		if err != nil {
-			for i := range pts {
-				pts[i].Path = path.name
-			}
-			res.Points = append(res.Points, pts...)
-			return res, fmt.Errorf("%s: %w", path.name, err)
+		if path.name == pathCopy || path.name == pathZeroCopy {
+			opts.CPUProfile = nil // one profile: of the first Go-sink path
 		}
 		for i := range pts {
 			pts[i].Path = path.name
 		}
 		res.Points = append(res.Points, pts...)
+		if err != nil {
+			return res, fmt.Errorf("%s: %w", path.name, err)
+		}
 	}
 	if opts.TX.Frames > 0 {
 		res.TX = opts.TX
 	}
-	n := len(opts.Rates)
 	if !opts.NoTap {
 		// The XDP tap path in the same run: unpaced live frames, one
 		// read() per frame from the tap on the forwarder's CPU.
@@ -135,37 +157,85 @@ func Vhost(ctx context.Context, opts VhostOptions) (*VhostResult, error) {
 			return res, fmt.Errorf("XDP tap path: %w", err)
 		}
 		res.Tap = &tp
-		if x := res.Points[n-1]; x.OfferedPPS == 0 {
-			res.Ratios = append(res.Ratios, Ratio{Name: "delivered pps unpaced, vhost-user / XDP tap reader",
+	}
+	res.Ratios = vhostRatios(res, opts.Rates)
+	return res, nil
+}
+
+// Path names of VhostPoint.Path.
+const (
+	pathCopy        = "xdp-hostd"
+	pathZeroCopy    = "xdp-hostd zero-copy"
+	pathTestpmd     = "testpmd af_xdp->vhost"
+	pathTestpmdSink = "xdp-hostd, testpmd sink"
+)
+
+// vhostRatios compares the paths measured side by side at each rate.
+func vhostRatios(res *VhostResult, rates []float64) []Ratio {
+	var out []Ratio
+	find := func(path string, rate float64) *VhostPoint {
+		for i := range res.Points {
+			if p := &res.Points[i]; p.Path == path && p.OfferedPPS == rate {
+				return p
+			}
+		}
+		return nil
+	}
+	rateLabel := func(rate float64) string {
+		if rate > 0 {
+			return fmt.Sprintf("%.0fk pps offered", rate/1e3)
+		}
+		return "unpaced"
+	}
+	pps := func(x, d *VhostPoint) string {
+		return fmt.Sprintf("%.2fx (%.0f vs %.0f; loss %.1f%% vs %.1f%%)", x.DeliveredPPS/max(d.DeliveredPPS, 1), x.DeliveredPPS, d.DeliveredPPS, 100*x.Loss, 100*d.Loss)
+	}
+	cpu := func(x, d *VhostPoint) string {
+		return fmt.Sprintf("%.3fx (%.0f vs %.0f ns)", x.ForwarderNsPerFrame/d.ForwarderNsPerFrame, x.ForwarderNsPerFrame, d.ForwarderNsPerFrame)
+	}
+	if tp := res.Tap; tp != nil {
+		if x := find(pathCopy, 0); x != nil {
+			out = append(out, Ratio{Name: "delivered pps unpaced, vhost-user / XDP tap reader",
 				Value: fmt.Sprintf("%.2fx (%.0f vs %.0f; loss %.1f%% vs %.1f%%)", x.DeliveredPPS/max(tp.ReaderMpps*1e6, 1), x.DeliveredPPS, tp.ReaderMpps*1e6, 100*x.Loss, 100*tp.Loss)})
 		}
 	}
-	for i := 0; i < n && i+n < len(res.Points); i++ {
-		d := res.Points[i+n]
-		rate := "unpaced"
-		if d.OfferedPPS > 0 {
-			rate = fmt.Sprintf("%.0fk pps offered", d.OfferedPPS/1e3)
+	for _, rate := range rates {
+		rl := rateLabel(rate)
+		if z, c := find(pathZeroCopy, rate), find(pathCopy, rate); z != nil && c != nil {
+			out = append(out, Ratio{Name: "delivered pps, xdp-hostd zero-copy / copy (Go sink), " + rl, Value: pps(z, c)})
+			if z.ForwarderNsPerFrame > 0 && c.ForwarderNsPerFrame > 0 {
+				out = append(out, Ratio{Name: "forwarder CPU per frame, xdp-hostd zero-copy / copy, " + rl, Value: cpu(z, c)})
+			}
 		}
-		for _, c := range []struct {
-			j    int
-			name string
-		}{{i, "xdp-hostd (Go sink)"}, {i + 2*n, "xdp-hostd (testpmd sink, as testpmd's)"}} {
-			if c.j >= len(res.Points) {
+		d := find(pathTestpmd, rate)
+		if d == nil {
+			continue
+		}
+		for _, c := range []struct{ path, name string }{
+			{pathCopy, "xdp-hostd (Go sink)"}, {pathZeroCopy, "xdp-hostd zero-copy (Go sink)"}, {pathTestpmdSink, "xdp-hostd (testpmd sink, as testpmd's)"},
+		} {
+			x := find(c.path, rate)
+			if x == nil {
 				continue
 			}
-			x := res.Points[c.j]
-			v := fmt.Sprintf("%.2fx (%.0f vs %.0f; loss %.1f%% vs %.1f%%)", x.DeliveredPPS/max(d.DeliveredPPS, 1), x.DeliveredPPS, d.DeliveredPPS, 100*x.Loss, 100*d.Loss)
+			v := pps(x, d)
 			if d.DeliveredPPS == 0 {
 				v = fmt.Sprintf("n/a: testpmd's sink counted nothing (%.0f vs 0)", x.DeliveredPPS)
 			}
-			res.Ratios = append(res.Ratios, Ratio{Name: "delivered pps, " + c.name + " / testpmd af_xdp->vhost, " + rate, Value: v})
+			out = append(out, Ratio{Name: "delivered pps, " + c.name + " / testpmd af_xdp->vhost, " + rl, Value: v})
 			if x.SwitchCPUPerM > 0 && d.SwitchCPUPerM > 0 {
-				res.Ratios = append(res.Ratios, Ratio{Name: "forwarder CPU per frame, " + c.name + " / testpmd, " + rate,
-					Value: fmt.Sprintf("%.3fx (%.0f vs %.0f ns)", x.ForwarderNsPerFrame/d.ForwarderNsPerFrame, x.ForwarderNsPerFrame, d.ForwarderNsPerFrame)})
+				out = append(out, Ratio{Name: "forwarder CPU per frame, " + c.name + " / testpmd, " + rl, Value: cpu(x, d)})
 			}
 		}
 	}
-	return res, nil
+	return out
+}
+
+func burstName(b uint32) string {
+	if b > 0 {
+		return fmt.Sprintf("%d frames", b)
+	}
+	return "20 ms of frames (at least 4096)"
 }
 
 func benchFrame() []byte {
@@ -234,6 +304,9 @@ func measureRates(ctx context.Context, opts VhostOptions, topo *hostnet.Topology
 		bo := traffic.BlastOptions{NetNS: topo.WireNS, Ifname: topo.Wire, Frame: frame, Count: uint32(opts.Packets), CPU: vhostSourceCPU}
 		if rate > 0 {
 			bo.Rate, bo.Chunk = rate, uint32(max(4096, rate/50))
+			if opts.Burst > 0 {
+				bo.Chunk = opts.Burst
+			}
 		}
 		br, err := traffic.Blast(bo)
 		if err != nil {
@@ -291,17 +364,30 @@ func settledRX(p *testpmd.Proc) uint64 {
 }
 
 func vhostXDPHostd(ctx context.Context, opts VhostOptions, progress func(string, ...any)) ([]VhostPoint, error) {
-	return xdpHostdPath(ctx, opts, false)
+	return xdpHostdPath(ctx, opts, false, vmport.ModeCopy)
+}
+
+// vhostXDPHostdZeroCopy is the port in zero-copy mode into the Go sink,
+// whose memory is a sealable memfd (as QEMU's memory-backend-memfd): the
+// port seals it against shrinking and registers it as the AF_XDP UMEM.
+func vhostXDPHostdZeroCopy(ctx context.Context, opts VhostOptions, progress func(string, ...any)) ([]VhostPoint, error) {
+	opts.TX = nil // guest -> wire is measured in copy mode
+	return xdpHostdPath(ctx, opts, false, vmport.ModeZeroCopy)
 }
 
 func vhostXDPHostdTestpmdSink(ctx context.Context, opts VhostOptions, progress func(string, ...any)) ([]VhostPoint, error) {
-	return xdpHostdPath(ctx, opts, true)
+	return xdpHostdPath(ctx, opts, true, vmport.ModeCopy)
 }
 
 // xdpHostdPath measures xdp-hostd's vhost-user port, into the Go sink or
 // testpmd's.
-func xdpHostdPath(ctx context.Context, opts VhostOptions, testpmdSink bool) ([]VhostPoint, error) {
-	topo, err := hostnet.NewTopology(hostnet.TopologyOptions{Prefix: "xhbvx", Queues: 2})
+func xdpHostdPath(ctx context.Context, opts VhostOptions, testpmdSink bool, mode string) ([]VhostPoint, error) {
+	zc := mode == vmport.ModeZeroCopy
+	prefix := opts.prefix
+	if prefix == "" {
+		prefix = "xhbvx"
+	}
+	topo, err := hostnet.NewTopology(hostnet.TopologyOptions{Prefix: prefix, Queues: 2})
 	if err != nil {
 		return nil, err
 	}
@@ -321,7 +407,7 @@ func xdpHostdPath(ctx context.Context, opts VhostOptions, testpmdSink bool) ([]V
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	port, err := vmport.Open(vmport.Config{VM: vm, Socket: filepath.Join(dir, "vm.sock"), NetNS: topo.HostNS, RXAffinity: []int{vhostSwitchCPU}, BusyPoll: opts.BusyPoll})
+	port, err := vmport.Open(vmport.Config{VM: vm, Socket: filepath.Join(dir, "vm.sock"), NetNS: topo.HostNS, RXAffinity: []int{vhostSwitchCPU}, BusyPoll: opts.BusyPoll, Mode: mode})
 	if err != nil {
 		return nil, err
 	}
@@ -336,7 +422,7 @@ func xdpHostdPath(ctx context.Context, opts VhostOptions, testpmdSink bool) ([]V
 		defer pmd.Stop()
 		sinkCount = func() uint64 { return settledRX(pmd) }
 	} else {
-		if gs, err = startGoSink(filepath.Join(dir, "vm.sock"), vhostSwitchCPU); err != nil {
+		if gs, err = startGoSink(filepath.Join(dir, "vm.sock"), vhostSwitchCPU, zc && !opts.unsealedSink); err != nil {
 			return nil, err
 		}
 		defer gs.close()
@@ -347,6 +433,11 @@ func xdpHostdPath(ctx context.Context, opts VhostOptions, testpmdSink bool) ([]V
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
+		if zc {
+			if err := waitZeroCopy(port); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if opts.CPUProfile != nil && !testpmdSink {
 		if err := pprof.StartCPUProfile(opts.CPUProfile); err != nil {
@@ -355,14 +446,42 @@ func xdpHostdPath(ctx context.Context, opts VhostOptions, testpmdSink bool) ([]V
 		defer pprof.StopCPUProfile()
 	}
 	pts, err := measureRates(ctx, opts, topo, sinkCount, testpmdSink, func() time.Duration { return port.Stats().RXCPU },
-		func() (snapshot, error) { return takeSnapshot(topo, dp, vm, port) })
+		func() (snapshot, error) { return takeSnapshot(topo, dp, vm, port, zc) })
 	if err == nil && gs != nil {
 		err = gs.err()
+	}
+	if err == nil && zc {
+		err = zeroCopyStill(port)
 	}
 	if err == nil && gs != nil && opts.TX != nil {
 		*opts.TX, err = measureTX(topo, port, gs, min(opts.Packets, 1000000))
 	}
 	return pts, err
+}
+
+// waitZeroCopy waits (at most 10 s) until the port's pair is in zero-copy
+// mode and the kernel holds guest buffers; it fails, with the port's
+// reason, when the port fell back to copy.
+func waitZeroCopy(port *vmport.Port) error {
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		st := port.ZeroCopy()
+		if len(st.Active) > 0 && st.Active[0] && st.Stats.Posted > 0 {
+			return nil
+		}
+		if st.Fallback != "" || time.Now().After(deadline) {
+			return fmt.Errorf("ZERO-COPY NOT ACTIVE: the port stayed in copy mode (fallback: %q, status %+v)", st.Fallback, st)
+		}
+	}
+}
+
+// zeroCopyStill fails unless the port is still in zero-copy mode with an
+// intact RX virtqueue.
+func zeroCopyStill(port *vmport.Port) error {
+	st := port.ZeroCopy()
+	if len(st.Active) == 0 || !st.Active[0] || st.QueueBroken != "" {
+		return fmt.Errorf("ZERO-COPY NOT ACTIVE after the run (fallback %q, queue broken %q, status %+v)", st.Fallback, st.QueueBroken, st)
+	}
+	return nil
 }
 
 func vhostDPDK(ctx context.Context, opts VhostOptions, progress func(string, ...any)) ([]VhostPoint, error) {

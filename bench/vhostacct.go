@@ -12,7 +12,18 @@ import (
 // Accounting says where every frame the source sent at one rate went on
 // the xdp-hostd path. The columns from WireLost to Delivered add up to
 // Sent; Vhost fails when they do not.
+//
+// In zero-copy mode (ZeroCopy) the AF_XDP columns are the guest socket's
+// (zerocopy.GuestRXStats from the kernel): XSKFillEmpty is then frames
+// that found no guest buffer because the guest posted too few, or were
+// longer than one guest buffer; frames never wait in a hold queue or meet
+// the virtqueue (the kernel writes them into buffers already taken from
+// it), so HoldDrops and VQDrops stay 0 unless broadcasts were flooded.
+// Buffers the port refused (RefusedBuffers) drop no frame: they go back to
+// the guest as used entries of length 0, which the sink counts, so they
+// are taken off its count.
 type Accounting struct {
+	ZeroCopy bool `json:"zero_copy,omitempty"`
 	// Sent is what the source put out by the kernel's count: the uplink's
 	// RX packets and the wire's TX drops. (The source's own count,
 	// SourceSent, is short when a signal restarted a live-frames run.)
@@ -53,6 +64,11 @@ type Accounting struct {
 	// and not checked.
 	SinkLags bool   `json:"sink_lags,omitempty"`
 	Flooded  uint64 `json:"flooded"`
+	// RefusedBuffers are guest buffers the zero-copy port returned unused
+	// (bad chains, too small, outside guest memory, overlapping), and
+	// Starved the polls that found the guest had posted none: not summed.
+	RefusedBuffers uint64 `json:"refused_buffers,omitempty"`
+	Starved        uint64 `json:"starved_polls,omitempty"`
 	// WireTX and UplinkRX are the veths' packet counters (for reference).
 	WireTX   uint64 `json:"wire_tx_packets"`
 	UplinkRX uint64 `json:"uplink_rx_packets"`
@@ -67,10 +83,15 @@ type snapshot struct {
 	pass, notPassed                         uint64
 	fillEmpty, ringFull, invalid, xskDrop   uint64
 	portDropped, delivered, flooded, vqDrop uint64
+	zeroCopy                                bool
+	refused, starved                        uint64
 }
 
-func takeSnapshot(topo *hostnet.Topology, dp *hostnet.Dataplane, vm *hostnet.VM, port *vmport.Port) (snapshot, error) {
-	var s snapshot
+// takeSnapshot reads the counters; with zeroCopy the AF_XDP ones are the
+// guest sockets' (the copy sockets are closed while the guest's memory is
+// the UMEM).
+func takeSnapshot(topo *hostnet.Topology, dp *hostnet.Dataplane, vm *hostnet.VM, port *vmport.Port, zeroCopy bool) (snapshot, error) {
+	s := snapshot{zeroCopy: zeroCopy}
 	ds, err := dp.Stats()
 	if err != nil {
 		return s, err
@@ -90,15 +111,22 @@ func takeSnapshot(topo *hostnet.Topology, dp *hostnet.Dataplane, vm *hostnet.VM,
 	for _, c := range []hostnet.Count{v.Aborted, v.Drop, v.TX, v.Redirect, v.Invalid, v.Undelivered, v.Spoofed, v.NoPort} {
 		s.notPassed += c.Packets
 	}
-	socks, err := port.SocketStats()
-	if err != nil {
-		return s, err
-	}
-	for _, st := range socks {
-		s.fillEmpty += st.RXFillRingEmpty
-		s.ringFull += st.RXRingFull
-		s.invalid += st.RXInvalidDescs
-		s.xskDrop += st.RXDropped
+	if zeroCopy {
+		zs := port.ZeroCopy().Stats
+		s.fillEmpty, s.ringFull, s.invalid, s.xskDrop = zs.FillRingEmpty, zs.RXRingFull, zs.InvalidFillDesc, zs.KernelDropped
+		s.refused = zs.RefusedChain + zs.RefusedTiny + zs.RefusedOutside + zs.RefusedOverlap
+		s.starved = zs.Starved
+	} else {
+		socks, err := port.SocketStats()
+		if err != nil {
+			return s, err
+		}
+		for _, st := range socks {
+			s.fillEmpty += st.RXFillRingEmpty
+			s.ringFull += st.RXRingFull
+			s.invalid += st.RXInvalidDescs
+			s.xskDrop += st.RXDropped
+		}
 	}
 	ps := port.Stats()
 	s.portDropped, s.delivered, s.flooded = ps.RXDropped, ps.RXDelivered, ps.RXFlooded
@@ -127,10 +155,15 @@ func account(sourceSent uint64, a, b snapshot, sinkGot uint64) Accounting {
 		VQDrops:            b.vqDrop - a.vqDrop,
 		Delivered:          b.delivered - a.delivered,
 		Flooded:            b.flooded - a.flooded,
+		ZeroCopy:           b.zeroCopy,
+		RefusedBuffers:     b.refused - a.refused,
+		Starved:            b.starved - a.starved,
 	}
 	// The port counts the virtqueue's refusals among its drops too.
 	acc.HoldDrops = (b.portDropped - a.portDropped) - acc.VQDrops
-	acc.SinkGot = sinkGot - acc.Flooded
+	// The sink counts every used entry: flooded copies and refused
+	// buffers (length 0) are not frames the source sent.
+	acc.SinkGot = sinkGot - acc.Flooded - acc.RefusedBuffers
 	acc.Unaccounted = int64(acc.Sent) - int64(acc.WireLost+acc.ToHost+acc.NotPassed+acc.XSKFillEmpty+acc.XSKRingFull+acc.XSKInvalid+acc.HoldDrops+acc.VQDrops+acc.Delivered)
 	return acc
 }

@@ -40,3 +40,46 @@ func TestAccountAddsUp(t *testing.T) {
 		t.Fatalf("testpmd's lagging count one short: %v", err)
 	}
 }
+
+// TestAccountZeroCopy: in zero-copy mode the kernel's drops of the guest
+// socket (no guest buffer posted, frame larger than one) are a column of
+// sent; refused guest buffers drop no frame but come back to the sink as
+// empty used entries, so the sink's count less them must equal delivered.
+func TestAccountZeroCopy(t *testing.T) {
+	a := snapshot{zeroCopy: true, upRX: 10, xskDrop: 3, fillEmpty: 40, refused: 1, starved: 2, delivered: 7}
+	b := snapshot{zeroCopy: true, upRX: 1010, xskDrop: 53, fillEmpty: 140, ringFull: 4, refused: 6, starved: 9, delivered: 953}
+	// 1000 sent = 50 no guest buffer + 4 RX ring full + 946 delivered; the
+	// sink saw 946 frames and 5 refused buffers.
+	acc := account(1000, a, b, 951)
+	if err := acc.check(); err != nil {
+		t.Fatalf("a complete zero-copy account failed: %v", err)
+	}
+	if !acc.ZeroCopy || acc.XSKFillEmpty != 50 || acc.XSKFillEmptyEvents != 100 || acc.RefusedBuffers != 5 || acc.Starved != 7 || acc.SinkGot != 946 || acc.HoldDrops != 0 {
+		t.Fatalf("columns: %+v", acc)
+	}
+	// Refused buffers are not frames: counting them as drops would not add up.
+	b.xskDrop -= 5
+	if err := account(1000, a, b, 951).check(); err == nil || !strings.Contains(err.Error(), "UNACCOUNTED") {
+		t.Fatalf("five kernel drops missing: %v", err)
+	}
+	b.xskDrop += 5
+	// The sink counting one more entry than delivered plus refused.
+	if err := account(1000, a, b, 952).check(); err == nil || !strings.Contains(err.Error(), "SINK DISAGREES") {
+		t.Fatalf("the sink one over: %v", err)
+	}
+}
+
+// TestAccountRatios: the zero-copy/copy ratios of delivered pps and CPU
+// per frame are made for each rate both paths measured.
+func TestAccountRatios(t *testing.T) {
+	res := &VhostResult{Points: []VhostPoint{
+		{Path: pathCopy, OfferedPPS: 1e6, DeliveredPPS: 800e3, ForwarderNsPerFrame: 400},
+		{Path: pathCopy, OfferedPPS: 0, DeliveredPPS: 900e3, ForwarderNsPerFrame: 380},
+		{Path: pathZeroCopy, OfferedPPS: 1e6, DeliveredPPS: 1e6, ForwarderNsPerFrame: 100},
+	}}
+	r := vhostRatios(res, []float64{1e6, 0})
+	if len(r) != 2 || !strings.Contains(r[0].Name, "zero-copy / copy") || !strings.HasPrefix(r[0].Value, "1.25x") ||
+		!strings.Contains(r[1].Name, "CPU per frame") || !strings.HasPrefix(r[1].Value, "0.250x") {
+		t.Fatalf("ratios: %+v", r)
+	}
+}

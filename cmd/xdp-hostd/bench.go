@@ -18,7 +18,7 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	}
 	if len(args) == 0 || args[0] != "dispatch" {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintln(e.stderr, "usage: xdp-hostd bench dispatch [--json] [--packets N] [--repeat N]\n       xdp-hostd bench vhost [--json] [--packets N]")
+			fmt.Fprintln(e.stderr, "usage: xdp-hostd bench dispatch [--json] [--packets N] [--repeat N]\n       xdp-hostd bench vhost [--json] [--packets N] [--modes copy,zerocopy] ...")
 			return nil
 		}
 		return fmt.Errorf("%w: name a benchmark: xdp-hostd bench dispatch|vhost", errUsage)
@@ -62,14 +62,16 @@ func runBench(ctx context.Context, e *env, args []string) error {
 }
 
 func runBenchVhost(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "bench vhost", "bench vhost [--json] [--packets N] [--rates R,R,...] [--no-testpmd] [--no-tap] [--busy-poll D] [--cpuprofile FILE]")
+	fs := newFlags(e, "bench vhost", "bench vhost [--json] [--packets N] [--rates R,R,...] [--modes copy,zerocopy] [--burst N] [--no-testpmd] [--no-tap] [--busy-poll D] [--cpuprofile FILE]")
 	asJSON := fs.Bool("json", false, "print the results as JSON")
 	packets := fs.Int("packets", 1000000, "packets per offered rate")
 	rates := fs.String("rates", "300k,1M,2M,0", "offered rates in packets per second (k and M suffixes; 0 = unpaced)")
+	burst := fs.Uint("burst", 0, "frames per paced live-frames run, sent back to back (0: max(4096, rate/50), 20 ms of frames)")
+	modes := fs.String("modes", "copy,zerocopy", "xdp-hostd delivery modes measured into the Go sink (copy, zerocopy; zerocopy fails unless the port really is in zero-copy mode)")
 	noTestpmd := fs.Bool("no-testpmd", false, "skip the testpmd af_xdp -> vhost path")
 	noTap := fs.Bool("no-tap", false, "skip the XDP tap path")
 	busyPoll := fs.Duration("busy-poll", 0, "xdp-hostd's receive threads spin this long for more frames before they sleep (0: event-driven)")
-	cpuProfile := fs.String("cpuprofile", "", "write a Go CPU profile of the xdp-hostd path (Go sink) to this file")
+	cpuProfile := fs.String("cpuprofile", "", "write a Go CPU profile of the first xdp-hostd path into the Go sink (the first of --modes) to this file")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -84,7 +86,11 @@ func runBenchVhost(ctx context.Context, e *env, args []string) error {
 		}
 		rs = append(rs, v)
 	}
-	opts := bench.VhostOptions{Packets: *packets, Rates: rs, NoTestpmd: *noTestpmd, NoTap: *noTap, BusyPoll: *busyPoll, Progress: e.stderr}
+	ms, err := parseModes(*modes)
+	if err != nil {
+		return fmt.Errorf("%w: --modes: %w", errUsage, err)
+	}
+	opts := bench.VhostOptions{Packets: *packets, Rates: rs, Modes: ms, Burst: uint32(*burst), NoTestpmd: *noTestpmd, NoTap: *noTap, BusyPoll: *busyPoll, Progress: e.stderr}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -109,13 +115,13 @@ func runBenchVhost(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%d\t%.0f\t%.1f%%\t%.0f\t\n", p.Path, offeredName(p.OfferedPPS), p.SentPPS, p.Delivered, p.DeliveredPPS, 100*p.Loss, p.ForwarderNsPerFrame)
 	}
 	tw.Flush()
-	fmt.Fprintln(e.stdout, "\nxdp-hostd: where every frame went (columns from wire lost to delivered add up to sent, the kernel's count; the source's own is short by a batch when a signal restarted its run; sink = the sink's own count, less flooded copies)")
+	fmt.Fprintln(e.stdout, "\nxdp-hostd: where every frame went (columns from wire lost to delivered add up to sent, the kernel's count; the source's own is short by a batch when a signal restarted its run; sink = the sink's own count, less flooded copies and refused buffers; zero-copy: the XSK columns are the guest socket's, no buffer = the guest posted too few or the frame was larger than one; refused buffers drop no frame and are not summed)")
 	tw = tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "offered pps\tsource sent\tsent (kernel)\twire lost\tto host\tnot passed\tXSK no buffer (fill ring empty)\tRX ring full\tXSK invalid\thold drops\tvirtqueue drops\tdelivered\tunaccounted\tsink\t")
+	fmt.Fprintln(tw, "path\toffered pps\tsource sent\tsent (kernel)\twire lost\tto host\tnot passed\tXSK no buffer (fill ring empty)\tRX ring full\tXSK invalid\thold drops\tvirtqueue drops\tdelivered\tunaccounted\tsink\trefused buffers\t")
 	for _, p := range res.Points {
 		if a := p.Accounting; a != nil {
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", offeredName(p.OfferedPPS), a.SourceSent, a.Sent, a.WireLost, a.ToHost, a.NotPassed,
-				a.XSKFillEmpty, a.XSKRingFull, a.XSKInvalid, a.HoldDrops, a.VQDrops, a.Delivered, a.Unaccounted, a.SinkGot)
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", p.Path, offeredName(p.OfferedPPS), a.SourceSent, a.Sent, a.WireLost, a.ToHost, a.NotPassed,
+				a.XSKFillEmpty, a.XSKRingFull, a.XSKInvalid, a.HoldDrops, a.VQDrops, a.Delivered, a.Unaccounted, a.SinkGot, a.RefusedBuffers)
 		}
 	}
 	tw.Flush()
@@ -131,6 +137,23 @@ func runBenchVhost(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stdout, "  %s: %s\n", r.Name, r.Value)
 	}
 	return err
+}
+
+// parseModes parses --modes: copy and/or zerocopy, comma-separated.
+func parseModes(s string) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	for _, m := range strings.Split(s, ",") {
+		m = strings.TrimSpace(m)
+		if m != "copy" && m != "zerocopy" {
+			return nil, fmt.Errorf("mode %q: want copy, zerocopy or both (copy,zerocopy)", m)
+		}
+		if !seen[m] {
+			seen[m] = true
+			out = append(out, m)
+		}
+	}
+	return out, nil
 }
 
 func offeredName(pps float64) string {

@@ -63,6 +63,17 @@ func TestPrintVMWarnings(t *testing.T) {
 	}
 }
 
+func TestParseRateModes(t *testing.T) {
+	if m, err := parseModes("zerocopy, copy,zerocopy"); err != nil || len(m) != 2 || m[0] != "zerocopy" || m[1] != "copy" {
+		t.Errorf("parseModes = %v, %v", m, err)
+	}
+	for _, in := range []string{"", "zero-copy", "copy,"} {
+		if _, err := parseModes(in); err == nil || !strings.Contains(err.Error(), "want copy, zerocopy") {
+			t.Errorf("parseModes(%q): %v", in, err)
+		}
+	}
+}
+
 func TestParseRate(t *testing.T) {
 	for in, want := range map[string]float64{"300000": 300e3, "300k": 300e3, "2M": 2e6, "1.5M": 1.5e6, "0": 0} {
 		if got, err := parseRate(in); err != nil || got != want {
