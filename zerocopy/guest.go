@@ -121,7 +121,7 @@ type GuestRX struct {
 	// (offset / bufLen): buffers in flight never overlap, so each granule
 	// holds at most one start, and a buffer can overlap only those starting
 	// in its granule or the two beside it.
-	inflight map[uint64]inflight
+	inflight granTable
 	held     int
 
 	// reserve holds a few guest buffers back from the kernel for Inject
@@ -169,7 +169,7 @@ func OpenGuestRX(o GuestRXOptions) (_ *GuestRX, err error) {
 		fd: -1, queue: o.Queue, view: o.View, mem: o.View.Bytes(), vq: o.VQ, notify: o.Notify,
 		hdr: uint64(o.HeaderLen), bufLen: uint64(o.BufLen), ring: o.RingSize,
 		lowMark:    max(1, o.RingSize/4),
-		inflight:   make(map[uint64]inflight, o.RingSize),
+		inflight:   newGranTable(o.RingSize),
 		reserveMax: o.Reserve,
 		reserve:    make([]reserved, 0, o.Reserve),
 		addrs:      make([]uint64, o.RingSize),
@@ -349,11 +349,11 @@ func (g *GuestRX) check(c *vhost.Chain) (uint64, *uint64) {
 	}
 	gr := off / g.bufLen
 	for _, k := range [3]uint64{gr - 1, gr, gr + 1} {
-		if e, ok := g.inflight[k]; ok && e.off < off+g.bufLen && off < e.off+g.bufLen {
+		if e, ok := g.inflight.get(k); ok && e.off < off+g.bufLen && off < e.off+g.bufLen {
 			return 0, &g.st.RefusedOverlap
 		}
 	}
-	g.inflight[gr] = inflight{off: off, head: c.Head}
+	g.inflight.put(gr, inflight{off: off, head: c.Head})
 	return off + g.bufLen - g.chunk, nil
 }
 
@@ -382,12 +382,12 @@ func (g *GuestRX) complete(d Desc) {
 	data := base + d.Addr>>offsetShift
 	off := base + g.chunk - g.bufLen
 	gr := off / g.bufLen
-	e, ok := g.inflight[gr]
+	e, ok := g.inflight.get(gr)
 	if !ok || e.off != off {
 		g.st.BadCompletions++
 		return
 	}
-	delete(g.inflight, gr)
+	g.inflight.del(gr)
 	n := uint64(d.Len)
 	var written uint32
 	switch {
@@ -474,14 +474,15 @@ func (g *GuestRX) closeSocket() error {
 // the caller unmap the view or the memory table. Close is idempotent.
 func (g *GuestRX) Close(giveBack bool) error {
 	err := g.closeSocket()
-	if giveBack && len(g.inflight) > 0 && g.st.QueueBroken == nil {
-		for gr, e := range g.inflight {
-			delete(g.inflight, gr)
-			g.st.ReturnedOnClose++
-			if perr := g.vq.PushUsed(e.head, 0); perr != nil {
-				break
+	if giveBack && g.inflight.len() > 0 && g.st.QueueBroken == nil {
+		failed := false
+		g.inflight.each(func(_ uint64, e inflight) {
+			if failed {
+				return
 			}
-		}
+			g.st.ReturnedOnClose++
+			failed = g.vq.PushUsed(e.head, 0) != nil
+		})
 		g.publish()
 	}
 	if giveBack && g.st.QueueBroken == nil {
@@ -496,7 +497,7 @@ func (g *GuestRX) Close(giveBack bool) error {
 		}
 	}
 	g.reserve = g.reserve[:0]
-	clear(g.inflight)
+	g.inflight.clear()
 	g.held = 0
 	return err
 }
