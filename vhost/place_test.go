@@ -136,29 +136,35 @@ func TestDeviceRXDirectPlace(t *testing.T) {
 }
 
 // TestDirtyLogDirectPlace: the direct path marks the pages of exactly the
-// bytes it wrote, here a frame in one buffer that straddles a page boundary.
+// bytes it wrote: here two frames, each in one buffer that straddles a page
+// boundary by one byte (the last byte of the first, the first of the second).
 func TestDirtyLogDirectPlace(t *testing.T) {
 	ts := startServer(t, NetConfig{})
 	f := dial(t, ts.path)
 	f.setup(setupOpts{size: 64})
 	l := f.startLogging()
-	page := f.g.alloc(3*LogPageSize, LogPageSize)
 	fr := frame(200, 3)
-	postOne(f, page+LogPageSize-100, uint32(f.hdr+len(fr)))
+	need := uint64(f.hdr + len(fr))
+	p := f.g.alloc(3*LogPageSize, LogPageSize)
+	q := f.g.alloc(3*LogPageSize, LogPageSize)
+	postOne(f, p+LogPageSize-(need-1), uint32(need))
+	postOne(f, q+LogPageSize-1, uint32(need))
 	l.reset()
 	snap := snapshot(f.g)
-	if n, err := ts.dev.Deliver(0, [][]byte{fr}); n != 1 {
+	if n, err := ts.dev.Deliver(0, [][]byte{fr, fr}); n != 2 {
 		t.Fatalf("Deliver = %d, %v", n, err)
 	}
 	changed := changedPages(f.g, snap)
 	checkLogged(t, "RX direct", l, changed, append(usedPages(f.rings[0]), usedPages(f.rings[1])...)...)
-	for _, p := range []uint64{page, page + LogPageSize} {
-		if !l.marked(p) {
-			t.Errorf("page %#x of the buffer not marked", p)
+	for _, pg := range []uint64{p, p + LogPageSize, q, q + LogPageSize} {
+		if !l.marked(pg) {
+			t.Errorf("page %#x of a buffer not marked", pg)
 		}
 	}
-	if l.marked(page + 2*LogPageSize) {
-		t.Error("page after the buffer marked")
+	for _, pg := range []uint64{p + 2*LogPageSize, q + 2*LogPageSize} {
+		if l.marked(pg) {
+			t.Errorf("page %#x after a buffer marked", pg)
+		}
 	}
 	if m := ts.dev.LogMissed(); m != 0 {
 		t.Errorf("%d page writes not logged", m)
