@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -199,40 +198,12 @@ func TestLiveMigrationToIncoming(t *testing.T) {
 	var marker atomic.Pointer[string]
 	marker.Store(&span)
 	var placedSrc, placedDst, offered atomic.Uint64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		frames := make([][]byte, 20)
-		for i := range frames {
-			frames[i] = make([]byte, spec.Size)
+	streamFrames(t, spec, func() (*vhost.NetDevice, *atomic.Uint64, string) {
+		if !src.dev.Ready(0) && placedSrc.Load() > 0 {
+			return dst.dev, &placedDst, *marker.Load()
 		}
-		for seq := uint32(0); ; {
-			select {
-			case <-stop:
-				return
-			case <-time.After(2 * time.Millisecond):
-			}
-			dev, placed := src.dev, &placedSrc
-			if !src.dev.Ready(0) && placedSrc.Load() > 0 {
-				dev, placed = dst.dev, &placedDst
-			}
-			m := *marker.Load()
-			for _, f := range frames {
-				spec.Build(f, seq)
-				copy(f[traffic.HeaderLen:], fmt.Sprintf("%s %d ", m, seq))
-				seq++
-			}
-			n, _ := dev.Deliver(0, frames)
-			placed.Add(uint64(n))
-			offered.Add(uint64(len(frames)))
-		}
-	}()
-	t.Cleanup(func() {
-		close(stop)
-		wg.Wait()
-	})
+		return src.dev, &placedSrc, *marker.Load()
+	}, &offered)
 	waitUntil(t, "frames reaching the guest", 10*time.Second, func() bool { return placedSrc.Load() > 200 })
 
 	dvm, uri := startIncoming(t, g, src.sock, dst.sock)

@@ -79,36 +79,7 @@ func TestLiveMigrationDirtyLog(t *testing.T) {
 		SrcPort: 7100, DstPort: port, Size: 600, Tag: 1}
 	marker := fmt.Sprintf("mig-%d", time.Now().UnixNano())
 	var placed, offered atomic.Uint64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		frames := make([][]byte, 20)
-		for i := range frames {
-			frames[i] = make([]byte, spec.Size)
-		}
-		seq := uint32(0)
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(2 * time.Millisecond):
-			}
-			for _, f := range frames {
-				spec.Build(f, seq)
-				copy(f[traffic.HeaderLen:], fmt.Sprintf("%s %d ", marker, seq))
-				seq++
-			}
-			n, _ := dev.Deliver(0, frames)
-			placed.Add(uint64(n))
-			offered.Add(uint64(len(frames)))
-		}
-	}()
-	t.Cleanup(func() {
-		close(stop)
-		wg.Wait()
-	})
+	streamFrames(t, spec, func() (*vhost.NetDevice, *atomic.Uint64, string) { return dev, &placed, marker }, &offered)
 	waitUntil(t, "frames reaching the guest", 10*time.Second, func() bool { return placed.Load() > 100 })
 
 	c, err := qmp.Dial(qmpPath, 10*time.Second)
@@ -173,4 +144,41 @@ func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 	}
+}
+
+// streamFrames delivers 20 frames of spec every 2 ms until the test ends,
+// each with "MARKER SEQ " after its headers (SEQ counting up from 0 across
+// the whole stream); pick gives, per batch, the device to deliver into, the
+// counter of frames it placed and the marker. offered counts every frame.
+func streamFrames(t *testing.T, spec traffic.FrameSpec, pick func() (*vhost.NetDevice, *atomic.Uint64, string), offered *atomic.Uint64) {
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		frames := make([][]byte, 20)
+		for i := range frames {
+			frames[i] = make([]byte, spec.Size)
+		}
+		for seq := uint32(0); ; {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			dev, placed, marker := pick()
+			for _, f := range frames {
+				spec.Build(f, seq)
+				copy(f[traffic.HeaderLen:], fmt.Sprintf("%s %d ", marker, seq))
+				seq++
+			}
+			n, _ := dev.Deliver(0, frames)
+			placed.Add(uint64(n))
+			offered.Add(uint64(len(frames)))
+		}
+	}()
+	t.Cleanup(func() {
+		close(stop)
+		wg.Wait()
+	})
 }
