@@ -3,13 +3,11 @@ package zerocopy
 import (
 	"errors"
 	"fmt"
-	"net"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
-	"github.com/xdp-hostd/xdp-hostd/hostnet"
 	"github.com/xdp-hostd/xdp-hostd/vhost"
 )
 
@@ -188,23 +186,7 @@ func OpenGuestRX(o GuestRXOptions) (_ *GuestRX, err error) {
 			g.closeSocket()
 		}
 	}()
-	ns, err := hostnet.NewNSRunner(o.NetNS)
-	if err != nil {
-		return nil, err
-	}
-	err = ns.Do(func() error {
-		g.ifindex = o.Ifindex
-		if g.ifindex == 0 {
-			ifi, err := net.InterfaceByName(o.Ifname)
-			if err != nil {
-				return err
-			}
-			g.ifindex = ifi.Index
-		}
-		g.fd, err = unix.Socket(unix.AF_XDP, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
-		return err
-	})
-	ns.Close()
+	g.fd, g.ifindex, err = openXSK(o.NetNS, o.Ifindex, o.Ifname)
 	if err != nil {
 		return nil, fmt.Errorf("zero-copy guest RX on %s queue %d: %w", o.Ifname, o.Queue, err)
 	}

@@ -193,25 +193,7 @@ func Open(opts Options) (_ *Socket, err error) {
 	if s.pool, err = NewFramePool(frames, opts.UMEM.FrameSize()); err != nil {
 		return nil, err
 	}
-	ns, err := hostnet.NewNSRunner(opts.NetNS)
-	if err != nil {
-		return nil, err
-	}
-	err = ns.Do(func() error {
-		s.ifindex = opts.Ifindex
-		if s.ifindex == 0 {
-			ifi, err := net.InterfaceByName(opts.Ifname)
-			if err != nil {
-				return err
-			}
-			s.ifindex = ifi.Index
-		}
-		// The socket belongs to the namespace it is created in; bind
-		// looks the ifindex up there.
-		s.fd, err = unix.Socket(unix.AF_XDP, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
-		return err
-	})
-	ns.Close()
+	s.fd, s.ifindex, err = openXSK(opts.NetNS, opts.Ifindex, opts.Ifname)
 	if err != nil {
 		return nil, fmt.Errorf("AF_XDP socket on %s: %w", s.name(), err)
 	}
@@ -665,4 +647,28 @@ func (s *Socket) Close() error {
 		s.fd = -1
 	}
 	return errors.Join(errs...)
+}
+
+// openXSK resolves the interface (ifindex, else by name) and creates an
+// AF_XDP socket in the network namespace netns: the socket belongs to the
+// namespace it is created in, and bind looks the ifindex up there.
+func openXSK(netns string, ifindex int, ifname string) (fd, index int, err error) {
+	ns, err := hostnet.NewNSRunner(netns)
+	if err != nil {
+		return -1, 0, err
+	}
+	defer ns.Close()
+	fd, index = -1, ifindex
+	err = ns.Do(func() error {
+		if index == 0 {
+			ifi, err := net.InterfaceByName(ifname)
+			if err != nil {
+				return err
+			}
+			index = ifi.Index
+		}
+		fd, err = unix.Socket(unix.AF_XDP, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		return err
+	})
+	return fd, index, err
 }
