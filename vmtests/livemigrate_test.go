@@ -638,33 +638,9 @@ func prefixKey(bits uint32, addr netip.Addr) []byte {
 // program the kernel knows by kid, as a host fills it (see the example).
 func blockPrefix16(t *testing.T, kid uint32, addr netip.Addr) {
 	t.Helper()
-	p, err := ebpf.NewProgramFromID(ebpf.ProgramID(kid))
-	if err != nil {
+	if err := testnet.ProgramMap(t, kid, "blocked").Put(prefixKey(16, addr), uint64(0)); err != nil {
 		t.Fatal(err)
 	}
-	defer p.Close()
-	info, err := p.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids, _ := info.MapIDs()
-	for _, id := range ids {
-		m, err := ebpf.NewMapFromID(id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mi, _ := m.Info()
-		if mi.Name == "blocked" {
-			err = m.Put(prefixKey(16, addr), uint64(0))
-			m.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			return
-		}
-		m.Close()
-	}
-	t.Fatalf("program %d has no map named blocked", kid)
 }
 
 // mapU64At is the 8-byte value at key in a document's map; the filter's

@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 
 	hostbpf "github.com/xdp-hostd/xdp-hostd/bpf"
 	"github.com/xdp-hostd/xdp-hostd/client"
@@ -167,33 +166,9 @@ var (
 // the example's comment says a host would fill it).
 func blockPrefix(t *testing.T, kid uint32) {
 	t.Helper()
-	p, err := ebpf.NewProgramFromID(ebpf.ProgramID(kid))
-	if err != nil {
+	if err := testnet.ProgramMap(t, kid, "blocked").Put(blockedKey, uint64(0)); err != nil {
 		t.Fatal(err)
 	}
-	defer p.Close()
-	info, err := p.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids, _ := info.MapIDs()
-	for _, id := range ids {
-		m, err := ebpf.NewMapFromID(id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mi, _ := m.Info()
-		if mi.Name == "blocked" {
-			err = m.Put(blockedKey, uint64(0))
-			m.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			return
-		}
-		m.Close()
-	}
-	t.Fatalf("program %d has no map named blocked", kid)
 }
 
 func writeObject(t *testing.T, example bool, name string) string {
