@@ -78,17 +78,7 @@ func closedWithin(t *testing.T, c net.Conn, limit time.Duration) time.Duration {
 func TestAPIHardening(t *testing.T) {
 	shortAPITimeouts(t, time.Second)
 	topo := testnet.Topology(t, 4)
-	d, err := Start(&Config{Uplinks: []UplinkConfig{{Name: topo.Uplink, NetNS: topo.HostNS}}}, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	sock := filepath.Join(t.TempDir(), "api.sock")
-	api, err := ServeAPI(d, sock, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { api.Close() })
+	d, sock := startServing(t, &Config{Uplinks: []UplinkConfig{{Name: topo.Uplink, NetNS: topo.HostNS}}}, quiet)
 	vm := fmt.Sprintf(`{"uplink": %q, "vm": {"name": "vm1", "mac": "02:00:00:00:00:01"}}`, topo.Uplink)
 
 	t.Run("stalled body", func(t *testing.T) {

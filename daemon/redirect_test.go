@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -43,17 +42,7 @@ func TestRedirectDropWarning(t *testing.T) {
 	}
 	detachXDP(topo.Wire)
 	var logs syncBuf
-	d, err := Start(&Config{Uplinks: []UplinkConfig{{Name: topo.Uplink, NetNS: topo.HostNS}}}, slog.New(slog.NewTextHandler(&logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	sock := filepath.Join(t.TempDir(), "api.sock")
-	api, err := ServeAPI(d, sock, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { api.Close() })
+	d, sock := startServing(t, &Config{Uplinks: []UplinkConfig{{Name: topo.Uplink, NetNS: topo.HostNS}}}, slog.New(slog.NewTextHandler(&logs, nil)))
 	show := func() VMStatus {
 		t.Helper()
 		code, body := rawRequest(t, sock, "GET /v1/vms/vm1 HTTP/1.1\r\nHost: xdp-hostd\r\nConnection: close\r\n\r\n")

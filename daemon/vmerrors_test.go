@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,17 +15,7 @@ import (
 // it, names what was wrong once and says how to fix it; nothing is added.
 func TestVMAddErrors(t *testing.T) {
 	topo := testnet.Topology(t, 4)
-	d, err := Start(&Config{Uplinks: []UplinkConfig{{Name: topo.Uplink, NetNS: topo.HostNS}}}, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	sock := filepath.Join(t.TempDir(), "api.sock")
-	api, err := ServeAPI(d, sock, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { api.Close() })
+	d, sock := startServing(t, &Config{Uplinks: []UplinkConfig{{Name: topo.Uplink, NetNS: topo.HostNS}}}, quiet)
 	missing := topo.Prefix + "nope"
 
 	for _, tc := range []struct {
@@ -112,4 +103,23 @@ func check(t *testing.T, where, msg string, code, wantCode int, says []string, o
 			t.Errorf("%s: %s\nsays %q: a prefix of another error", where, msg, wrong)
 		}
 	}
+}
+
+// startServing starts a daemon with cfg and its API on a socket in a
+// temporary directory, both closed when t ends; it returns the daemon and
+// the socket's path.
+func startServing(t *testing.T, cfg *Config, log *slog.Logger) (*Daemon, string) {
+	t.Helper()
+	d, err := Start(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	api, err := ServeAPI(d, sock, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { api.Close() })
+	return d, sock
 }
